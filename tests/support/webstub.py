@@ -1,0 +1,356 @@
+"""A stand-in for the Frappe web process, answering the realtime endpoints like Frappe does.
+
+gsocket asks the web process who a client is and whether it may join a room (contract
+sections 3.4, 4 and 7). Running a real Frappe for every test is far too slow, so this stub
+serves those endpoints from plain tables the test fills in, in the answer shape of either
+Frappe v16 (``has_permission``, socket secret, ``installed_apps``) or v15
+(``can_subscribe_*``, no secret, no ``installed_apps``), and can misbehave on purpose
+(down, slow, garbage) to test gsocket's error paths.
+
+It runs in a thread of the test process (which is not gevent-patched) on a threaded WSGI
+server, so one slow request never holds up the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from http.cookies import CookieError, SimpleCookie
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import redis
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+log = logging.getLogger("gsocket.tests.webstub")
+
+Shape = Literal["v16", "v15"]
+Mode = Literal["ok", "down", "slow", "garbage"]
+
+SECRET_KEY = "socketio_auth_secret"
+METHOD_PREFIX = "/api/method/"
+RECORDED_HEADERS = (
+    "Cookie",
+    "Authorization",
+    "X-Frappe-Site-Name",
+    "X-Frappe-Socket-Secret",
+    "Host",
+    "Origin",
+)
+GUEST = "Guest"
+
+
+def hostname(value: str | None) -> str | None:
+    """Hostname part of a ``Host``-style value or URL (port and scheme dropped)."""
+    if not value:
+        return None
+    netloc = urlsplit(value).netloc if "://" in value else value
+    return urlsplit(f"//{netloc}").hostname
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Send werkzeug's per-request access log to debug level instead of stderr noise."""
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        log.debug("%s " + message, self.address_string(), *args)
+
+
+class WebStub:
+    """The fake Frappe web process. Mutate the public tables at any time, even while serving.
+
+    Permission rule: a document ``(user, doctype, name)`` is allowed when that exact triple
+    or the doctype-wide ``(user, doctype, None)`` is in ``permissions``; a doctype only when
+    ``(user, doctype, None)`` is.
+    """
+
+    def __init__(self, shape: Shape = "v16", redis_url: str | None = None) -> None:
+        self.shape: Shape = shape
+        self.redis_url = redis_url
+        self.sessions: dict[str, str] = {}
+        self.tokens: dict[str, str] = {}
+        self.users: dict[str, str] = {}
+        self.installed_apps: dict[str, list[str]] = {}
+        self.permissions: set[tuple[str, str, str | None]] = set()
+        self.mode: Mode = "ok"
+        self.slow_seconds: float = 3.0
+        # Frappe answers 417 (ValidationError, "has no attribute") for a whitelisted method that
+        # does not exist on the installed version; some deployments turn that into 404.
+        self.missing_method_status: int = 404
+        self.calls: list[dict[str, Any]] = []
+        self._calls_cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._redis: redis.Redis | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The listening port (only valid after ``start()``)."""
+        if self._server is None:
+            raise RuntimeError("WebStub is not started")
+        return int(self._server.server_port)
+
+    @property
+    def url(self) -> str:
+        """Base URL ``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        """Serve on a kernel-chosen loopback port in a daemon thread; return the base URL."""
+        if self._server is not None:
+            return self.url
+        self._stopping.clear()
+        self._server = make_server(
+            "127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"webstub-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        """Stop serving; releases requests sleeping in "slow" mode at once."""
+        self._stopping.set()
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+
+    def __enter__(self) -> WebStub:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ---- helpers for tests -------------------------------------------------------------
+
+    def _redis_client(self) -> redis.Redis:
+        if self.redis_url is None:
+            raise RuntimeError("WebStub has no redis_url")
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(
+                self.redis_url, socket_connect_timeout=1, socket_timeout=2
+            )
+        return self._redis
+
+    def set_secret(self, value: str | None) -> None:
+        """Write (or with ``None`` delete) the ``socketio_auth_secret`` key, as Frappe does."""
+        client = self._redis_client()
+        if value is None:
+            client.delete(SECRET_KEY)
+        else:
+            client.set(SECRET_KEY, value)
+
+    def calls_to(self, method: str) -> list[dict[str, Any]]:
+        """Recorded calls whose Frappe method name ends with ``method``."""
+        with self._calls_cond:
+            return [c for c in self.calls if (c["method"] or "").endswith(method)]
+
+    def wait_for_call(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """Block until a recorded call matches ``predicate`` (past calls count too)."""
+        with self._calls_cond:
+            found: list[dict[str, Any]] = []
+
+            def matched() -> bool:
+                found[:] = [c for c in self.calls if predicate(c)][:1]
+                return bool(found)
+
+            if not self._calls_cond.wait_for(matched, timeout=timeout):
+                raise TimeoutError(f"no matching web call within {timeout}s; calls: {self.calls}")
+            return found[0]
+
+    # ---- request handling -------------------------------------------------------------
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        request = Request(environ)
+        response = self._respond(request)
+        return response(environ, start_response)
+
+    def _record(self, request: Request) -> dict[str, Any]:
+        path = request.path
+        method = path[len(METHOD_PREFIX) :] if path.startswith(METHOD_PREFIX) else None
+        headers = {h: request.headers[h] for h in RECORDED_HEADERS if h in request.headers}
+        call = {
+            "path": path,
+            "method": method,
+            "http_method": request.method,
+            "args": request.args.to_dict(),
+            "headers": headers,
+            "site": self._site(request),
+            "time": time.monotonic(),
+        }
+        with self._calls_cond:
+            self.calls.append(call)
+            self._calls_cond.notify_all()
+        return call
+
+    @staticmethod
+    def _site(request: Request) -> str | None:
+        return hostname(request.headers.get("X-Frappe-Site-Name")) or hostname(
+            request.headers.get("Host")
+        )
+
+    def _respond(self, request: Request) -> Response:
+        call = self._record(request)
+        mode = self.mode
+        if mode == "down":
+            return Response("<html><body>502 Bad Gateway</body></html>", 502, mimetype="text/html")
+        if mode == "slow" and self._stopping.wait(self.slow_seconds):
+            return Response("stopping", 503)
+        if mode == "garbage":
+            return Response("<html>not json at all", 200, mimetype="application/json")
+        if call["method"] is None:
+            return _json({"message": "Page not found"}, 404)
+        try:
+            return self._dispatch(call["method"], request)
+        except redis.RedisError as exc:
+            return _frappe_error("RedisError", f"redis.exceptions.{type(exc).__name__}: {exc}", 500)
+
+    def _dispatch(self, method: str, request: Request) -> Response:
+        endpoints: dict[str, Callable[[Request], Response]] = {
+            "frappe.realtime.get_user_info": self._get_user_info,
+        }
+        if self.shape == "v16":
+            endpoints["frappe.realtime.has_permission"] = self._has_permission
+        else:
+            endpoints["frappe.realtime.can_subscribe_doc"] = self._can_subscribe_doc
+            endpoints["frappe.realtime.can_subscribe_doctype"] = self._can_subscribe_doctype
+        handler = endpoints.get(method)
+        if handler is not None:
+            return handler(request)
+        if method.startswith("frappe.realtime."):
+            return self._missing_method(method)
+        return _frappe_error(
+            "ModuleNotFoundError", f"Failed to get method for command {method}", 404
+        )
+
+    def _missing_method(self, method: str) -> Response:
+        module, _, attr = method.rpartition(".")
+        text = (
+            f"Failed to get method for command {method} with "
+            f"module '{module}' has no attribute '{attr}'"
+        )
+        status = self.missing_method_status
+        exc_type = "DoesNotExistError" if status == 404 else "ValidationError"
+        return _frappe_error(exc_type, text, status)
+
+    def _user(self, request: Request) -> str:
+        """Resolve the caller like Frappe: Authorization, else sid cookie, else sid arg.
+
+        An unknown credential is not an error in Frappe: the session falls back to Guest.
+        """
+        auth = request.headers.get("Authorization")
+        if auth:
+            return self.tokens.get(auth, GUEST)
+        sid = _sid_cookie(request.headers.get("Cookie")) or request.args.get("sid")
+        if not sid or sid == GUEST:
+            return GUEST
+        return self.sessions.get(sid, GUEST)
+
+    def _user_type(self, user: str) -> str:
+        if user == GUEST:
+            return "Website User"
+        return self.users.get(user, "System User")
+
+    def _get_user_info(self, request: Request) -> Response:
+        user = self._user(request)
+        info: dict[str, Any] = {"user": user, "user_type": self._user_type(user)}
+        if self.shape == "v15":
+            return _json({"message": info})
+        if self.redis_url is not None:
+            secret = self._redis_client().get(SECRET_KEY)
+            provided = request.headers.get("X-Frappe-Socket-Secret")
+            if secret is not None and secret.decode() != provided:
+                return _json({"message": {}})
+        site = self._site(request) or ""
+        info["installed_apps"] = list(self.installed_apps.get(site, ["frappe"]))
+        return _json({"message": info})
+
+    def _allowed(self, user: str, doctype: str, name: str | None) -> bool:
+        if (user, doctype, None) in self.permissions:
+            return True
+        return name is not None and (user, doctype, name) in self.permissions
+
+    def _permission_answer(
+        self, request: Request, doctype: str | None, name: str | None
+    ) -> Response:
+        if not doctype:
+            return _frappe_error(
+                "TypeError", "missing 1 required positional argument: 'doctype'", 417
+            )
+        user = self._user(request)
+        if self._allowed(user, doctype, name or None):
+            return _json({"message": True})
+        target = f"{doctype} {name}" if name else doctype
+        return _frappe_error(
+            "PermissionError",
+            f"frappe.exceptions.PermissionError: No permission for {target}",
+            403,
+            message=f"User {user} does not have doctype access via role permission for "
+            f"document {target}",
+        )
+
+    def _has_permission(self, request: Request) -> Response:
+        return self._permission_answer(
+            request, request.args.get("doctype"), request.args.get("name")
+        )
+
+    def _can_subscribe_doc(self, request: Request) -> Response:
+        docname = request.args.get("docname")
+        if not docname:
+            return _frappe_error(
+                "TypeError", "missing 1 required positional argument: 'docname'", 417
+            )
+        return self._permission_answer(request, request.args.get("doctype"), docname)
+
+    def _can_subscribe_doctype(self, request: Request) -> Response:
+        return self._permission_answer(request, request.args.get("doctype"), None)
+
+
+def _sid_cookie(header: str | None) -> str | None:
+    if not header:
+        return None
+    cookie = SimpleCookie()
+    try:
+        cookie.load(header)
+    except CookieError:
+        return None
+    morsel = cookie.get("sid")
+    return morsel.value if morsel is not None else None
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(json.dumps(body), status, mimetype="application/json")
+
+
+def _frappe_error(
+    exc_type: str, exception: str, status: int, message: str | None = None
+) -> Response:
+    """An error body shaped like Frappe's: ``exc_type``, ``exception``, ``exc``, messages."""
+    body: dict[str, Any] = {
+        "exc_type": exc_type,
+        "exception": exception,
+        "exc": json.dumps([f"Traceback (most recent call last):\n{exception}\n"]),
+    }
+    if message is not None:
+        body["_server_messages"] = json.dumps([json.dumps({"message": message})])
+    return _json(body, status)
