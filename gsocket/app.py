@@ -1,0 +1,214 @@
+"""Assembling the server from a bench's configuration, and serving it.
+
+:func:`create_app` is the application factory: it wires configuration, Redis, the web client,
+the handler registry (core events plus every app's handlers), the Socket.IO server and the
+Redis bridge into an :class:`App`, without listening yet.  :meth:`App.serve` listens on the
+bench's port or Unix socket with gevent's WSGI server and gevent-websocket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket as pysocket
+import stat
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import gevent
+import redis
+import socketio
+from gevent.pywsgi import WSGIServer
+from geventwebsocket.handler import WebSocketHandler
+
+from gsocket.auth import Authenticator
+from gsocket.bridge import Bridge
+from gsocket.config import Config
+from gsocket.core_handlers import register_core_handlers
+from gsocket.dispatch import Dispatcher
+from gsocket.frappe_ctx import FrappeContext
+from gsocket.frappe_shim import install_frappe_realtime
+from gsocket.handlers_loader import load_handlers, read_apps
+from gsocket.metrics import Metrics
+from gsocket.registry import Registry, realtime
+from gsocket.secret import SocketSecret
+from gsocket.server import Server
+from gsocket.webclient import WebClient
+
+log = logging.getLogger("gsocket.app")
+
+StartResponse = Callable[..., Any]
+
+
+class App:
+    """A configured gsocket server: the Socket.IO server, its bridge and its HTTP endpoints.
+
+    Build it with :func:`create_app`.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        metrics: Metrics,
+        redis_client: redis.Redis,
+        web: WebClient,
+        frappe_ctx: FrappeContext,
+        server: Server,
+        bridge: Bridge,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.metrics = metrics
+        self.redis = redis_client
+        self.web = web
+        self.frappe_ctx = frappe_ctx
+        self.server = server
+        self.bridge = bridge
+        self._socketio_app = socketio.WSGIApp(server, socketio_path="socket.io")
+        self._wsgi_server: WSGIServer | None = None
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """Return the HTTP status and body of ``GET /health``.
+
+        Healthy means the bridge is subscribed: without it no published event reaches anyone.
+        """
+        body: dict[str, Any] = {
+            "bridge": self.bridge.reason,
+            "sockets": len(self.server.sockets()),
+        }
+        if self.bridge.subscribed:
+            return 200, {"status": "ok", **body}
+        return 503, {"status": "unavailable", "reason": self.bridge.reason, **body}
+
+    def wsgi(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """The WSGI application: ``/health``, ``/metrics``, and Socket.IO under ``/socket.io/``."""
+        path = environ.get("PATH_INFO", "")
+        if path == "/health":
+            status, body = self.health()
+            payload = json.dumps(body).encode()
+            reason = "OK" if status == 200 else "Service Unavailable"
+            start_response(
+                f"{status} {reason}",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
+            )
+            return [payload]
+        if path == "/metrics":
+            payload = self.metrics.render().encode()
+            start_response(
+                "200 OK",
+                [
+                    ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                    ("Content-Length", str(len(payload))),
+                ],
+            )
+            return [payload]
+        return self._socketio_app(environ, start_response)
+
+    def _listener(self) -> pysocket.socket:
+        if self.config.uds:
+            path = Path(self.config.uds)
+            if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
+                path.unlink()
+            sock = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+            sock.bind(str(path))
+            os.chmod(path, 0o770)
+        else:
+            family = pysocket.AF_INET6 if ":" in self.config.host else pysocket.AF_INET
+            sock = pysocket.socket(family, pysocket.SOCK_STREAM)
+            sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEADDR, 1)
+            sock.bind((self.config.host, self.config.port))
+        sock.listen(2048)
+        sock.setblocking(False)
+        return sock
+
+    def start(self) -> None:
+        """Listen and start the bridge, without blocking."""
+        listener = self._listener()
+        self._wsgi_server = WSGIServer(
+            listener, self.wsgi, handler_class=WebSocketHandler, log=None, error_log=log
+        )
+        self._wsgi_server.start()
+        self.bridge.start()
+        where = self.config.uds or f"{self.config.host}:{self.config.port}"
+        log.info("gsocket listening on %s for bench %s", where, self.config.bench_path)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening, close every client cleanly, stop the bridge.
+
+        :param timeout: seconds granted to closing connections.
+        """
+        if self._wsgi_server is not None:
+            self._wsgi_server.close()
+        self.bridge.stop()
+        with gevent.Timeout(timeout, False):
+            self.server.shutdown()
+        if self._wsgi_server is not None:
+            self._wsgi_server.stop(timeout=timeout)
+        self.web.close()
+
+    def serve(self) -> None:
+        """Listen and serve until the server is stopped."""
+        self.start()
+        assert self._wsgi_server is not None
+        self._wsgi_server.serve_forever()
+
+
+def _installed_apps_resolver(frappe_ctx: FrappeContext) -> Callable[[str], tuple[str, ...]]:
+    """Where a site's installed apps come from when ``get_user_info`` does not say (v15)."""
+    warned: set[str] = set()
+
+    def installed_apps_of(site: str) -> tuple[str, ...]:
+        if frappe_ctx.available():
+            try:
+                return tuple(frappe_ctx.installed_apps(site))
+            except Exception as e:  # noqa: BLE001 - a failed lookup must not refuse the user
+                log.error("cannot read the installed apps of %s: %s", site, e)
+        if site not in warned:
+            warned.add(site)
+            log.warning(
+                "the web process of %s does not report installed apps and Frappe is not "
+                "importable here: only frappe's own events are served on that site",
+                site,
+            )
+        return ("frappe",)
+
+    return installed_apps_of
+
+
+def create_app(
+    config: Config, registry: Registry | None = None, load_app_handlers: bool = True
+) -> App:
+    """Build a server for ``config``.
+
+    :param config: the bench configuration.
+    :param registry: handler registry; defaults to the one handler modules import.
+    :param load_app_handlers: import every app's ``realtime/handlers.py`` (from ``apps.txt``).
+    :raises gsocket.errors.StartupError: when an app's handlers module fails to import.
+    """
+    registry = realtime if registry is None else registry
+    metrics = Metrics()
+    redis_client = redis.Redis.from_url(
+        config.redis_url, socket_connect_timeout=2, socket_timeout=5
+    )
+    web = WebClient(SocketSecret(redis_client), metrics, timeout=config.web_timeout)
+    frappe_ctx = FrappeContext(str(config.sites_path))
+
+    register_core_handlers(registry, redis_client, config.developer_mode)
+    if load_app_handlers:
+        install_frappe_realtime(registry)
+        load_handlers(read_apps(config.apps_txt), config.bench_path / "apps")
+
+    authenticator = Authenticator(config, web, _installed_apps_resolver(frappe_ctx))
+    dispatcher = Dispatcher(registry, frappe_ctx, metrics, config.limits.handler_timeout)
+    server = Server(
+        authenticator,
+        dispatcher,
+        web,
+        metrics,
+        max_http_buffer_size=config.limits.max_message_bytes,
+    )
+    bridge = Bridge(server, config.redis_url, metrics)
+    return App(config, registry, metrics, redis_client, web, frappe_ctx, server, bridge)

@@ -1,0 +1,144 @@
+"""Connection checks: who may open ``/<site>``, in the order the Node server applies them.
+
+1. the namespace must be the site resolved from the request headers;
+2. the Origin's host must be the Host's host (no cross-site websocket hijacking);
+3. the client must present a ``sid`` cookie or an ``Authorization`` header;
+4. the web process must recognise that credential (``get_user_info``).
+
+Each refusal carries a short reason (for metrics) and a message the client sees in its
+CONNECT_ERROR.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from werkzeug.http import parse_cookie
+
+from gsocket.config import Config
+from gsocket.sites import origin_matches_host, resolve_site
+from gsocket.webclient import Credential, Unauthorized, WebClient, WebUnavailable
+
+log = logging.getLogger("gsocket.auth")
+
+
+class Refused(Exception):
+    """A connection attempt that must not succeed.
+
+    :param reason: a short, fixed token for metrics and logs (``invalid_origin`` ...).
+    :param message: what the client is told.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a socket is, fixed at connect.
+
+    :param site: the site (namespace without the slash).
+    :param user: the user name, ``"Guest"`` for anonymous visitors.
+    :param user_type: ``"System User"``, ``"Website User"`` ...
+    :param installed_apps: apps installed on the site; handlers of other apps never run.
+    :param credential: the client's own credential, for permission calls made on its behalf.
+    :param web_url: base URL of the web process for this connection.
+    """
+
+    site: str
+    user: str
+    user_type: str
+    installed_apps: tuple[str, ...]
+    credential: Credential
+    web_url: str
+
+    @property
+    def is_guest(self) -> bool:
+        """Whether the socket is an anonymous visitor's."""
+        return self.user == "Guest"
+
+
+def credential_from(environ: Mapping[str, Any]) -> Credential | None:
+    """Extract the client's credential: an ``Authorization`` header, else the ``sid`` cookie."""
+    authorization = environ.get("HTTP_AUTHORIZATION")
+    if authorization:
+        return Credential(authorization=authorization)
+    sid = parse_cookie(environ.get("HTTP_COOKIE", "")).get("sid")
+    if sid:
+        return Credential(sid=sid)
+    return None
+
+
+class Authenticator:
+    """Runs the connection checks for one server.
+
+    :param config: the bench configuration.
+    :param web: client of the web process.
+    :param installed_apps_of: fallback source of a site's installed apps, for Frappe v15 whose
+        ``get_user_info`` does not name them.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        web: WebClient,
+        installed_apps_of: Callable[[str], tuple[str, ...]],
+    ) -> None:
+        self.config = config
+        self.web = web
+        self.installed_apps_of = installed_apps_of
+
+    def web_url(self, environ: Mapping[str, Any]) -> str:
+        """The web process's base URL for this connection (contract section 3.5)."""
+        if self.config.webserver_host:
+            return f"http://{self.config.webserver_host}:{self.config.webserver_port}"
+        origin = urlsplit(environ.get("HTTP_ORIGIN", ""))
+        if self.config.developer_mode:
+            return f"{origin.scheme}://{origin.hostname}:{self.config.webserver_port}"
+        return f"{origin.scheme}://{origin.netloc}"
+
+    def authenticate(self, namespace: str, environ: Mapping[str, Any]) -> Identity:
+        """Run every check for a CONNECT to ``namespace``.
+
+        :param namespace: the Socket.IO namespace asked for, e.g. ``/site1.local``.
+        :param environ: WSGI environ of the Engine.IO handshake request.
+        :raises Refused: with the first check that failed.
+        """
+        site = resolve_site(environ, self.config.default_site, self.config.trusted_proxies)
+        if not site or namespace != f"/{site}":
+            raise Refused("invalid_namespace", "Invalid namespace")
+        if not origin_matches_host(environ):
+            raise Refused("invalid_origin", "Invalid origin")
+        credential = credential_from(environ)
+        if credential is None:
+            raise Refused(
+                "no_credentials",
+                "No authentication method used. Use cookie or authorization header.",
+            )
+        web_url = self.web_url(environ)
+        try:
+            info = self.web.get_user_info(web_url, site, credential)
+        except Unauthorized:
+            raise Refused("unauthorized", "Unauthorized") from None
+        except WebUnavailable as e:
+            log.warning("cannot authenticate a connection to %s: %s", site, e)
+            raise Refused(
+                "web_unavailable", "Unauthorized: the web process is unavailable"
+            ) from None
+        apps = info.installed_apps
+        if apps is None:
+            apps = self.installed_apps_of(site)
+        return Identity(
+            site=site,
+            user=info.user,
+            user_type=info.user_type,
+            installed_apps=apps,
+            credential=credential,
+            web_url=web_url,
+        )

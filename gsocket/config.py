@@ -1,0 +1,179 @@
+"""The realtime process's configuration, read from a bench the way the Node server reads it.
+
+A bench describes its realtime process in ``sites/common_site_config.json`` (plus a few
+``FRAPPE_*`` environment overrides).  gsocket reads the same keys with the same defaults so that
+an operator changes nothing on the bench; the handful of gsocket-only settings (limits, log
+level, trusted proxies) live under the same file's ``gsocket`` key or come from the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("gsocket.config")
+
+DEFAULT_REDIS_QUEUE = "redis://127.0.0.1:11000"
+
+
+class ConfigError(Exception):
+    """The bench configuration cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Protective bounds on what one client may cost the server.
+
+    :param max_message_bytes: largest Engine.IO message accepted from a client.
+    :param events_per_second: sustained events a socket may send (token bucket refill rate).
+    :param event_burst: events a socket may send at once before the rate applies.
+    :param connections_per_ip: simultaneous Engine.IO sessions from one client address.
+    :param handler_timeout: seconds a handler may run before it is ended with a log line.
+    :param send_queue: outgoing packets buffered for one client before it is disconnected.
+    """
+
+    max_message_bytes: int = 1_000_000
+    events_per_second: float = 50.0
+    event_burst: int = 100
+    connections_per_ip: int = 500
+    handler_timeout: float = 30.0
+    send_queue: int = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server needs to run against one bench.
+
+    :param bench_path: the bench folder (parent of ``sites/`` and ``apps/``).
+    :param port: TCP port to listen on (``socketio_port``).
+    :param uds: Unix domain socket path to listen on instead of ``port`` (``socketio_uds``).
+    :param host: address to bind the TCP port to.
+    :param redis_url: Redis whose ``events`` channel carries published events.
+    :param default_site: site for connections whose Host is ``localhost``/``127.0.0.1``.
+    :param webserver_port: port of the bench web process.
+    :param webserver_host: host of the web process, when it is not the client's Origin host.
+    :param developer_mode: enables ``open_in_editor`` and the developer-mode web URL rule.
+    :param trusted_proxies: client addresses whose ``X-Frappe-Site-Name`` header is believed;
+        ``None`` means "only loopback", the safe default when nginx runs on the same machine.
+    :param web_timeout: seconds for one call to the web process.
+    :param log_level: logging level name.
+    :param limits: per-client protective bounds.
+    """
+
+    bench_path: Path
+    port: int = 9000
+    uds: str | None = None
+    host: str = "0.0.0.0"
+    redis_url: str = DEFAULT_REDIS_QUEUE
+    default_site: str | None = None
+    webserver_port: int = 8000
+    webserver_host: str | None = None
+    developer_mode: bool = False
+    trusted_proxies: tuple[str, ...] | None = None
+    web_timeout: float = 5.0
+    log_level: str = "INFO"
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def sites_path(self) -> Path:
+        """The bench's ``sites`` folder: the working directory of every bench process."""
+        return self.bench_path / "sites"
+
+    @property
+    def apps_txt(self) -> Path:
+        """The bench's list of apps, one per line."""
+        return self.sites_path / "apps.txt"
+
+    def with_overrides(self, **changes: Any) -> Config:
+        """Return a copy with ``changes`` applied, ignoring ``None`` values (unset CLI flags)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with path.open(encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist: is --bench the bench folder?") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} cannot be read: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return data
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _limits(raw: Any) -> Limits:
+    if raw is None:
+        return Limits()
+    if not isinstance(raw, dict):
+        raise ConfigError("gsocket.limits in common_site_config.json must be an object")
+    known = Limits.__dataclass_fields__
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown gsocket.limits keys: {', '.join(sorted(unknown))}")
+    try:
+        return Limits(**{k: type(getattr(Limits(), k))(v) for k, v in raw.items()})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad gsocket.limits value: {e}") from None
+
+
+def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read a bench's realtime configuration.
+
+    :param bench_path: the bench folder holding ``sites/common_site_config.json``.
+    :param env: environment to read ``FRAPPE_*`` overrides from (``os.environ`` by default).
+    :raises ConfigError: when the file is missing, unreadable or holds a bad value.
+    """
+    env = os.environ if env is None else env
+    bench = Path(bench_path).resolve()
+    if not (bench / "sites").is_dir():
+        raise ConfigError(f"{bench} has no sites/ folder: is --bench the bench folder?")
+    conf = _read_json(bench / "sites" / "common_site_config.json")
+    ours = conf.get("gsocket") or {}
+    if not isinstance(ours, dict):
+        raise ConfigError("the gsocket key in common_site_config.json must be an object")
+
+    redis_url = (
+        env.get("FRAPPE_REDIS_QUEUE")
+        or conf.get("redis_queue")
+        or conf.get("redis_socketio")
+        or DEFAULT_REDIS_QUEUE
+    )
+    try:
+        port = int(env.get("FRAPPE_SOCKETIO_PORT") or conf.get("socketio_port") or 9000)
+        webserver_port = int(conf.get("webserver_port") or 8000)
+        web_timeout = float(ours.get("web_timeout", 5.0))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad port or timeout in common_site_config.json: {e}") from None
+    proxies = ours.get("trusted_proxies")
+    if proxies is not None and not (
+        isinstance(proxies, list) and all(isinstance(p, str) for p in proxies)
+    ):
+        raise ConfigError("gsocket.trusted_proxies must be a list of addresses")
+
+    return Config(
+        bench_path=bench,
+        port=port,
+        uds=env.get("FRAPPE_SOCKETIO_UDS") or conf.get("socketio_uds") or None,
+        host=str(ours.get("host", "0.0.0.0")),
+        redis_url=str(redis_url),
+        default_site=env.get("FRAPPE_SITE") or conf.get("default_site") or None,
+        webserver_port=webserver_port,
+        webserver_host=conf.get("webserver_host") or None,
+        developer_mode=_as_bool(conf.get("developer_mode", False)),
+        trusted_proxies=tuple(proxies) if proxies is not None else None,
+        web_timeout=web_timeout,
+        log_level=str(ours.get("log_level", "INFO")).upper(),
+        limits=_limits(ours.get("limits")),
+    )

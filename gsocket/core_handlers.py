@@ -1,0 +1,175 @@
+"""The events every Frappe desk sends, as handlers owned by ``frappe`` in the common registry.
+
+They are what the Node server's ``frappe_handlers.js`` does: subscriptions to doctype,
+document and task rooms (checked with the web process where the Node server checks), the
+"who is viewing this form" bookkeeping, ``ping`` and, in developer mode, ``open_in_editor``.
+Keeping them in the same registry as app handlers gives one dispatch path with one set of
+rules for argument checks, Guest gating and errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from gsocket.registry import Registry
+from gsocket.socket import Socket
+
+log = logging.getLogger("gsocket.core_handlers")
+
+OWNER = "frappe"
+
+
+def doctype_room(doctype: str) -> str:
+    """Room of everyone watching a DocType's list."""
+    return f"doctype:{doctype}"
+
+
+def doc_room(doctype: str, name: str) -> str:
+    """Room of everyone subscribed to one document's updates."""
+    return f"doc:{doctype}/{name}"
+
+
+def open_doc_room(doctype: str, name: str) -> str:
+    """Room of everyone with the document's form open."""
+    return f"open_doc:{doctype}/{name}"
+
+
+def task_room(task_id: str) -> str:
+    """Room of everyone following a background task's progress."""
+    return f"task_progress:{task_id}"
+
+
+def join_default_rooms(socket: Socket) -> None:
+    """Join the rooms every socket is in from connect: its user's, ``website``, and ``all``."""
+    socket.join(f"user:{socket.user}")
+    socket.join("website")
+    if socket.user_type == "System User":
+        socket.join("all")
+
+
+def ping(socket: Socket) -> None:
+    """Answer a liveness probe."""
+    socket.emit("pong")
+
+
+def doctype_subscribe(socket: Socket, doctype: str) -> None:
+    """Join a DocType's room when the user may read the DocType."""
+    if socket.has_permission(doctype):
+        socket.join(doctype_room(doctype))
+
+
+def doctype_unsubscribe(socket: Socket, doctype: str) -> None:
+    """Leave a DocType's room."""
+    socket.leave(doctype_room(doctype))
+
+
+def doc_subscribe(socket: Socket, doctype: str, name: str) -> None:
+    """Join a document's room when the user may read the document."""
+    if socket.has_permission(doctype, name):
+        socket.join(doc_room(doctype, name))
+
+
+def doc_unsubscribe(socket: Socket, doctype: str, name: str) -> None:
+    """Leave a document's room."""
+    socket.leave(doc_room(doctype, name))
+
+
+def viewers(socket: Socket, doctype: str, name: str) -> list[str]:
+    """Distinct users with the document's form open, in the order they opened it."""
+    users: dict[str, None] = {}
+    for sid in socket.participants(open_doc_room(doctype, name)):
+        user = socket.user_of(sid)
+        if user is not None:
+            users[user] = None
+    return list(users)
+
+
+def notify_viewers(socket: Socket, doctype: str, name: str, skip_if_alone: bool) -> None:
+    """Tell the form's viewers who is viewing it.
+
+    :param skip_if_alone: send nothing when the only viewer is this socket's own user.
+    """
+    users = viewers(socket, doctype, name)
+    if skip_if_alone and users == [socket.user]:
+        return
+    socket.emit(
+        "doc_viewers",
+        {"doctype": doctype, "docname": name, "users": users},
+        room=open_doc_room(doctype, name),
+    )
+
+
+def doc_open(socket: Socket, doctype: str, name: str) -> None:
+    """Record that this socket has the form open, and tell the other viewers."""
+    if not socket.has_permission(doctype, name):
+        return
+    socket.join(open_doc_room(doctype, name))
+    socket.open_docs.add((doctype, name))
+    notify_viewers(socket, doctype, name, skip_if_alone=True)
+
+
+def doc_close(socket: Socket, doctype: str, name: str) -> None:
+    """Record that this socket closed the form (only that one), and tell the other viewers."""
+    socket.leave(open_doc_room(doctype, name))
+    socket.open_docs.discard((doctype, name))
+    notify_viewers(socket, doctype, name, skip_if_alone=False)
+
+
+def close_open_docs(socket: Socket) -> None:
+    """On disconnect: tell the viewers of every form this socket still had open."""
+    for doctype, name in sorted(socket.open_docs):
+        socket.leave(open_doc_room(doctype, name))
+        notify_viewers(socket, doctype, name, skip_if_alone=False)
+    socket.open_docs.clear()
+
+
+def task_subscribe(socket: Socket, task_id: str) -> None:
+    """Follow a background task's progress (no check, as in Frappe)."""
+    socket.join(task_room(task_id))
+
+
+def task_unsubscribe(socket: Socket, task_id: str) -> None:
+    """Stop following a background task's progress."""
+    socket.leave(task_room(task_id))
+
+
+def make_open_in_editor(client: redis.Redis) -> Callable[[Socket, Any], None]:
+    """Build the developer-mode handler that asks the bench to open a file in an editor.
+
+    :param client: Redis client of ``redis_queue``, where the bench listens.
+    """
+
+    def open_in_editor(socket: Socket, data: Any) -> None:
+        """Forward the request to the bench's ``open_in_editor`` Redis channel."""
+        client.publish("open_in_editor", json.dumps(data))
+
+    return open_in_editor
+
+
+def register_core_handlers(
+    registry: Registry, redis_client: redis.Redis, developer_mode: bool
+) -> None:
+    """Add the desk's events to ``registry``, owned by ``frappe``.
+
+    :param registry: the registry app handlers are in.
+    :param redis_client: Redis client of ``redis_queue``.
+    :param developer_mode: whether ``open_in_editor`` is served.
+    """
+    registry.add("ping", ping, OWNER, allow_guest=True)
+    registry.add("doctype_subscribe", doctype_subscribe, OWNER)
+    registry.add("doctype_unsubscribe", doctype_unsubscribe, OWNER)
+    registry.add("doc_subscribe", doc_subscribe, OWNER)
+    registry.add("doc_unsubscribe", doc_unsubscribe, OWNER)
+    registry.add("doc_open", doc_open, OWNER)
+    registry.add("doc_close", doc_close, OWNER)
+    registry.add("task_subscribe", task_subscribe, OWNER)
+    registry.add("task_unsubscribe", task_unsubscribe, OWNER)
+    registry.add("progress_subscribe", task_subscribe, OWNER)
+    registry.add("disconnect", close_open_docs, OWNER, allow_guest=True)
+    if developer_mode:
+        registry.add("open_in_editor", make_open_in_editor(redis_client), OWNER)

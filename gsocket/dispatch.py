@@ -1,0 +1,140 @@
+"""Running the handlers of one client event: scoping, gating, argument checks, errors, acks.
+
+Every client event goes through :meth:`Dispatcher.dispatch`, core events and app events
+alike, so the rules are the same for all: a handler runs only on sites that have its app
+installed, Guests run only ``allow_guest`` handlers, a payload that does not fit the handler's
+signature runs nothing, and a handler that raises or hangs is logged and ended without
+touching the socket or the other handlers of the event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import gevent
+
+from gsocket.frappe_ctx import FrappeContext, FrappeUnavailable
+from gsocket.metrics import Metrics
+from gsocket.registry import Handler, Registry
+from gsocket.socket import Socket
+
+log = logging.getLogger("gsocket.dispatch")
+
+
+class HandlerTimeout(Exception):
+    """A handler ran past its time limit."""
+
+
+class Dispatcher:
+    """Runs registered handlers for client events.
+
+    :param registry: where handlers are looked up.
+    :param frappe_ctx: opens Frappe contexts for ``frappe_context=True`` handlers.
+    :param metrics: where events, durations and errors are counted.
+    :param handler_timeout: seconds one handler may run (``0`` for no limit).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        frappe_ctx: FrappeContext,
+        metrics: Metrics,
+        handler_timeout: float = 30.0,
+    ) -> None:
+        self.registry = registry
+        self.frappe_ctx = frappe_ctx
+        self.metrics = metrics
+        self.handler_timeout = handler_timeout
+
+    def dispatch(self, socket: Socket, event: str, args: tuple[Any, ...]) -> Any:
+        """Run every applicable handler of ``event`` for ``socket``, first to last.
+
+        :param socket: the socket the event came from.
+        :param event: the event name.
+        :param args: the payload, positionally.
+        :returns: the first non-``None`` value a handler returned (the ack), else ``None``.
+        """
+        handlers = self.registry.handlers_for(event)
+        known = bool(handlers)
+        self.metrics.events.inc(event if known else "(unknown)")
+        if not known:
+            log.debug("no handler for event %r from %s on %s", event, socket.sid, socket.site)
+            return None
+        ack = None
+        for handler in handlers:
+            if not self._applies(handler, socket):
+                continue
+            problem = handler.check_arguments(socket, args)
+            if problem:
+                log.warning(
+                    "event %r (app %s) from site %s user %s sid %s: wrong arguments, not run: %s",
+                    event,
+                    handler.app,
+                    socket.site,
+                    socket.user,
+                    socket.sid,
+                    problem,
+                )
+                continue
+            result = self._run(handler, socket, args)
+            if ack is None and result is not None:
+                ack = result
+        return ack
+
+    def _applies(self, handler: Handler, socket: Socket) -> bool:
+        if handler.app not in socket.identity.installed_apps:
+            return False
+        if socket.identity.is_guest and not handler.allow_guest:
+            log.debug(
+                "event %r ignored: Guest socket %s on %s", handler.event, socket.sid, socket.site
+            )
+            return False
+        return True
+
+    def _run(self, handler: Handler, socket: Socket, args: tuple[Any, ...]) -> Any:
+        started = time.perf_counter()
+        timeout = gevent.Timeout(self.handler_timeout or None, HandlerTimeout)
+        timeout.start()
+        try:
+            if handler.frappe_context:
+                return self.frappe_ctx.run(socket.site, socket.user, handler.fn, socket, *args)
+            return handler.fn(socket, *args)
+        except HandlerTimeout:
+            self.metrics.handler_errors.inc(handler.event)
+            log.error(
+                "handler %s for event %r (app %s) on site %s user %s sid %s "
+                "ended after its %.1f s time limit",
+                handler.qualname,
+                handler.event,
+                handler.app,
+                socket.site,
+                socket.user,
+                socket.sid,
+                self.handler_timeout,
+            )
+        except FrappeUnavailable as e:
+            self.metrics.handler_errors.inc(handler.event)
+            log.error(
+                "handler %s for event %r (app %s) needs a Frappe context, but %s",
+                handler.qualname,
+                handler.event,
+                handler.app,
+                e,
+            )
+        except Exception:
+            self.metrics.handler_errors.inc(handler.event)
+            log.exception(
+                "handler %s for event %r (app %s) on site %s user %s sid %s raised",
+                handler.qualname,
+                handler.event,
+                handler.app,
+                socket.site,
+                socket.user,
+                socket.sid,
+            )
+        finally:
+            timeout.close()
+            self.metrics.handler_seconds.observe(handler.event, value=time.perf_counter() - started)
+        return None

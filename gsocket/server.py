@@ -1,0 +1,197 @@
+"""The Socket.IO server: every site a namespace, every connection checked, every event dispatched.
+
+python-socketio does the protocol; this subclass replaces its three decision points with the
+bench's rules:
+
+- CONNECT runs the contract's checks (:mod:`gsocket.auth`) for any ``/<site>`` namespace,
+  joins the default rooms, and answers a repeated CONNECT with the sid it already has;
+- EVENT goes to the :class:`~gsocket.dispatch.Dispatcher` in a greenlet of its own;
+- DISCONNECT lets handlers see the socket one last time.
+
+Data path: connect -> authenticate -> session (:class:`~gsocket.socket.Socket`) -> dispatch
+-> handler -> emit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gevent
+import socketio
+from gevent.event import Event
+from socketio import packet
+
+from gsocket.auth import Authenticator, Refused
+from gsocket.core_handlers import join_default_rooms
+from gsocket.dispatch import Dispatcher
+from gsocket.metrics import Metrics
+from gsocket.socket import Socket
+from gsocket.webclient import WebClient
+
+log = logging.getLogger("gsocket.server")
+
+
+class Server(socketio.Server):
+    """A multi-tenant python-socketio server in gevent mode.
+
+    :param authenticator: runs the connection checks.
+    :param dispatcher: runs handlers for client events.
+    :param web: client of the web process (used by :meth:`Socket.has_permission`).
+    :param metrics: where connects, refusals and sockets are counted.
+    :param client_manager: python-socketio client manager (a Redis one for scale-out).
+    :param engineio_options: passed to the Engine.IO server (ping intervals, buffer size).
+    """
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        dispatcher: Dispatcher,
+        web: WebClient,
+        metrics: Metrics,
+        client_manager: socketio.Manager | None = None,
+        **engineio_options: Any,
+    ) -> None:
+        super().__init__(
+            client_manager=client_manager,
+            async_mode="gevent",
+            namespaces="*",
+            cors_allowed_origins="*",
+            cors_credentials=True,
+            always_connect=False,
+            async_handlers=True,
+            logger=False,
+            engineio_logger=False,
+            **engineio_options,
+        )
+        self.authenticator = authenticator
+        self.dispatcher = dispatcher
+        self.web = web
+        self.metrics = metrics
+        self._sockets: dict[str, Socket] = {}
+        self._connecting: dict[tuple[str, str], Event] = {}
+
+    def socket_of(self, sid: str) -> Socket | None:
+        """Return the connected socket with ``sid``, or ``None``."""
+        return self._sockets.get(sid)
+
+    def sockets(self) -> list[Socket]:
+        """Return every connected socket of this process."""
+        return list(self._sockets.values())
+
+    def site_namespaces(self) -> list[str]:
+        """Return the namespaces that have at least one socket (one per site in use)."""
+        return [ns for ns in self.manager.get_namespaces() if ns != "/"]
+
+    def participants(self, namespace: str, room: str) -> list[str]:
+        """Return the sids of this process's sockets in ``room`` of ``namespace``."""
+        return [sid for sid, _ in self.manager.get_participants(namespace, room)]
+
+    def _send_connect_error(self, eio_sid: str, namespace: str, message: str) -> None:
+        self._send_packet(
+            eio_sid,
+            self.packet_class(packet.CONNECT_ERROR, data={"message": message}, namespace=namespace),
+        )
+
+    def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        """Handle a CONNECT packet: check, register, join default rooms, acknowledge."""
+        namespace = namespace or "/"
+        key = (eio_sid, namespace)
+        pending = self._connecting.get(key)
+        if pending is not None:
+            pending.wait()
+        existing = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if existing is not None and self.manager.is_connected(existing, namespace):
+            self._send_packet(
+                eio_sid, self.packet_class(packet.CONNECT, {"sid": existing}, namespace=namespace)
+            )
+            return
+        environ = self.environ.get(eio_sid)
+        if environ is None:
+            return
+        done = self._connecting[key] = Event()
+        try:
+            self._connect(eio_sid, namespace, environ)
+        finally:
+            del self._connecting[key]
+            done.set()
+
+    def _connect(self, eio_sid: str, namespace: str, environ: dict[str, Any]) -> None:
+        peer = environ.get("REMOTE_ADDR") or "unix"
+        try:
+            identity = self.authenticator.authenticate(namespace, environ)
+        except Refused as refusal:
+            self.metrics.refusals.inc(refusal.reason)
+            log.info("refused connection to %s from %s: %s", namespace, peer, refusal.reason)
+            self._send_connect_error(eio_sid, namespace, refusal.message)
+            return
+        if eio_sid not in self.environ:
+            return
+        sid = self.manager.pre_connect(eio_sid, namespace)
+        if sid is None:
+            return
+        socket = Socket(self, sid, identity)
+        self._sockets[sid] = socket
+        self.manager.connect(sid, namespace)
+        join_default_rooms(socket)
+        self._send_packet(
+            eio_sid, self.packet_class(packet.CONNECT, {"sid": sid}, namespace=namespace)
+        )
+        self.metrics.connects.inc(identity.site)
+        self.metrics.sockets.inc(identity.site)
+        log.info("connect site=%s user=%s sid=%s peer=%s", identity.site, identity.user, sid, peer)
+        if self.dispatcher.registry.handlers_for("connect"):
+            self.start_background_task(self.dispatcher.dispatch, socket, "connect", ())
+
+    def _handle_disconnect(
+        self, eio_sid: str, namespace: str | None, reason: str | None = None
+    ) -> None:
+        """Handle the end of a socket: forget it, then run ``disconnect`` handlers."""
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            return
+        self.manager.pre_disconnect(sid, namespace=namespace)
+        self._binary_packet.pop(eio_sid, None)
+        self.manager.disconnect(sid, namespace, ignore_queue=True)
+        socket = self._sockets.pop(sid, None)
+        if socket is None:
+            return
+        self.metrics.sockets.dec(socket.site)
+        log.info(
+            "disconnect site=%s user=%s sid=%s reason=%s",
+            socket.site,
+            socket.user,
+            sid,
+            reason or self.reason.CLIENT_DISCONNECT,
+        )
+        self.start_background_task(self.dispatcher.dispatch, socket, "disconnect", ())
+
+    def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
+        """Handle an EVENT packet: dispatch it in a greenlet of its own, ack if asked."""
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        socket = self._sockets.get(sid) if sid is not None else None
+        if socket is None or not self.manager.is_connected(sid, namespace):
+            log.debug("event on %s from a session that is not connected to it", namespace)
+            return
+        if not data or not isinstance(data[0], str):
+            log.warning("event without a name from site=%s sid=%s ignored", socket.site, sid)
+            return
+        gevent.spawn(self._run_event, socket, eio_sid, namespace, id, data[0], tuple(data[1:]))
+
+    def _run_event(
+        self,
+        socket: Socket,
+        eio_sid: str,
+        namespace: str,
+        id: int | None,
+        event: str,
+        args: tuple[Any, ...],
+    ) -> None:
+        result = self.dispatcher.dispatch(socket, event, args)
+        if id is not None:
+            ack = [] if result is None else list(result) if isinstance(result, tuple) else [result]
+            self._send_packet(
+                eio_sid, self.packet_class(packet.ACK, namespace=namespace, id=id, data=ack)
+            )

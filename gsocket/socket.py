@@ -1,0 +1,132 @@
+"""The ``Socket`` a handler receives: one client connection on one site.
+
+Its identity (site, user, user type, installed apps) is fixed at connect by the web process and
+read-only afterwards; handlers act through it (rooms, emits, permission checks) and may keep
+transient state on it, dropped at disconnect.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gsocket.auth import Identity
+
+if TYPE_CHECKING:
+    from gsocket.server import Server
+
+
+class Socket:
+    """A connected client, as seen by handlers.
+
+    :param server: the server that holds the connection.
+    :param sid: Socket.IO session id of this socket in its namespace.
+    :param identity: who connected, as established at connect.
+    """
+
+    __slots__ = ("_server", "sid", "identity", "_state", "open_docs")
+
+    def __init__(self, server: Server, sid: str, identity: Identity) -> None:
+        self._server = server
+        self.sid = sid
+        self.identity = identity
+        self._state: dict[str, Any] = {}
+        self.open_docs: set[tuple[str, str]] = set()
+
+    @property
+    def site(self) -> str:
+        """The site this socket is on."""
+        return self.identity.site
+
+    @property
+    def namespace(self) -> str:
+        """The Socket.IO namespace of the site, ``/<site>``."""
+        return f"/{self.identity.site}"
+
+    @property
+    def user(self) -> str:
+        """The user, ``"Guest"`` for anonymous visitors."""
+        return self.identity.user
+
+    @property
+    def user_type(self) -> str:
+        """The user's type, e.g. ``"System User"``."""
+        return self.identity.user_type
+
+    @property
+    def installed_apps(self) -> list[str]:
+        """Apps installed on this socket's site."""
+        return list(self.identity.installed_apps)
+
+    @property
+    def rooms(self) -> list[str]:
+        """Rooms this socket is in (its own sid room excluded)."""
+        return [r for r in self._server.rooms(self.sid, namespace=self.namespace) if r != self.sid]
+
+    def join(self, room: str) -> None:
+        """Add this socket to ``room`` of its site.
+
+        :param room: room name, e.g. ``"project:PROJ-0001"``.
+        """
+        self._server.enter_room(self.sid, str(room), namespace=self.namespace)
+
+    def leave(self, room: str) -> None:
+        """Remove this socket from ``room``; leaving a room it is not in does nothing.
+
+        :param room: room name.
+        """
+        self._server.leave_room(self.sid, str(room), namespace=self.namespace)
+
+    def emit(self, event: str, data: Any = None, room: str | None = None) -> None:
+        """Emit ``event`` with ``data`` to ``room`` of this site, or to this client alone.
+
+        :param event: event name the client listens for.
+        :param data: one JSON-serialisable value (``None`` sends no argument).
+        :param room: a room of this socket's site; ``None`` means this client only.
+        """
+        self._server.emit(event, data, to=room or self.sid, namespace=self.namespace)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Read transient per-socket state.
+
+        :param key: state key.
+        :param default: returned when ``key`` was never set.
+        """
+        return self._state.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        """Keep transient per-socket state until disconnect.
+
+        :param key: state key.
+        :param value: any Python value; it never leaves the process.
+        """
+        self._state[key] = value
+
+    def has_permission(self, doctype: str, name: str | None = None) -> bool:
+        """Ask the web process, with this socket's own credential, whether it may read.
+
+        :param doctype: the DocType.
+        :param name: a document name; ``None`` asks about the DocType as a whole.
+        :returns: ``True`` only on a clear yes; errors and timeouts are a no.
+        """
+        identity = self.identity
+        return self._server.web.has_permission(
+            identity.web_url, identity.site, identity.credential, doctype, name
+        )
+
+    def participants(self, room: str) -> list[str]:
+        """Return the sids of the sockets of this site in ``room`` (on this process).
+
+        :param room: room name.
+        """
+        return self._server.participants(self.namespace, room)
+
+    def user_of(self, sid: str) -> str | None:
+        """Return the user of another socket of this site, or ``None`` if it is gone.
+
+        :param sid: a sid, e.g. from :meth:`participants`.
+        """
+        other = self._server.socket_of(sid)
+        return other.user if other is not None and other.site == self.site else None
+
+    def __repr__(self) -> str:
+        return f"<Socket {self.sid} site={self.site} user={self.user}>"

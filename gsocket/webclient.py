@@ -1,0 +1,209 @@
+"""Calls to the bench web process: who a connection is, and what it may subscribe to.
+
+The realtime process owns no users or permissions; like the Node server it asks the web
+process, carrying the client's own credential.  One pooled HTTP session with short timeouts
+keeps those calls cheap, and a dead or slow web process costs one connection a bounded wait
+instead of stalling the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from gsocket.metrics import Metrics
+from gsocket.secret import SocketSecret
+
+log = logging.getLogger("gsocket.webclient")
+
+USER_INFO = "/api/method/frappe.realtime.get_user_info"
+HAS_PERMISSION = "/api/method/frappe.realtime.has_permission"
+CAN_SUBSCRIBE_DOC = "/api/method/frappe.realtime.can_subscribe_doc"
+CAN_SUBSCRIBE_DOCTYPE = "/api/method/frappe.realtime.can_subscribe_doctype"
+
+
+class WebUnavailable(Exception):
+    """The web process did not answer usefully (down, slow, or not speaking the contract)."""
+
+
+class Unauthorized(Exception):
+    """The web process answered but did not accept the credential."""
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What a client proved itself with: its ``sid`` cookie or an ``Authorization`` header.
+
+    Never logged: ``repr`` hides the values.
+    """
+
+    sid: str | None = None
+    authorization: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        """Headers that present this credential to the web process."""
+        if self.authorization:
+            return {"Authorization": self.authorization}
+        return {"Cookie": f"sid={self.sid}"}
+
+    def __repr__(self) -> str:
+        kind = "authorization" if self.authorization else "sid"
+        return f"Credential({kind}=***)"
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """The answer of ``get_user_info``; ``installed_apps`` is ``None`` on Frappe v15 and older."""
+
+    user: str
+    user_type: str
+    installed_apps: tuple[str, ...] | None
+
+
+class WebClient:
+    """A pooled HTTP client for the web process's realtime endpoints.
+
+    :param secret: source of the ``X-Frappe-Socket-Secret`` value.
+    :param metrics: where call latency and outcomes are counted.
+    :param timeout: seconds for connecting plus reading one answer.
+    :param pool_size: connections kept open to each web host.
+    """
+
+    def __init__(
+        self, secret: SocketSecret, metrics: Metrics, timeout: float = 5.0, pool_size: int = 50
+    ) -> None:
+        self.secret = secret
+        self.metrics = metrics
+        self.timeout = timeout
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=10, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.trust_env = False
+        self._legacy_permission: set[str] = set()
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self.session.close()
+
+    def _get(
+        self,
+        method: str,
+        base_url: str,
+        site: str,
+        credential: Credential,
+        params: dict[str, str] | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> requests.Response:
+        headers = {"X-Frappe-Site-Name": site, "Accept": "application/json"}
+        headers.update(credential.headers())
+        if extra_headers:
+            headers.update(extra_headers)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            response = self.session.get(
+                base_url + method, params=params, headers=headers, timeout=self.timeout
+            )
+            outcome = str(response.status_code)
+            return response
+        except requests.Timeout:
+            outcome = "timeout"
+            raise WebUnavailable(f"web process at {base_url} did not answer in time") from None
+        except requests.RequestException as e:
+            raise WebUnavailable(
+                f"web process at {base_url} unreachable: {type(e).__name__}"
+            ) from None
+        finally:
+            name = method.rsplit(".", 1)[-1]
+            self.metrics.web_calls.observe(name, outcome, value=time.perf_counter() - started)
+
+    @staticmethod
+    def _message(response: requests.Response) -> Any:
+        try:
+            return response.json().get("message")
+        except (ValueError, AttributeError):
+            raise WebUnavailable(
+                f"web process answered {response.status_code} with a body that is not Frappe's JSON"
+            ) from None
+
+    def get_user_info(self, base_url: str, site: str, credential: Credential) -> UserInfo:
+        """Ask the web process who holds ``credential`` on ``site``.
+
+        The socket secret is sent when Redis has one.  An empty answer may mean the secret
+        was rotated since it was read, so it is read afresh and the call tried once more.
+
+        :raises Unauthorized: the web process refused the credential.
+        :raises WebUnavailable: the web process is down, slow or answered garbage.
+        """
+        for attempt in (1, 2):
+            secret = self.secret.get()
+            extra = {"X-Frappe-Socket-Secret": secret} if secret else None
+            response = self._get(USER_INFO, base_url, site, credential, extra_headers=extra)
+            if response.status_code in (401, 403):
+                raise Unauthorized(f"web process answered {response.status_code}")
+            if response.status_code != 200:
+                raise WebUnavailable(f"get_user_info answered HTTP {response.status_code}")
+            message = self._message(response)
+            if isinstance(message, dict) and message.get("user"):
+                apps = message.get("installed_apps")
+                return UserInfo(
+                    user=str(message["user"]),
+                    user_type=str(message.get("user_type") or "Website User"),
+                    installed_apps=tuple(map(str, apps)) if isinstance(apps, list) else None,
+                )
+            if attempt == 1 and self.secret.changed():
+                continue
+            break
+        raise Unauthorized("web process did not recognise the session (or the socket secret)")
+
+    def has_permission(
+        self,
+        base_url: str,
+        site: str,
+        credential: Credential,
+        doctype: str,
+        name: str | None = None,
+    ) -> bool:
+        """Ask whether ``credential`` may read a document (``name``) or a whole doctype.
+
+        Newer Frappe answers ``frappe.realtime.has_permission``; v14/v15 only have
+        ``can_subscribe_doc``/``can_subscribe_doctype``.  The first 404/417 from the new
+        endpoint switches that web process to the old ones for good.  Anything but a clear
+        yes — an error, a timeout, garbage — is a no.
+        """
+        key = f"{base_url}|{site}"
+        try:
+            if key not in self._legacy_permission:
+                params = {"doctype": doctype}
+                if name is not None:
+                    params["name"] = name
+                response = self._get(HAS_PERMISSION, base_url, site, credential, params)
+                if response.status_code in (404, 417) or (
+                    response.status_code >= 400 and "has no attribute" in response.text
+                ):
+                    log.info("web process of %s has no has_permission; using can_subscribe_*", site)
+                    self._legacy_permission.add(key)
+                else:
+                    return response.status_code == 200 and bool(self._message(response))
+            if name is None:
+                response = self._get(
+                    CAN_SUBSCRIBE_DOCTYPE, base_url, site, credential, {"doctype": doctype}
+                )
+            else:
+                response = self._get(
+                    CAN_SUBSCRIBE_DOC,
+                    base_url,
+                    site,
+                    credential,
+                    {"doctype": doctype, "docname": name},
+                )
+            return response.status_code == 200
+        except WebUnavailable as e:
+            log.warning("permission check for %s on %s failed: %s", doctype, site, e)
+            return False

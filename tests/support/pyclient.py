@@ -1,0 +1,97 @@
+"""A python-socketio client that records what it receives, for assertions with timeouts.
+
+The pytest process is not gevent-patched, so this is python-socketio's ordinary threaded
+client talking to the gsocket process over real HTTP and websockets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import socketio
+
+
+class PyClient:
+    """One Socket.IO connection to one site namespace.
+
+    :param transports: ``["polling", "websocket"]`` (polling first, then upgrade, like the
+        desk) or ``["websocket"]`` (like mobile clients).
+    """
+
+    def __init__(self, transports: list[str] | None = None) -> None:
+        self.transports = transports or ["polling", "websocket"]
+        self.client = socketio.Client(reconnection=False)
+        self.received: list[tuple[str, str, tuple[Any, ...]]] = []
+        self.namespace: str | None = None
+        self._cond = threading.Condition()
+        self.client.on("*", self._record, namespace="*")
+
+    def _record(self, event: str, namespace: str, *args: Any) -> None:
+        with self._cond:
+            self.received.append((event, namespace, args))
+            self._cond.notify_all()
+
+    def connect(
+        self, base_url: str, namespace: str, headers: dict[str, str], timeout: float = 10.0
+    ) -> PyClient:
+        """Connect to ``namespace``; raises ``socketio.exceptions.ConnectionError`` if refused."""
+        self.namespace = namespace
+        self.client.connect(
+            base_url,
+            headers=headers,
+            transports=self.transports,
+            namespaces=[namespace],
+            wait_timeout=timeout,
+        )
+        return self
+
+    @property
+    def sid(self) -> str | None:
+        """The sid the server gave this socket in its namespace."""
+        return self.client.get_sid(self.namespace)
+
+    @property
+    def transport(self) -> str:
+        """The Engine.IO transport in use now."""
+        return self.client.transport()
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Send ``event`` with positional ``args``."""
+        self.client.emit(event, args if len(args) != 1 else args[0], namespace=self.namespace)
+
+    def call(self, event: str, *args: Any, timeout: float = 5.0) -> Any:
+        """Send ``event`` and wait for its acknowledgement."""
+        data = tuple(args) if len(args) != 1 else args[0]
+        return self.client.call(event, data, namespace=self.namespace, timeout=timeout)
+
+    def events(self, name: str) -> list[tuple[Any, ...]]:
+        """Argument tuples of every ``name`` event received so far."""
+        with self._cond:
+            return [args for event, _, args in self.received if event == name]
+
+    def wait_for(
+        self,
+        name: str,
+        predicate: Callable[[tuple[Any, ...]], bool] | None = None,
+        timeout: float = 5.0,
+    ) -> tuple[Any, ...]:
+        """Wait for an event called ``name`` (matching ``predicate``) and return its args."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for event, _, args in self.received:
+                    if event == name and (predicate is None or predicate(args)):
+                        return args
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"no {name!r} event within {timeout}s; got {self.received!r}"
+                    )
+                self._cond.wait(remaining)
+
+    def disconnect(self) -> None:
+        """Close the connection."""
+        self.client.disconnect()
