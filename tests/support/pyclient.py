@@ -28,6 +28,11 @@ class PyClient:
         self.namespace: str | None = None
         self._cond = threading.Condition()
         self.client.on("*", self._record, namespace="*")
+        self.client.on(
+            "connect_error",
+            lambda namespace, data=None: self._record("connect_error", namespace, data),
+            namespace="*",
+        )
 
     def _record(self, event: str, namespace: str, *args: Any) -> None:
         with self._cond:
