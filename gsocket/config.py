@@ -20,6 +20,9 @@ log = logging.getLogger("gsocket.config")
 
 DEFAULT_REDIS_QUEUE = "redis://127.0.0.1:11000"
 
+# Channels of redis_queue that Frappe itself uses; the scale-out channel must be another one.
+RESERVED_CHANNELS = frozenset({"events", "open_in_editor"})
+
 
 class ConfigError(Exception):
     """The bench configuration cannot be used; the message says what to fix."""
@@ -63,6 +66,13 @@ class Config:
     :param web_timeout: seconds for one call to the web process.
     :param log_level: logging level name.
     :param limits: per-client protective bounds.
+    :param drain_timeout: seconds a stopping server grants to closing its clients and to the
+        handlers still running; supervisord's ``stopwaitsecs`` must exceed it.
+    :param reuse_port: bind the TCP port with ``SO_REUSEPORT``, so that a new process can
+        listen before the old one has stopped (a hand-over restart).
+    :param scale_out: share rooms with the other gsocket processes of the bench through
+        python-socketio's Redis manager on ``redis_url``.
+    :param scale_out_channel: Redis channel of that manager; never Frappe's ``events``.
     """
 
     bench_path: Path
@@ -78,6 +88,10 @@ class Config:
     web_timeout: float = 5.0
     log_level: str = "INFO"
     limits: Limits = field(default_factory=Limits)
+    drain_timeout: float = 5.0
+    reuse_port: bool = False
+    scale_out: bool = False
+    scale_out_channel: str = "gsocket"
 
     @property
     def sites_path(self) -> Path:
@@ -154,6 +168,7 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         port = int(env.get("FRAPPE_SOCKETIO_PORT") or conf.get("socketio_port") or 9000)
         webserver_port = int(conf.get("webserver_port") or 8000)
         web_timeout = float(ours.get("web_timeout", 5.0))
+        drain_timeout = float(ours.get("drain_timeout", 5.0))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad port or timeout in common_site_config.json: {e}") from None
     proxies = ours.get("trusted_proxies")
@@ -161,6 +176,14 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         isinstance(proxies, list) and all(isinstance(p, str) for p in proxies)
     ):
         raise ConfigError("gsocket.trusted_proxies must be a list of addresses")
+    if drain_timeout < 0:
+        raise ConfigError("gsocket.drain_timeout must not be negative")
+    channel = str(ours.get("scale_out_channel", "gsocket"))
+    if channel in RESERVED_CHANNELS or not channel:
+        raise ConfigError(
+            f"gsocket.scale_out_channel must not be {channel!r}: Frappe publishes its own "
+            "messages there, and every gsocket process would take them for its own"
+        )
 
     return Config(
         bench_path=bench,
@@ -176,4 +199,8 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         web_timeout=web_timeout,
         log_level=str(ours.get("log_level", "INFO")).upper(),
         limits=_limits(ours.get("limits")),
+        drain_timeout=drain_timeout,
+        reuse_port=_as_bool(ours.get("reuse_port", False)),
+        scale_out=_as_bool(ours.get("scale_out", False)),
+        scale_out_channel=channel,
     )
