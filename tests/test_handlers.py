@@ -204,3 +204,30 @@ def test_decorator_returns_the_function_for_direct_tests():
     assert registry.on("x")(handler) is handler
     assert registry.handlers_for("x")[0].app == __name__.partition(".")[0]
     assert json.dumps(registry.events()) == '["x"]'
+
+
+UNIT_TEST_OF_A_HANDLER = """
+from gsocket.testing import FakeSocket, install_registry
+install_registry()
+from alpha.realtime.handlers import project_subscribe, project_say
+
+socket = FakeSocket(user="jane@example.com", permissions={("Project", "P-1")})
+assert "project:P-1" in project_subscribe(socket, "P-1")
+assert "project:P-2" not in project_subscribe(socket, "P-2")
+project_say(socket, "P-1", "hi")
+(said,) = socket.events("project_said")
+assert said.room == "project:P-1" and said.data == {"from": "jane@example.com", "text": "hi"}
+print("ok")
+"""
+
+
+def test_an_app_author_unit_tests_a_handler_with_fake_socket():
+    path = [str(REPO), str(REPO / "tests" / "fixture_apps" / "alpha")]
+    out = subprocess.run(
+        [sys.executable, "-c", UNIT_TEST_OF_A_HANDLER],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": ":".join(path), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    assert out.stdout.strip() == "ok", out.stderr
