@@ -1,0 +1,1 @@
+"""Pieces of the gsocket benchmark harness driven by benchmarks/run.py."""

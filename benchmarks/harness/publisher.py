@@ -1,0 +1,127 @@
+"""Publishes benchmark events on Redis channel `events`, as frappe.publish_realtime does.
+
+Each event has Frappe's message shape {"event", "message", "room", "namespace"}; the
+message is {"p": phase, "s": seq, "t": CLOCK_MONOTONIC µs at publish}, which the load
+generator turns into lost/duplicate counts and end-to-end latency. Publishing goes through
+a non-transactional pipeline so that Python is not the limit at tens of thousands of
+events per second.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from .loadgen import Loadgen
+
+CHANNEL = "events"
+EVENT = "bench"
+# Largest pipeline sent at once; bounds the timestamp skew inside one batch.
+BATCH = 256
+# Pacing granularity of the fixed-rate publisher.
+TICK_S = 0.002
+
+
+@dataclass
+class Published:
+    """What a publishing run did: count and the monotonic span it took."""
+
+    messages: int
+    start_us: int
+    end_us: int
+
+    @property
+    def seconds(self) -> float:
+        return max(1e-9, (self.end_us - self.start_us) / 1e6)
+
+
+class Publisher:
+    """Publishes one site's benchmark events."""
+
+    def __init__(self, port: int, site: str) -> None:
+        self.client = redis.Redis(port=port)
+        self._namespace = json.dumps(site)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def subscribers(self) -> int:
+        """How many clients (servers under test) listen on the channel."""
+        return int(dict(self.client.pubsub_numsub(CHANNEL)).get(CHANNEL.encode(), 0))
+
+    def _send(self, phase: str, first: int, last: int, room: Callable[[int], str]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        t_us = time.monotonic_ns() // 1000
+        head = f'{{"event":"{EVENT}","message":{{"p":"{phase}","s":'
+        for seq in range(first, last):
+            pipe.publish(
+                CHANNEL,
+                f'{head}{seq},"t":{t_us}}},"room":{json.dumps(room(seq))},'
+                f'"namespace":{self._namespace}}}',
+            )
+        pipe.execute()
+
+    def burst(self, phase: str, count: int, room: Callable[[int], str], first: int = 0) -> None:
+        """Publish COUNT events (seq FIRST..) at once: for probes, not for measurements."""
+        for start in range(first, first + count, BATCH):
+            self._send(phase, start, min(first + count, start + BATCH), room)
+
+    def fixed_rate(
+        self, phase: str, rate: float, count: int, room: Callable[[int], str]
+    ) -> Published:
+        """COUNT events at RATE per second on an absolute schedule (no drift)."""
+        t0 = time.monotonic()
+        start_us = time.monotonic_ns() // 1000
+        sent = 0
+        while sent < count:
+            due = min(count, int((time.monotonic() - t0) * rate) + 1, sent + BATCH)
+            if due > sent:
+                self._send(phase, sent, due, room)
+                sent = due
+                continue
+            wait = t0 + sent / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(min(wait, TICK_S))
+        return Published(sent, start_us, time.monotonic_ns() // 1000)
+
+    def flat_out(
+        self,
+        phase: str,
+        loadgen: Loadgen,
+        deliveries_per_event: int,
+        window: int,
+        seconds: float,
+        max_events: int,
+        room: Callable[[int], str],
+    ) -> Published:
+        """Publish as fast as the server delivers, for SECONDS or MAX_EVENTS.
+
+        At most WINDOW deliveries are in flight (published but not yet received), so the
+        run measures sustained throughput instead of filling the server's buffers.
+        """
+        per_event = max(1, deliveries_per_event)
+        window = max(window, per_event)
+        start_us = time.monotonic_ns() // 1000
+        deadline = time.monotonic() + seconds
+        sent = 0
+        seen = loadgen.progress(phase)
+        while sent < max_events and time.monotonic() < deadline:
+            room_left = window - (sent * per_event - seen[0])
+            allowed = min(room_left // per_event, BATCH, max_events - sent)
+            if allowed <= 0:
+                seen = loadgen.wait_progress(phase, seen, 0.5)
+                continue
+            self._send(phase, sent, sent + allowed, room)
+            sent += allowed
+            seen = loadgen.progress(phase)
+        return Published(sent, start_us, time.monotonic_ns() // 1000)
+
+
+def events_for(rate: float, seconds: float, deliveries_per_event: int) -> int:
+    """Events needed for RATE deliveries/s during SECONDS (at least one)."""
+    return max(1, math.ceil(rate * seconds / max(1, deliveries_per_event)))

@@ -1,0 +1,567 @@
+"""Run the gsocket benchmarks: one command measures the Node baseline and gsocket.
+
+    python benchmarks/run.py [--sizes 1000,5000,10000,20000] [--servers node,gsocket] [--quick]
+
+For every size and server a fresh server process is started on a temporary bench-shaped
+folder, with a real redis-server and a fast web stand-in for the auth calls; the load
+generator (benchmarks/loadgen, socket.io-client@4 in several Node workers) then runs the
+scenarios: connect storm, fan-out to one doc: room, per-user rooms, each at a fixed rate
+and as fast as possible. Server CPU and memory come from /proc. Results go to
+RESULTS_DIR/<timestamp>.jsonl and RESULTS_DIR/latest.md (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import processes, report
+from harness.loadgen import Loadgen
+from harness.publisher import Published, Publisher, events_for
+
+BENCH_ROOT = Path(__file__).resolve().parent
+REPO = BENCH_ROOT.parent
+SITE = "bench.localhost"
+DOCTYPE, DOCNAME = "ToDo", "bench-doc"
+DOC_ROOM = f"doc:{DOCTYPE}/{DOCNAME}"
+SERVERS = ("node", "gsocket")
+SOURCE_ADDRESSES = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
+# Throwaway clients per loadgen worker connected before the timed connect storm.
+WARMUP_CLIENTS = 20
+# Fan-out events delivered, unmeasured, before the measured phases (JIT, buffers).
+WARMUP_EVENTS = 50
+
+log = logging.getLogger("gsocket.bench")
+
+
+@dataclass
+class Settings:
+    """Everything that shapes a run; written into the results so numbers stay comparable."""
+
+    sizes: list[int]
+    servers: list[str]
+    quick: bool
+    results_dir: Path
+    workers: int = 4
+    rate: float = 20_000.0
+    fixed_seconds: float = 10.0
+    flat_seconds: float = 10.0
+    flat_max_deliveries: int = 2_000_000
+    window: int = 20_000
+    connect_concurrency: int = 500
+    connect_timeout_s: float = 30.0
+    drain_stall_s: float = 10.0
+    settle_s: float = 1.0
+    source_addresses: list[str] = field(default_factory=lambda: list(SOURCE_ADDRESSES))
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", help="connected clients per case (default 1000,5000,10000,20000)")
+    p.add_argument("--servers", default="node,gsocket", help="node,gsocket (default both)")
+    p.add_argument("--quick", action="store_true", help="smoke run: N=200, short phases")
+    p.add_argument("--results-dir", type=Path, default=BENCH_ROOT / "results")
+    p.add_argument("--workers", type=int, help="load generator worker processes (default 4)")
+    p.add_argument("--rate", type=float, help="fixed-rate deliveries (fan-out) / events per s")
+    p.add_argument("--seconds", type=float, help="length of each fixed and flat-out phase")
+    a = p.parse_args(argv)
+    servers = [s.strip() for s in a.servers.split(",") if s.strip()]
+    for s in servers:
+        if s not in SERVERS:
+            p.error(f"unknown server {s!r} (choose from {', '.join(SERVERS)})")
+    default_sizes = "200" if a.quick else "1000,5000,10000,20000"
+    sizes = [int(v) for v in (a.sizes or default_sizes).split(",")]
+    st = Settings(sizes=sizes, servers=servers, quick=a.quick, results_dir=a.results_dir)
+    if a.quick:
+        st.rate, st.fixed_seconds, st.flat_seconds = 5_000.0, 2.0, 2.0
+        st.flat_max_deliveries, st.drain_stall_s, st.settle_s = 100_000, 10.0, 0.2
+    if a.workers:
+        st.workers = a.workers
+    if a.rate:
+        st.rate = a.rate
+    if a.seconds:
+        st.fixed_seconds = st.flat_seconds = a.seconds
+    return st
+
+
+def _command_output(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+
+
+def machine_facts() -> dict[str, Any]:
+    """What the numbers were measured on; other helpers may load the machine too."""
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+
+    def pkg_version(path: Path) -> str:
+        try:
+            return json.loads(path.read_text())["version"]
+        except (OSError, ValueError, KeyError):
+            return "?"
+
+    redis_version = _command_output(["redis-server", "--version"]).split(" sha=")[0]
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": mem_kib / 2**20,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": _command_output(["node", "--version"]),
+        "socket_io": pkg_version(BENCH_ROOT / "baseline_node/node_modules/socket.io/package.json"),
+        "socket_io_client": pkg_version(
+            BENCH_ROOT / "loadgen/node_modules/socket.io-client/package.json"
+        ),
+        "redis": redis_version,
+        "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+        "loadavg_start": processes.loadavg(),
+    }
+
+
+def make_bench(root: Path) -> Path:
+    """A bench-shaped folder: sites/ with apps.txt, the site, logs/ and apps/."""
+    bench = root / "frappe-bench"
+    (bench / "sites" / SITE).mkdir(parents=True)
+    (bench / "logs").mkdir()
+    (bench / "apps").mkdir()
+    (bench / "sites" / "apps.txt").write_text("frappe\n")
+    (bench / "sites" / SITE / "site_config.json").write_text("{}\n")
+    return bench
+
+
+def write_config(bench: Path, socketio_port: int, redis_port: int, web_port: int) -> None:
+    config = {
+        "socketio_port": socketio_port,
+        "redis_queue": f"redis://127.0.0.1:{redis_port}",
+        "webserver_host": "127.0.0.1",
+        "webserver_port": web_port,
+        "default_site": SITE,
+    }
+    (bench / "sites" / "common_site_config.json").write_text(json.dumps(config, indent=1))
+
+
+def server_argv(server: str, bench: Path) -> list[str]:
+    if server == "node":
+        return ["node", str(BENCH_ROOT / "baseline_node" / "server.js"), "--bench", str(bench)]
+    return [sys.executable, "-m", "gsocket", "serve", "--bench", str(bench)]
+
+
+def user_room(index: int) -> str:
+    return f"user:u{index}@example.com"
+
+
+class Run:
+    """Shared parts of one invocation: Redis, the web stand-in, the bench folder."""
+
+    def __init__(self, settings: Settings, log_dir: Path, tmp: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.bench = make_bench(tmp)
+        self.fd_hard = processes.raise_fd_limit()
+        self.redis, self.redis_port = processes.start_redis(log_dir)
+        self.web, self.web_port = processes.start_webstub(BENCH_ROOT, log_dir)
+        self.publisher = Publisher(self.redis_port, SITE)
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.web.stop()
+        self.redis.stop()
+
+
+class Case:
+    """One server at one size: a fresh server and load generator, every scenario."""
+
+    def __init__(self, run: Run, server: str, n_requested: int) -> None:
+        self.run = run
+        self.st = run.settings
+        self.server = server
+        self.n_requested = n_requested
+        self.n = min(n_requested, run.fd_hard - processes.FD_RESERVE)
+        self.result: dict[str, Any] = {
+            "type": "case",
+            "server": server,
+            "n_requested": n_requested,
+            "n": self.n,
+        }
+        if self.n < n_requested:
+            self.result["n_note"] = (
+                f"the hard RLIMIT_NOFILE of this machine is {run.fd_hard} and cannot be "
+                f"raised here, so one server process cannot hold {n_requested} sockets"
+            )
+        self.proc: processes.Child | None = None
+        self.lg: Loadgen | None = None
+        self.probe_seq = 0
+        self.connected = 0
+
+    # -- measurement helpers -------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, float]:
+        assert self.proc is not None and self.lg is not None
+        busy, _ = processes.machine_cpu()
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "wall": time.monotonic(),
+            "server_cpu": self.proc.cpu(),
+            "server_rss": self.proc.rss(),
+            "loadgen_cpu": self.lg.child.cpu(),
+            "web_cpu": self.run.web.cpu(),
+            "redis_cpu": self.run.redis.cpu(),
+            "harness_cpu": own.ru_utime + own.ru_stime,
+            "machine_busy": busy,
+        }
+
+    @staticmethod
+    def usage(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        """CPU of each party between two snapshots, and the machine's load from others."""
+        d = {k: after[k] - before[k] for k in before}
+        wall = max(d["wall"], 1e-9)
+        ours = d["server_cpu"] + d["loadgen_cpu"] + d["web_cpu"] + d["redis_cpu"]
+        ours += d["harness_cpu"]
+        return {
+            "wall_s": d["wall"],
+            "server_cpu_s": d["server_cpu"],
+            "server_cores": d["server_cpu"] / wall,
+            "loadgen_cpu_s": d["loadgen_cpu"],
+            "loadgen_cores": d["loadgen_cpu"] / wall,
+            "web_cpu_s": d["web_cpu"],
+            "redis_cpu_s": d["redis_cpu"],
+            "harness_cpu_s": d["harness_cpu"],
+            "other_cores": max(0.0, d["machine_busy"] - ours) / wall,
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start_server(self) -> None:
+        port = processes.free_port()
+        self.port = port
+        write_config(self.run.bench, port, self.run.redis_port, self.run.web_port)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        self.proc = processes.start(
+            f"{self.server}-{self.n_requested}",
+            server_argv(self.server, self.run.bench),
+            self.run.log_dir,
+            cwd=self.run.bench / "sites",
+            env=env,
+        )
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if not self.proc.alive():
+                raise RuntimeError(f"{self.server} exited at start:\n{self.proc.log_tail()}")
+            return processes.healthy(port) and self.run.publisher.subscribers() >= 1
+
+        processes.wait_until(ready, 60, what=f"{self.server} /health and its Redis subscription")
+
+    def execute(self) -> dict[str, Any]:
+        log.info("%s with %d clients", self.server, self.n)
+        try:
+            self.start_server()
+            self.lg = Loadgen(
+                BENCH_ROOT, self.run.log_dir, self.st.workers, f"loadgen-{self.server}-{self.n}"
+            )
+            self.scenarios()
+        except Exception as exc:  # one broken case must not lose the others' numbers
+            log.exception("%s n=%d failed", self.server, self.n)
+            self.result["error"] = f"{type(exc).__name__}: {exc}"
+            if self.proc is not None:
+                self.result["server_log_tail"] = self.proc.log_tail()
+        finally:
+            if self.lg is not None:
+                self.lg.close()
+            if self.proc is not None:
+                self.proc.stop()
+        return self.result
+
+    def scenarios(self) -> None:
+        assert self.proc is not None and self.lg is not None
+        # Let start-up allocations finish before the idle figure (a measurement settle).
+        time.sleep(self.st.settle_s)
+        rss_idle = self.proc.rss()
+        self.connect_storm()
+        self.subscribe_doc()
+        self.check_user_rooms()
+        self.warm_up_fanout()
+        time.sleep(self.st.settle_s)
+        rss_connected = self.proc.rss()
+        n = self.connected
+        rate = self.st.rate
+        self.result["fanout_fixed"] = self.phase(
+            "fanout-fixed",
+            "fanout",
+            n,
+            lambda: self.run.publisher.fixed_rate(
+                "fanout-fixed",
+                rate / max(1, n),
+                events_for(rate, self.st.fixed_seconds, n),
+                lambda _: DOC_ROOM,
+            ),
+        )
+        self.result["fanout_max"] = self.phase(
+            "fanout-max",
+            "fanout",
+            n,
+            lambda: self.run.publisher.flat_out(
+                "fanout-max",
+                self.lg,
+                n,
+                max(self.st.window, 4 * n),
+                self.st.flat_seconds,
+                max(1, self.st.flat_max_deliveries // max(1, n)),
+                lambda _: DOC_ROOM,
+            ),
+        )
+        self.result["user_fixed"] = self.phase(
+            "user-fixed",
+            "user",
+            1,
+            lambda: self.run.publisher.fixed_rate(
+                "user-fixed",
+                rate,
+                events_for(rate, self.st.fixed_seconds, 1),
+                lambda seq: user_room(seq % self.n),
+            ),
+        )
+        self.result["user_max"] = self.phase(
+            "user-max",
+            "user",
+            1,
+            lambda: self.run.publisher.flat_out(
+                "user-max",
+                self.lg,
+                1,
+                self.st.window,
+                self.st.flat_seconds,
+                self.st.flat_max_deliveries,
+                lambda seq: user_room(seq % self.n),
+            ),
+        )
+        rss_after = self.proc.rss()
+        stats = self.lg.call("stats")
+        self.result["held"] = {
+            "connected_at_end": stats["connected"],
+            "disconnects": stats["disconnects"],
+        }
+        self.result["memory"] = {
+            "rss_idle": rss_idle,
+            "rss_connected": rss_connected,
+            "rss_after": rss_after,
+            "bytes_per_connection": (rss_connected - rss_idle) / n if n else None,
+        }
+        self.result["loadgen_rss"] = stats["rss_bytes"]
+        self.lg.call("disconnect")
+
+    def connection_args(self) -> dict[str, Any]:
+        return {
+            "url": f"http://127.0.0.1:{self.port}",
+            "site": SITE,
+            "origin": f"http://127.0.0.1:{self.port}",
+            "timeout_ms": int(self.st.connect_timeout_s * 1000),
+            "local_addresses": self.st.source_addresses,
+        }
+
+    def connect_storm(self) -> None:
+        assert self.lg is not None
+        warm = self.lg.call("warmup", count=WARMUP_CLIENTS, **self.connection_args())
+        if warm["connected"] == 0:
+            raise RuntimeError(f"no warm-up client could connect to {self.server}")
+        web_before = processes.webstub_counts(self.run.web_port)
+        before = self.snapshot()
+        res = self.lg.call(
+            "connect",
+            timeout=max(180.0, self.n / 50),
+            event="bench",
+            n=self.n,
+            concurrency=self.st.connect_concurrency,
+            **self.connection_args(),
+        )
+        after = self.snapshot()
+        web_after = processes.webstub_counts(self.run.web_port)
+        self.connected = res["connected"]
+        span = max(1e-9, (res["end_us"] - res["start_us"]) / 1e6) if res["end_us"] else None
+        use = self.usage(before, after)
+        self.result["connect"] = {
+            "connected": res["connected"],
+            "failed": res["failed"],
+            "errors": res["errors"],
+            "seconds": span,
+            "connects_per_s": res["connected"] / span if span else None,
+            "latency": res["latency"],
+            "auth_calls": _delta(web_before, web_after, "frappe.realtime.get_user_info"),
+            "server_us_per_connect": 1e6 * use["server_cpu_s"] / max(1, res["connected"]),
+            "loadgen_cpu_self_s": res["cpu_s"],
+            **use,
+        }
+        log.info(
+            "  connect: %d/%d in %.2fs, p99 %s ms, errors %s",
+            res["connected"],
+            self.n,
+            span or 0,
+            res["latency"].get("p99_ms"),
+            res["errors"] or "none",
+        )
+
+    def probe(self, phase: str, count: int, room: Callable[[int], str], limit: float) -> dict:
+        """Publish COUNT probe events (to ROOM(i)) until every connected client got one.
+
+        Joining rooms may finish after the client's own emit returns (the permission call
+        is asynchronous), so readiness is observed, not assumed; probes are re-sent each
+        second to cover a join that raced the previous round.
+        """
+        assert self.lg is not None
+        self.lg.call("phase_start", phase=phase, mode="probe", n=self.n)
+        started = time.monotonic()
+        seen = (0, 0)
+        while seen[1] < self.connected and time.monotonic() - started < limit:
+            base = self.probe_seq
+            self.run.publisher.burst(phase, count, lambda seq, b=base: room(seq - b), first=base)
+            self.probe_seq += count
+            deadline = time.monotonic() + 1.0
+            while seen[1] < self.connected and time.monotonic() < deadline:
+                seen = self.lg.wait_progress(phase, seen, 0.2)
+        end = self.lg.call("phase_end", phase=phase, published=0)
+        return {
+            "clients_ready": end["clients_with_any"],
+            "seconds": time.monotonic() - started,
+        }
+
+    def subscribe_doc(self) -> None:
+        assert self.lg is not None
+        web_before = processes.webstub_counts(self.run.web_port)
+        before = self.snapshot()
+        self.lg.call("emit", event="doc_subscribe", args=[DOCTYPE, DOCNAME])
+        res = self.probe("probe-doc", 1, lambda _: DOC_ROOM, 120)
+        after = self.snapshot()
+        web_after = processes.webstub_counts(self.run.web_port)
+        use = self.usage(before, after)
+        res["permission_calls"] = _delta(web_before, web_after, "frappe.realtime.has_permission")
+        res["server_us_per_subscribe"] = 1e6 * use["server_cpu_s"] / max(1, self.connected)
+        self.result["doc_subscribe"] = {**res, **use}
+        log.info("  doc_subscribe: %d clients in the room", res["clients_ready"])
+
+    def check_user_rooms(self) -> None:
+        res = self.probe("probe-user", self.n, user_room, 60)
+        self.result["user_rooms"] = res
+        log.info("  user rooms: %d clients reached", res["clients_ready"])
+
+    def warm_up_fanout(self) -> None:
+        """Deliver a few unmeasured fan-out events so both sides' broadcast paths are warm."""
+        assert self.lg is not None
+        self.lg.call("phase_start", phase="warmup", mode="fanout", n=self.n)
+        self.run.publisher.burst("warmup", WARMUP_EVENTS, lambda _: DOC_ROOM)
+        self.lg.wait_received(
+            "warmup", WARMUP_EVENTS * self.connected, self.st.drain_stall_s, limit=120
+        )
+        self.lg.call("phase_end", phase="warmup", published=WARMUP_EVENTS)
+
+    def phase(
+        self, name: str, mode: str, per_event: int, publish: Callable[[], Published]
+    ) -> dict[str, Any]:
+        """One measured phase: publish, wait for the deliveries to drain, collect receipt."""
+        assert self.lg is not None
+        self.lg.call("phase_start", phase=name, mode=mode, n=self.n)
+        before = self.snapshot()
+        pub = publish()
+        self.lg.wait_received(name, pub.messages * per_event, self.st.drain_stall_s, limit=600)
+        after = self.snapshot()
+        res = self.lg.call("phase_end", phase=name, published=pub.messages, timeout=300)
+        use = self.usage(before, after)
+        span = (res["last_us"] - pub.start_us) / 1e6 if res["last_us"] else None
+        out = {
+            "events": pub.messages,
+            "publish_seconds": pub.seconds,
+            "publish_rate": pub.messages / pub.seconds,
+            "expected": res["expected"],
+            "delivered": res["delivered"],
+            "lost": res["lost"],
+            "duplicates": res["duplicates"],
+            "misrouted": res["misrouted"] + res["unexpected"],
+            "stray": res["stray"],
+            "deliveries_per_s": res["delivered"] / span if span else None,
+            "latency": res["latency"],
+            "server_us_per_delivery": 1e6 * use["server_cpu_s"] / max(1, res["delivered"]),
+            "server_us_per_event": 1e6 * use["server_cpu_s"] / max(1, pub.messages),
+            **use,
+        }
+        log.info(
+            "  %s: %d events, %d/%d delivered (%.0f/s), p99 %s ms, lost %d, dup %d",
+            name,
+            pub.messages,
+            res["delivered"],
+            res["expected"],
+            out["deliveries_per_s"] or 0,
+            res["latency"].get("p99_ms"),
+            res["lost"],
+            res["duplicates"],
+        )
+        return out
+
+
+def _delta(before: dict[str, int], after: dict[str, int], key: str) -> int:
+    return after.get(key, 0) - before.get(key, 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    st = parse_args(argv)
+    for package in ("baseline_node", "loadgen"):
+        processes.ensure_npm(BENCH_ROOT / package)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    st.results_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = st.results_dir / "raw" / stamp
+    log_dir.mkdir(parents=True, exist_ok=True)
+    run_info = {
+        "type": "run",
+        "started": stamp,
+        "command": shlex.join(["python", "benchmarks/run.py", *(argv or sys.argv[1:])]),
+        "machine": machine_facts(),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(st).items()},
+    }
+    jsonl = st.results_dir / f"{stamp}.jsonl"
+    cases: list[dict[str, Any]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="gsocket-bench-"))
+    run = None
+    try:
+        run = Run(st, log_dir, tmp)
+        with jsonl.open("w") as f:
+            f.write(json.dumps(run_info) + "\n")
+            for n in st.sizes:
+                for server in st.servers:
+                    case = Case(run, server, n).execute()
+                    case["loadavg_after"] = processes.loadavg()
+                    cases.append(case)
+                    f.write(json.dumps(case) + "\n")
+                    f.flush()
+            for r in report.ratios(cases):
+                f.write(json.dumps({"type": "ratio", **r}) + "\n")
+    finally:
+        if run is not None:
+            run.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    md = report.markdown(run_info, cases)
+    (st.results_dir / "latest.md").write_text(md + "\n")
+    log.info("results: %s and %s", jsonl, st.results_dir / "latest.md")
+    return 1 if any(c.get("error") for c in cases) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
