@@ -1,0 +1,419 @@
+"""Run a realtime handler inside a Frappe context of its own, safely under gevent.
+
+A handler registered with ``frappe_context=True`` may use the whole blocking Frappe ORM.  Frappe
+keeps everything about "the current request" (site, user, DB connection, flags, caches) in
+``frappe.local``, which is a ``werkzeug.local.Local`` on v15 and a context variable holding a
+*mutable dict* on newer versions.  Both are looked up through the current ``contextvars``
+context, so each event here runs in a brand-new, empty ``contextvars.Context``: a greenlet that
+inherited or copied its creator's context would otherwise share (newer Frappe) or start from
+(v15) someone else's ``frappe.local``.
+
+The per-event sequence is Frappe's own bench-script sequence, with two gevent-specific steps:
+``init(force=True)`` -> force the pure-Python PyMySQL driver -> ``connect`` -> ``set_user`` ->
+handler -> ``commit`` (or ``rollback`` and re-raise) -> ``destroy`` (always).
+
+Frappe is imported lazily, on first use, so that gsocket runs without Frappe installed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import Any, TypeVar
+
+import gevent
+
+from gsocket.errors import StartupError
+
+log = logging.getLogger("gsocket.frappe_ctx")
+
+T = TypeVar("T")
+
+#: Seconds a site's installed-apps list is trusted before it is looked up again.
+INSTALLED_APPS_TTL = 60.0
+
+#: Seconds a rollback after a failed handler may take before the connection is just closed.
+ROLLBACK_TIMEOUT = 5.0
+
+#: Attributes without which an importable ``frappe`` cannot be Frappe (or our test double).
+_REQUIRED_API = ("init", "connect", "set_user", "destroy", "local")
+
+
+class FrappeUnavailable(RuntimeError):
+    """Frappe cannot be imported here (or only gsocket's stand-in ``frappe`` module is loaded)."""
+
+
+def _foreign_mysqldb() -> ModuleType | None:
+    """The loaded ``MySQLdb`` module if it is mysqlclient's C driver, else None.
+
+    ``pymysql.install_as_MySQLdb()`` registers PyMySQL itself under the name ``MySQLdb``; that
+    is pure Python and yields to the gevent hub like any socket code, so it is not a hazard.
+    """
+    module = sys.modules.get("MySQLdb")
+    if module is None or getattr(module, "__name__", "") == "pymysql":
+        return None
+    return module
+
+
+def _check_no_mysqlclient() -> None:
+    module = _foreign_mysqldb()
+    if module is None:
+        return
+    origin = getattr(module, "__file__", None) or "an unknown location"
+    raise StartupError(
+        f"mysqlclient (the MySQLdb C driver, from {origin}) is already imported in this "
+        "process. Its database calls block the whole gevent hub, so every socket would stall "
+        "while one handler waits on MariaDB. Remove whatever imports it before gsocket starts "
+        "(a sitecustomize or .pth file, FRAPPE_PRELOAD_DATABASE_DRIVERS, an app imported at "
+        "start-up); gsocket already makes Frappe use the pure-Python PyMySQL driver."
+    )
+
+
+def _check_no_thread_inherit_context() -> None:
+    if not getattr(sys.flags, "thread_inherit_context", 0):
+        return
+    raise StartupError(
+        "Python is running with sys.flags.thread_inherit_context on (the default of "
+        "free-threaded builds, or -X thread_inherit_context=1 / PYTHON_THREAD_INHERIT_CONTEXT=1). "
+        "New threads and greenlets would then start with a copy of their creator's context, "
+        "and Frappe's frappe.local could leak from one handler into another. Start gsocket with "
+        "`python -X thread_inherit_context=0 -m gsocket ...` or set "
+        "PYTHON_THREAD_INHERIT_CONTEXT=0 in its environment."
+    )
+
+
+def _original_lock_types() -> tuple[type, ...]:
+    """The OS-level lock types that gevent's monkey-patch replaced, or () when not patched."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("threading"):
+        return ()
+    lock_type = type(monkey.get_original("_thread", "allocate_lock")())
+    rlock_type = monkey.get_original("_thread", "RLock")
+    return (lock_type, rlock_type) if isinstance(rlock_type, type) else (lock_type,)
+
+
+def _lock_is_free(lock: Any) -> bool:
+    """Whether nobody holds ``lock`` (an OS ``Lock`` or ``RLock``); probing leaves it as found."""
+    if hasattr(lock, "locked"):
+        return not lock.locked()
+    if lock._is_owned():
+        return False
+    if lock.acquire(blocking=False):
+        lock.release()
+        return True
+    return False
+
+
+def recreate_prepatch_locks(packages: Iterable[str] = ("frappe",)) -> list[str]:
+    """Replace module-level OS locks of ``packages`` with gevent-aware ones; return their names.
+
+    A ``threading.Lock`` created before ``monkey.patch_all()`` is a real OS lock: a greenlet
+    that blocks on it while another greenlet of the same thread holds it blocks the whole hub,
+    and the holder never runs again to release it.  Frappe keeps such locks at module level
+    (``frappe._redis_init_lock`` guards its Redis set-up in every ``frappe.init``), so when
+    Frappe was imported before the patch those attributes are swapped for fresh locks of the
+    patched ``threading`` module.  A lock that is held right now is left alone and logged: it
+    cannot be replaced without breaking its holder.
+    """
+    original = _original_lock_types()
+    if not original:
+        return []
+    prefixes = tuple(packages)
+    replaced: list[str] = []
+    for name, module in list(sys.modules.items()):
+        if module is None or not any(name == p or name.startswith(p + ".") for p in prefixes):
+            continue
+        for attr, value in list(vars(module).items()):
+            kind = type(value)
+            if kind not in original:
+                continue
+            qualified = f"{name}.{attr}"
+            if not _lock_is_free(value):
+                log.warning("%s was created before gevent's monkey-patch and is held", qualified)
+                continue
+            fresh = threading.Lock() if kind is original[0] else threading.RLock()
+            setattr(module, attr, fresh)
+            replaced.append(qualified)
+    return replaced
+
+
+def check_startup_guards() -> None:
+    """Refuse to start where Frappe handlers cannot be isolated or would block the hub.
+
+    Called by the entry point right after gevent's monkey-patch.  Raises ``StartupError``
+    whose message tells the operator what to change; re-creates pre-patch Frappe locks.
+    """
+    _check_no_mysqlclient()
+    _check_no_thread_inherit_context()
+    replaced = recreate_prepatch_locks()
+    if replaced:
+        log.info("re-created %d lock(s) made before the monkey-patch: %s", len(replaced), replaced)
+
+
+def share_pymysql_default_tls_context() -> bool:
+    """Make PyMySQL build its default TLS context once per process instead of per connection.
+
+    PyMySQL 1.2 tries TLS on every connection that has no TLS settings ("preferred" mode) and
+    builds a fresh ``ssl`` default context for it, loading the system CA bundle each time:
+    tens of milliseconds of CPU per ``frappe.connect``, all of it blocking the gevent hub
+    (measured in benchmarks/FRAPPE_CTX.md).  That context is the same every time (no CA, no
+    certificate, no host check), and an ``SSLContext`` is made to be shared, so the first
+    one is kept and reused.  Connections with TLS settings (``db_ssl_ca`` and friends in the
+    site config) still get a context of their own.  Returns whether the sharing is in place.
+    """
+    try:
+        import pymysql
+        from pymysql import connections
+    except ImportError:
+        return False
+    original = getattr(connections.Connection, "_create_ssl_ctx", None)
+    if original is None or not (1, 2) <= tuple(pymysql.VERSION[:2]) < (2, 0):
+        return False
+    if getattr(original, "__gsocket_shared__", False):
+        return True
+    shared: list[Any] = []
+
+    def create_ssl_ctx(self: Any, sslp: Any) -> Any:
+        if isinstance(sslp, dict) and not sslp:
+            if not shared:
+                shared.append(original(self, sslp))
+            return shared[0]
+        return original(self, sslp)
+
+    create_ssl_ctx.__gsocket_shared__ = True  # type: ignore[attr-defined]
+    connections.Connection._create_ssl_ctx = create_ssl_ctx  # type: ignore[method-assign]
+    return True
+
+
+class _Lookup:
+    """One in-flight installed-apps lookup that concurrent callers for the same site share."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._apps: list[str] | None = None
+        self._error: BaseException | None = None
+
+    def finish(self, apps: list[str] | None, error: BaseException | None) -> None:
+        self._apps, self._error = apps, error
+        self._done.set()
+
+    def wait(self) -> list[str]:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._apps is not None
+        return list(self._apps)
+
+
+class FrappeContext:
+    """Opens an isolated Frappe context around handler calls for the sites of one bench.
+
+    :param sites_path: the bench's ``sites`` folder (what ``frappe.init`` calls ``sites_path``).
+    :param installed_apps_ttl: seconds a site's installed-apps list is cached.
+    :param rollback_timeout: seconds a rollback after a failed handler may take.
+    """
+
+    def __init__(
+        self,
+        sites_path: str,
+        installed_apps_ttl: float = INSTALLED_APPS_TTL,
+        rollback_timeout: float = ROLLBACK_TIMEOUT,
+    ) -> None:
+        # Absolute once, so a later chdir (Frappe's log files want cwd = sites/) changes nothing.
+        self.sites_path = os.path.abspath(sites_path)
+        self.installed_apps_ttl = installed_apps_ttl
+        self.rollback_timeout = rollback_timeout
+        self._frappe: ModuleType | None = None
+        self._unavailable: str | None = None
+        self._valid_sites: set[str] = set()
+        self._mysqldb_reported = False
+        self._apps_lock = threading.Lock()
+        self._apps_cache: dict[str, tuple[float, list[str]]] = {}
+        self._apps_inflight: dict[str, _Lookup] = {}
+
+    def _load(self) -> ModuleType:
+        """Import Frappe once; remember a failure so that each event costs no import attempt."""
+        if self._frappe is not None:
+            return self._frappe
+        if self._unavailable is None:
+            self._unavailable = self._import_frappe()
+        if self._unavailable:
+            raise FrappeUnavailable(self._unavailable)
+        assert self._frappe is not None
+        return self._frappe
+
+    def _import_frappe(self) -> str:
+        """Set ``self._frappe`` and return "", or return why Frappe is unusable."""
+        advice = "run gsocket with the bench's own Python (env/bin/python)"
+        try:
+            module = importlib.import_module("frappe")
+        except Exception as exc:
+            log.debug("importing frappe failed", exc_info=True)
+            return f"Frappe cannot be imported in this Python environment ({exc!r}); {advice}"
+        if getattr(module, "__gsocket_stub__", False):
+            return f"Frappe is not installed in this Python environment; {advice}"
+        missing = [name for name in _REQUIRED_API if not hasattr(module, name)]
+        if missing:
+            origin = getattr(module, "__file__", "?")
+            return f"the importable module `frappe` ({origin}) has no {missing}; {advice}"
+        self._frappe = module
+        share_pymysql_default_tls_context()
+        return ""
+
+    def available(self) -> bool:
+        """Whether the real Frappe (not gsocket's stand-in) can be imported here."""
+        try:
+            self._load()
+        except FrappeUnavailable:
+            return False
+        return True
+
+    def _check_site(self, site: str) -> None:
+        """Reject site names that would make ``frappe.init`` look outside ``sites/``.
+
+        The site comes from a client's namespace; a name is checked once and then remembered.
+        """
+        if site in self._valid_sites:
+            return
+        if not site or site in (".", "..") or any(c in site for c in "/\\\x00"):
+            raise ValueError(f"not a site name: {site!r}")
+        self._valid_sites.add(site)
+
+    def run(self, site: str, user: str, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn(*args)`` in the current greenlet inside a fresh Frappe context for ``site``.
+
+        The context runs in a new, empty ``contextvars.Context``, whatever context the calling
+        greenlet has, so ``frappe.local`` of either shape starts empty and nothing set in it
+        outlives the call.  Commits when ``fn`` returns; rolls back and re-raises when it
+        raises an ``Exception`` (a ``BaseException`` such as ``GreenletExit`` only closes the
+        connection, which discards the transaction); always calls ``frappe.destroy()``, even
+        when ``init`` or ``connect`` failed.
+
+        :raises FrappeUnavailable: Frappe cannot be imported in this process.
+        """
+        frappe = self._load()
+        self._check_site(site)
+        return contextvars.Context().run(self._run_inside, frappe, site, user, fn, args)
+
+    def _run_inside(
+        self,
+        frappe: ModuleType,
+        site: str,
+        user: str,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+    ) -> T:
+        try:
+            frappe.init(site, sites_path=self.sites_path, force=True)
+            # Newer Frappe picks the mysqlclient C driver unless this key is 0 (absent means
+            # 1), and that driver blocks the gevent hub; v15 ignores the key and uses PyMySQL.
+            frappe.local.conf["use_mysqlclient"] = 0
+            frappe.connect(set_admin_as_user=False)
+            self._report_blocking_driver()
+            frappe.set_user(user)
+            result = fn(*args)
+            frappe.db.commit()
+            return result
+        except Exception:
+            self._rollback(frappe, site)
+            raise
+        # GreenletExit, gevent.Timeout and the like may land in the middle of a query; the
+        # connection is then in no state to take a ROLLBACK (it would first read the rest of
+        # the interrupted answer), so it is only closed below: MariaDB discards the open
+        # transaction of a connection that goes away.
+        finally:
+            self._destroy(frappe, site)
+
+    def _report_blocking_driver(self) -> None:
+        """Log once if mysqlclient got imported after start-up (an app or a Frappe change)."""
+        if self._mysqldb_reported or _foreign_mysqldb() is None:
+            return
+        self._mysqldb_reported = True
+        log.error(
+            "mysqlclient (MySQLdb) was imported after gsocket started; its calls block every "
+            "socket while one handler waits on MariaDB. Find the import and remove it."
+        )
+
+    def _rollback(self, frappe: ModuleType, site: str) -> None:
+        """Roll back when a DB object was bound; a failure here must not hide the cause.
+
+        Bounded in time: when the failure was a time limit that interrupted a query (the
+        dispatcher's limit is an ``Exception``), the connection may still owe the rest of
+        that query's answer, and a ROLLBACK would wait for it.  Closing the connection in
+        ``destroy`` discards the transaction just as well.
+        """
+        if getattr(frappe.local, "db", None) is None:
+            return
+        limit = gevent.Timeout(self.rollback_timeout)
+        limit.start()
+        try:
+            frappe.db.rollback()
+        except gevent.Timeout as exc:
+            if exc is not limit:
+                raise
+            log.error(
+                "rollback on site %s took over %.1f s; the connection is closed instead, "
+                "which discards the transaction",
+                site,
+                self.rollback_timeout,
+            )
+        except Exception as exc:
+            # Expected after an interrupted query or a lost connection; the cause is what
+            # the caller reports, so one line is enough here.
+            log.warning("rollback failed on site %s: %r", site, exc)
+        finally:
+            limit.close()
+
+    @staticmethod
+    def _destroy(frappe: ModuleType, site: str) -> None:
+        """``frappe.destroy()``; its failure is logged, never raised over the handler's outcome."""
+        try:
+            frappe.destroy()
+        except Exception:
+            log.exception("frappe.destroy() failed on site %s", site)
+
+    def installed_apps(self, site: str) -> list[str]:
+        """The apps installed on ``site``, from ``frappe.get_installed_apps()`` in a context.
+
+        Needed for v15 sites, whose ``get_user_info`` does not say.  Cached per site for
+        ``installed_apps_ttl`` seconds; concurrent callers for one site share one lookup.  When
+        a refresh fails and an older answer exists, the older answer is kept (and logged)
+        rather than refusing every connection to the site.
+        """
+        with self._apps_lock:
+            cached = self._apps_cache.get(site)
+            if cached is not None and cached[0] > time.monotonic():
+                return list(cached[1])
+            lookup = self._apps_inflight.get(site)
+            owner = lookup is None
+            if lookup is None:
+                lookup = self._apps_inflight[site] = _Lookup()
+        if not owner:
+            return lookup.wait()
+        apps: list[str] | None = None
+        error: BaseException = RuntimeError(f"the installed-apps lookup of {site} was interrupted")
+        try:
+            frappe = self._load()
+            apps = [str(app) for app in self.run(site, "Guest", frappe.get_installed_apps)]
+        except Exception as exc:
+            if cached is None:
+                error = exc
+            else:
+                log.warning("installed apps of %s kept, refresh failed: %r", site, exc)
+                apps = cached[1]
+        finally:
+            # Also on GreenletExit/Timeout: waiters must be released and the slot freed.
+            with self._apps_lock:
+                if apps is not None:
+                    self._apps_cache[site] = (time.monotonic() + self.installed_apps_ttl, apps)
+                del self._apps_inflight[site]
+            lookup.finish(apps, None if apps is not None else error)
+        return lookup.wait()
