@@ -15,6 +15,7 @@ Data path: connect -> authenticate -> session (:class:`~gsocket.socket.Socket`) 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import gevent
@@ -25,11 +26,15 @@ from socketio import packet
 from gsocket.auth import Authenticator, Refused
 from gsocket.core_handlers import join_default_rooms
 from gsocket.dispatch import Dispatcher
+from gsocket.limits import MAX_ATTACHMENTS, ClientGuard, watch_event_loop
 from gsocket.metrics import Metrics
 from gsocket.socket import Socket
 from gsocket.webclient import WebClient
 
 log = logging.getLogger("gsocket.server")
+
+BLOCKING_REPORT_SECONDS = 1.0
+"""A greenlet that holds the event loop this long (a handler burning CPU) is logged."""
 
 
 class Server(socketio.Server):
@@ -70,6 +75,8 @@ class Server(socketio.Server):
         self.metrics = metrics
         self._sockets: dict[str, Socket] = {}
         self._connecting: dict[tuple[str, str], Event] = {}
+        self.guard = ClientGuard(self.eio, authenticator.config, metrics)
+        watch_event_loop(BLOCKING_REPORT_SECONDS)
 
     def socket_of(self, sid: str) -> Socket | None:
         """Return the connected socket with ``sid``, or ``None``."""
@@ -195,3 +202,80 @@ class Server(socketio.Server):
             self._send_packet(
                 eio_sid, self.packet_class(packet.ACK, namespace=namespace, id=id, data=ack)
             )
+
+    # ---- protections (gsocket.limits): applied before python-socketio sees the input -----
+
+    def handle_request(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """Serve one Engine.IO HTTP or websocket request, screened by the client guard.
+
+        Malformed transport input ends that client's session only; whatever python-engineio
+        still raises on is answered 400 and ends the session, never the server.
+        """
+        refusal = self.guard.screen_request(environ)
+        if refusal is not None:
+            status, body = refusal
+            start_response(status, [("Content-Type", "text/plain")])
+            return [body]
+        try:
+            return super().handle_request(environ, start_response)
+        except Exception as e:  # noqa: BLE001 - one client's bad request must not surface
+            self.guard.request_failed(environ, e)
+            if environ.get("wsgi.websocket") is not None:
+                return []
+            start_response("400 Bad Request", [("Content-Type", "text/plain")], sys.exc_info())
+            return [b"Bad Request"]
+        finally:
+            self.guard.request_done(environ)
+
+    def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> bool | None:
+        """Count the new Engine.IO session against its address (``connections_per_ip``)."""
+        if not self.guard.admit(eio_sid, environ):
+            return False
+        super()._handle_eio_connect(eio_sid, environ)
+        return None
+
+    def _handle_eio_disconnect(self, eio_sid: str, reason: str | None = None) -> None:
+        """End every namespace of the session, then release what the guard held for it."""
+        try:
+            super()._handle_eio_disconnect(eio_sid, reason)
+        finally:
+            self.guard.forget(eio_sid)
+
+    def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
+        """Rate-limit and decode one Socket.IO packet; a packet that does not decode ends
+        the client's session with one log line (as the Node server does on a parse error)."""
+        pending = self._binary_packet.get(eio_sid)
+        if pending is None and not self.guard.allow_packet(eio_sid):
+            return
+        try:
+            super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, RecursionError) as e:
+            self.guard.kick(eio_sid, f"malformed Socket.IO packet ({type(e).__name__}: {e})"[:300])
+            return
+        except Exception:
+            log.exception("packet from client %s could not be handled", eio_sid)
+            self.guard.kick(eio_sid, "its packet could not be handled")
+            return
+        pending = self._binary_packet.get(eio_sid)
+        if pending is not None:
+            size = sum(len(a) for a in pending.attachments)
+            if (
+                pending.attachment_count > MAX_ATTACHMENTS
+                or size > self.guard.limits.max_message_bytes
+            ):
+                del self._binary_packet[eio_sid]
+                self.guard.kick(
+                    eio_sid,
+                    f"binary packet of {pending.attachment_count} attachments "
+                    f"({size} bytes so far) over the limits",
+                )
+
+    def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        """Queue a packet for a client, unless its send queue is full (then it is put out)."""
+        if not self.guard.congested(eio_sid):
+            super()._send_packet(eio_sid, pkt)
+
+    def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        """Queue an encoded packet (room broadcasts) under the same send-queue bound."""
+        if not self.guard.congested(eio_sid):
+            super()._send_eio_packet(eio_sid, eio_pkt)
