@@ -27,12 +27,13 @@ from gsocket.auth import Authenticator
 from gsocket.bridge import Bridge
 from gsocket.config import Config
 from gsocket.core_handlers import register_core_handlers
-from gsocket.dispatch import Dispatcher
 from gsocket.frappe_ctx import FrappeContext
 from gsocket.frappe_shim import install_frappe_realtime
 from gsocket.handlers_loader import load_handlers, read_apps
+from gsocket.lifecycle import InFlight, TrackedDispatcher, drain
 from gsocket.metrics import Metrics
 from gsocket.registry import Registry, realtime
+from gsocket.scaleout import make_client_manager, start_client_manager
 from gsocket.secret import SocketSecret
 from gsocket.server import Server
 from gsocket.webclient import WebClient
@@ -58,6 +59,7 @@ class App:
         frappe_ctx: FrappeContext,
         server: Server,
         bridge: Bridge,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -67,6 +69,8 @@ class App:
         self.frappe_ctx = frappe_ctx
         self.server = server
         self.bridge = bridge
+        self.in_flight = in_flight or InFlight()
+        self.draining = False
         self._socketio_app = socketio.WSGIApp(server, socketio_path="socket.io")
         self._wsgi_server: WSGIServer | None = None
 
@@ -79,6 +83,8 @@ class App:
             "bridge": self.bridge.reason,
             "sockets": len(self.server.sockets()),
         }
+        if self.draining:
+            return 503, {"status": "draining", **body}
         if self.bridge.subscribed:
             return 200, {"status": "ok", **body}
         return 503, {"status": "unavailable", "reason": self.bridge.reason, **body}
@@ -105,6 +111,11 @@ class App:
                 ],
             )
             return [payload]
+        if self.draining and "sid=" not in environ.get("QUERY_STRING", ""):
+            # A new session on a process that is going away would be closed at once; the
+            # client retries, and finds the process that takes over.
+            start_response("503 Service Unavailable", [("Content-Length", "0")])
+            return []
         return self._socketio_app(environ, start_response)
 
     def _listener(self) -> pysocket.socket:
@@ -119,6 +130,10 @@ class App:
             family = pysocket.AF_INET6 if ":" in self.config.host else pysocket.AF_INET
             sock = pysocket.socket(family, pysocket.SOCK_STREAM)
             sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEADDR, 1)
+            if self.config.reuse_port:
+                # A hand-over restart: the new process listens next to the old one, which
+                # then stops accepting and drains (docs/operations.md).
+                sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEPORT, 1)
             sock.bind((self.config.host, self.config.port))
         sock.listen(2048)
         sock.setblocking(False)
@@ -131,23 +146,34 @@ class App:
             listener, self.wsgi, handler_class=WebSocketHandler, log=None, error_log=log
         )
         self._wsgi_server.start()
+        if self.config.scale_out:
+            start_client_manager(self.server)
         self.bridge.start()
         where = self.config.uds or f"{self.config.host}:{self.config.port}"
         log.info("gsocket listening on %s for bench %s", where, self.config.bench_path)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop listening, close every client cleanly, stop the bridge.
+    def stop(self, timeout: float | None = None) -> None:
+        """Drain: refuse new sessions, make every client reconnect, stop accepting, let
+        running handlers finish; then stop the bridge.
 
-        :param timeout: seconds granted to closing connections.
+        Published events keep flowing to the clients until they are closed.  Returns within
+        ``timeout`` plus about a second.
+
+        :param timeout: seconds granted to the drain; ``gsocket.drain_timeout`` by default.
         """
-        if self._wsgi_server is not None:
-            self._wsgi_server.close()
+        timeout = self.config.drain_timeout if timeout is None else timeout
+        self.draining = True
+        drain(self.server, self.in_flight, timeout, self._stop_accepting)
         self.bridge.stop()
-        with gevent.Timeout(timeout, False):
+        with gevent.Timeout(1.0, False):
             self.server.shutdown()
         if self._wsgi_server is not None:
-            self._wsgi_server.stop(timeout=timeout)
+            self._wsgi_server.stop(timeout=0.5)
         self.web.close()
+
+    def _stop_accepting(self) -> None:
+        if self._wsgi_server is not None:
+            self._wsgi_server.close()
 
     def serve(self) -> None:
         """Listen and serve until the server is stopped."""
@@ -202,13 +228,17 @@ def create_app(
         load_handlers(read_apps(config.apps_txt), config.bench_path / "apps")
 
     authenticator = Authenticator(config, web, _installed_apps_resolver(frappe_ctx))
-    dispatcher = Dispatcher(registry, frappe_ctx, metrics, config.limits.handler_timeout)
+    in_flight = InFlight()
+    dispatcher = TrackedDispatcher(
+        registry, frappe_ctx, metrics, config.limits.handler_timeout, in_flight=in_flight
+    )
     server = Server(
         authenticator,
         dispatcher,
         web,
         metrics,
+        client_manager=make_client_manager(config) if config.scale_out else None,
         max_http_buffer_size=config.limits.max_message_bytes,
     )
     bridge = Bridge(server, config.redis_url, metrics)
-    return App(config, registry, metrics, redis_client, web, frappe_ctx, server, bridge)
+    return App(config, registry, metrics, redis_client, web, frappe_ctx, server, bridge, in_flight)

@@ -35,7 +35,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gsocket.frappe_ctx import check_startup_guards
 
     config = load_config(args.bench).with_overrides(
-        port=args.port, host=args.host, log_level=args.log_level
+        port=args.port,
+        host=args.host,
+        log_level=args.log_level,
+        drain_timeout=args.drain_timeout,
+        reuse_port=args.reuse_port,
+        scale_out=args.scale_out,
     )
     setup_logging(config.log_level)
     check_startup_guards()
@@ -44,7 +49,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stopping = gevent.event.Event()
 
     def request_stop(signum: int) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stopping.is_set():
+            # A second Ctrl-C (or an impatient operator): leave now, drain or not.
+            log.warning("received %s again: exiting before the drain is over", name)
+            os._exit(1)
+        log.info("received %s: draining for up to %.1f s", name, config.drain_timeout)
         stopping.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -54,6 +64,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app.stop()
     log.info("stopped")
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check a bench for everything gsocket needs; non-zero exit when a check fails."""
+    from gsocket.doctor import run_doctor
+
+    # Verdict lines go to stdout; INFO lines of the handler loader would only repeat them.
+    setup_logging("WARNING")
+    bench = os.path.abspath(args.bench)
+    sites = os.path.join(bench, "sites")
+    if os.path.isdir(sites):
+        os.chdir(sites)  # as gsocket serve does: Frappe opens files relative to sites/
+    return run_doctor(bench)
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    """Write the supervisord program or the Procfile line that runs gsocket on a bench."""
+    from gsocket.supervisor_setup import setup_procfile, setup_supervisor
+
+    config = load_config(args.bench)
+    setup = setup_supervisor if args.target == "supervisor" else setup_procfile
+    return setup(config, apply=args.apply, python=args.python)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +100,38 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="override socketio_port")
     serve.add_argument("--host", help="address to bind (default 0.0.0.0)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument(
+        "--drain-timeout", type=float, help="override gsocket.drain_timeout (seconds)"
+    )
+    serve.add_argument(
+        "--reuse-port",
+        action="store_const",
+        const=True,
+        help="bind with SO_REUSEPORT, for hand-over restarts (gsocket.reuse_port)",
+    )
+    serve.add_argument(
+        "--scale-out",
+        action="store_const",
+        const=True,
+        help="share rooms with other gsocket processes through Redis (gsocket.scale_out)",
+    )
     serve.set_defaults(func=cmd_serve)
+
+    doctor = commands.add_parser("doctor", help="check a bench for everything gsocket needs")
+    doctor.add_argument("--bench", required=True, help="the bench folder")
+    doctor.set_defaults(func=cmd_doctor)
+
+    setup = commands.add_parser("setup", help="run gsocket in place of the Node realtime process")
+    targets = setup.add_subparsers(dest="target", required=True)
+    for target, text in (
+        ("supervisor", "write config/gsocket.conf and the change to config/supervisor.conf"),
+        ("procfile", "show or write the Procfile line of a development bench"),
+    ):
+        sub = targets.add_parser(target, help=text)
+        sub.add_argument("--bench", required=True, help="the bench folder")
+        sub.add_argument("--apply", action="store_true", help="edit the file (keeps a copy)")
+        sub.add_argument("--python", help="interpreter with gsocket (default: this one)")
+        sub.set_defaults(func=cmd_setup)
     return parser
 
 
