@@ -29,8 +29,19 @@ MAX_BACKOFF = 0.5
 PING_EVERY = 10.0
 
 
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
+"""Event names socket.io reserves: the Node server refuses to emit them, and a client would
+take one for its own connection event."""
+
+
 class BadMessage(ValueError):
     """A message on the channel that is not Frappe's realtime shape."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadMessage(f"{name} is not JSON")
 
 
 def parse_message(data: bytes | str) -> tuple[str, Any, str | None, str | None]:
@@ -39,9 +50,13 @@ def parse_message(data: bytes | str) -> tuple[str, Any, str | None, str | None]:
     :raises BadMessage: when it is not JSON, not an object, or its fields have wrong types.
     """
     try:
-        payload = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadMessage(f"not JSON ({e})") from None
+        # NaN and Infinity would reach browsers as text JSON.parse rejects, breaking every
+        # client in the room; nesting past the recursion limit must not end the bridge.
+        payload = json.loads(data, parse_constant=_reject_constant)
+    except BadMessage:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise BadMessage(f"not JSON ({type(e).__name__}: {str(e)[:100]})") from None
     if not isinstance(payload, dict):
         raise BadMessage("not a JSON object")
     event = payload.get("event")
@@ -49,6 +64,8 @@ def parse_message(data: bytes | str) -> tuple[str, Any, str | None, str | None]:
     namespace = payload.get("namespace")
     if not isinstance(event, str) or not event:
         raise BadMessage("no event name")
+    if event in RESERVED_EVENTS:
+        raise BadMessage(f"event name {event!r} is reserved by socket.io")
     if room is not None and not isinstance(room, str):
         raise BadMessage("room is not a string")
     if namespace is not None and not isinstance(namespace, str):
@@ -96,11 +113,20 @@ class Bridge:
             self.metrics.bridged.inc("malformed")
             log.warning("skipped a malformed message on Redis channel %r: %s", CHANNEL, e)
             return
-        if room is not None:
-            self.server.emit(event, message, to=room, namespace=f"/{namespace}", ignore_queue=True)
-        else:
-            for ns in self.server.site_namespaces():
-                self.server.emit(event, message, namespace=ns, ignore_queue=True)
+        try:
+            if room is not None:
+                self.server.emit(
+                    event, message, to=room, namespace=f"/{namespace}", ignore_queue=True
+                )
+            else:
+                for ns in self.server.site_namespaces():
+                    self.server.emit(event, message, namespace=ns, ignore_queue=True)
+        except Exception:  # noqa: BLE001 - one message must never end the bridge
+            self.metrics.bridged.inc("failed")
+            log.exception(
+                "could not emit event %r from Redis to room %r of %s", event, room, namespace
+            )
+            return
         self.metrics.bridged.inc("delivered")
 
     def _run(self) -> None:
