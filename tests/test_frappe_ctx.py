@@ -177,7 +177,7 @@ def test_raising_handler_rolls_back_only_its_own_writes(
         assert "ValueError" in r["failing_raised"]
         assert r["passing_value"] == f"b-{token}"
         assert r["rows"] == [[f"b-{token}", "b@example.com"]]
-        assert r["elapsed"] < 0.55, "the two writers' SLEEP(0.3) did not overlap"
+        assert r["sleeps_overlapped"], "the two writers did not interleave"
         assert r["counters"]["rollback"] == 1
     conn = mariadb.connect("db_alpha_test")
     try:

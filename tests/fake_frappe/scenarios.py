@@ -146,21 +146,23 @@ def rollback(a: dict[str, Any]) -> dict[str, Any]:
     site = a["site"]
     token = uuid.uuid4().hex[:12]
 
+    windows: list[tuple[float, float]] = []
+
     def writer(name: str, fail: bool) -> str:
         frappe.db.sql(
             "INSERT INTO tabNote (name, title, owner) VALUES (%s, 'note', %s)",
             (name, frappe.session.user),
         )
-        frappe.db.sql("SELECT SLEEP(0.3)")
+        began = time.monotonic()
+        frappe.db.sql("SELECT SLEEP(0.5)")
+        windows.append((began, time.monotonic()))
         if fail:
             raise ValueError(f"{name} fails on purpose")
         return name
 
-    started = time.monotonic()
     failing = gevent.spawn(ctx.run, site, "a@example.com", writer, f"a-{token}", True)
     passing = gevent.spawn(ctx.run, site, "b@example.com", writer, f"b-{token}", False)
     gevent.joinall([failing, passing], timeout=30)
-    elapsed = time.monotonic() - started
 
     def names() -> list[list[str]]:
         rows = frappe.db.sql(
@@ -169,7 +171,7 @@ def rollback(a: dict[str, Any]) -> dict[str, Any]:
         return [list(row) for row in rows]
 
     return {
-        "elapsed": elapsed,
+        "sleeps_overlapped": max(w[0] for w in windows) < min(w[1] for w in windows),
         "failing_raised": repr(failing.exception),
         "passing_value": passing.value,
         "rows": ctx.run(site, "Administrator", names),
