@@ -88,6 +88,36 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return setup(config, apply=args.apply, python=args.python)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start Redis, a demo web process and gsocket on a demo bench; run until Ctrl-C."""
+    from gsocket.demo.runner import DemoOptions, run_demo
+
+    setup_logging(args.log_level)
+    return run_demo(
+        DemoOptions(
+            web_port=args.web_port, socketio_port=args.socketio_port, redis_url=args.redis_url
+        )
+    )
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Publish one realtime event on a bench's Redis, as ``frappe.publish_realtime`` does."""
+    from gsocket.publish import publish_command
+
+    setup_logging("WARNING")
+    return publish_command(
+        args.bench,
+        args.site,
+        args.event,
+        args.message,
+        room=args.room,
+        user=args.user,
+        doctype=args.doctype,
+        docname=args.docname,
+        task_id=args.task_id,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every ``gsocket`` command."""
     parser = argparse.ArgumentParser(
@@ -132,6 +162,39 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--apply", action="store_true", help="edit the file (keeps a copy)")
         sub.add_argument("--python", help="interpreter with gsocket (default: this one)")
         sub.set_defaults(func=cmd_setup)
+
+    demo = commands.add_parser(
+        "demo",
+        help="see gsocket work: Redis, a demo site and gsocket, one URL to open",
+        description="Start a Redis (the system's redis-server), a demo web process with three "
+        "users and a demo app with custom handlers, and gsocket on a temporary demo bench, all "
+        "on 127.0.0.1; print the URL of the demo page. Ctrl-C stops everything. Without "
+        "redis-server, install it (apt-get install redis-server, brew install redis) or pass "
+        "--redis-url of a scratch Redis.",
+    )
+    demo.add_argument("--web-port", type=int, default=8000, help="port of the page (8000)")
+    demo.add_argument("--socketio-port", type=int, default=9000, help="port of gsocket (9000)")
+    demo.add_argument("--redis-url", help="use this running Redis instead of redis-server")
+    demo.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    demo.set_defaults(func=cmd_demo)
+
+    publish = commands.add_parser(
+        "publish",
+        help="publish a realtime event on a bench's Redis",
+        description="Publish EVENT with the JSON message on the bench's redis_queue, exactly "
+        "as frappe.publish_realtime does: without --room, the room is derived from --task-id, "
+        "--user or --doctype/--docname, else 'all'.",
+    )
+    publish.add_argument("--bench", required=True, help="the bench folder (holds sites/)")
+    publish.add_argument("--site", required=True, help="the site whose sockets receive it")
+    publish.add_argument("--room", help="e.g. user:jane@example.com, doc:ToDo/TD-0001, website")
+    publish.add_argument("--user", help="publish to this user's room")
+    publish.add_argument("--doctype", help="with --docname: publish to that document's room")
+    publish.add_argument("--docname", help="the document name")
+    publish.add_argument("--task-id", help="publish to this task's task_progress room")
+    publish.add_argument("event", help="the event name, e.g. msgprint or list_update")
+    publish.add_argument("message", nargs="?", help="the message as JSON (default {})")
+    publish.set_defaults(func=cmd_publish)
     return parser
 
 

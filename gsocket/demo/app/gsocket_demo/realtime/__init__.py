@@ -1,0 +1,1 @@
+"""Realtime handlers of the demo app (``handlers.py`` is what gsocket imports)."""

@@ -1,0 +1,383 @@
+"""``gsocket demo``: everything a bench has around its realtime process, started in one command.
+
+A newcomer has no bench, no Redis configured and no site; the demo brings all of it up on
+loopback with nothing to configure:
+
+1. a Redis: the system's ``redis-server`` on a free port, without persistence (or, with
+   ``--redis-url``, a Redis that already runs);
+2. a demo bench in a temporary folder: ``sites/common_site_config.json`` like a development
+   bench's (``default_site``, ``developer_mode``, ``socketio_port``, ``webserver_port``),
+   ``apps.txt`` with the demo app, whose ``realtime/handlers.py`` has custom handlers;
+3. the demo web process (:mod:`gsocket.demo.web`) in this process;
+4. gsocket itself, exactly as a bench runs it: ``python -m gsocket serve --bench <bench>``.
+
+Then it prints the page's URL and waits.  Ctrl-C (or SIGTERM, or closing the terminal) stops
+gsocket, the web process and Redis in that order and removes the temporary bench.  Children run
+in process groups of their own so that the terminal's Ctrl-C reaches only this process, which
+stops them in order; on Linux they also die with it if it is killed outright.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gevent
+import redis
+import requests
+from gevent.event import Event
+from gevent.lock import Semaphore
+
+import gsocket
+from gsocket.demo.web import DemoWeb
+from gsocket.errors import StartupError
+
+log = logging.getLogger("gsocket.demo.runner")
+
+DEMO_SITE = "demo.localhost"
+DEMO_APP = "gsocket_demo"
+APP_SOURCE = Path(__file__).resolve().parent / "app" / DEMO_APP
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+REDIS_MISSING = (
+    "redis-server was not found on PATH. The demo needs a Redis: install it "
+    "(Debian/Ubuntu: sudo apt-get install redis-server; Fedora: sudo dnf install redis; "
+    "macOS: brew install redis), or run one yourself (for example "
+    "docker run --rm -p 6379:6379 redis:7) and pass --redis-url redis://127.0.0.1:6379. "
+    "The demo only publishes on the channel 'events' and sets the key socketio_auth_secret: "
+    "do not point it at a production bench's Redis."
+)
+
+# Settings a bench operator may export that would point gsocket away from the demo's parts.
+BENCH_OVERRIDES = (
+    "FRAPPE_REDIS_QUEUE",
+    "FRAPPE_SOCKETIO_PORT",
+    "FRAPPE_SOCKETIO_UDS",
+    "FRAPPE_SITE",
+)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``gsocket demo`` can be told.
+
+    :param web_port: port of the demo web process (the page), 8000 like a development bench.
+    :param socketio_port: port of gsocket, 9000 like a development bench.
+    :param redis_url: use this running Redis instead of starting ``redis-server``.
+    """
+
+    web_port: int = 8000
+    socketio_port: int = 9000
+    redis_url: str | None = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: own process group, and SIGTERM when the demo process dies."""
+    os.setpgrp()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _check_port_free(port: int, what: str, option: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise StartupError(
+                f"port {port} for the {what} is in use (is a bench running?); "
+                f"choose another with {option}"
+            ) from None
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until true: child processes give no readiness signal to block on."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise StartupError(f"{what} did not become ready within {timeout:.0f} s")
+        gevent.sleep(0.05)
+
+
+def write_demo_bench(
+    root: Path, redis_url: str, web_port: int, socketio_port: int, site: str = DEMO_SITE
+) -> Path:
+    """Lay out a development-style bench under ``root`` with the demo app; return its path.
+
+    :param root: an empty folder that becomes the bench.
+    :param redis_url: the bench's ``redis_queue``.
+    :param web_port: ``webserver_port``.
+    :param socketio_port: ``socketio_port``.
+    :param site: the one site, also ``default_site`` (the page is opened on ``127.0.0.1``).
+    """
+    sites = root / "sites"
+    (sites / site).mkdir(parents=True)
+    (root / "logs").mkdir()
+    conf: dict[str, Any] = {
+        "redis_queue": redis_url,
+        "socketio_port": socketio_port,
+        "webserver_port": web_port,
+        "default_site": site,
+        "developer_mode": 1,
+        "gsocket": {"host": "127.0.0.1"},
+    }
+    (sites / "common_site_config.json").write_text(json.dumps(conf, indent=1) + "\n")
+    (sites / "apps.txt").write_text(f"frappe\n{DEMO_APP}\n")
+    (sites / site / "site_config.json").write_text("{}\n")
+    shutil.copytree(
+        APP_SOURCE,
+        root / "apps" / DEMO_APP / DEMO_APP,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return root
+
+
+class Child:
+    """One child process of the demo, stopped with SIGTERM and waited for.
+
+    :param name: how log lines name it.
+    :param args: the command.
+    :param env: its environment.
+    :param stdout: where its output goes (inherits the terminal by default).
+    """
+
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str] | None = None, stdout: Any = None
+    ) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            args,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout is not None else None,
+            preexec_fn=_die_with_parent,
+        )
+        self.expected_exit = False
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """Whether it still runs."""
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM, wait, SIGKILL if it does not exit in time."""
+        self.expected_exit = True
+        if not self.alive():
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s; killing it", self.name, STOP_TIMEOUT)
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Demo:
+    """The running demo: Redis, the web process and gsocket on a temporary bench.
+
+    :param options: ports and the optional external Redis.
+    :param on_failure: called with a message when a child dies on its own.
+    """
+
+    def __init__(self, options: DemoOptions, on_failure: Callable[[str], None]) -> None:
+        self.options = options
+        self.on_failure = on_failure
+        self.root = Path(tempfile.mkdtemp(prefix="gsocket-demo-"))
+        self.redis_url = options.redis_url or ""
+        self.redis: Child | None = None
+        self.gsocket: Child | None = None
+        self.web: DemoWeb | None = None
+        self._restarting = Semaphore()
+
+    @property
+    def url(self) -> str:
+        """The page's URL."""
+        return f"http://127.0.0.1:{self.options.web_port}"
+
+    def start(self) -> None:
+        """Start every part; on failure, stop what was started and raise.
+
+        :raises StartupError: with what to do about it.
+        """
+        try:
+            _check_port_free(self.options.web_port, "demo web process", "--web-port")
+            _check_port_free(self.options.socketio_port, "realtime server", "--socketio-port")
+            self._start_redis()
+            write_demo_bench(
+                self.root, self.redis_url, self.options.web_port, self.options.socketio_port
+            )
+            self.web = DemoWeb(
+                DEMO_SITE,
+                self.options.web_port,
+                self.options.socketio_port,
+                self.redis_url,
+                self.root,
+                restart_realtime=self.restart_gsocket,
+            )
+            self.web.start()
+            self._start_gsocket()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_redis(self) -> None:
+        if not self.options.redis_url:
+            binary = shutil.which("redis-server")
+            if binary is None:
+                raise StartupError(REDIS_MISSING)
+            port = _free_port()
+            self.redis_url = f"redis://127.0.0.1:{port}"
+            data = self.root / "redis"
+            data.mkdir()
+            self.redis = Child(
+                "redis-server",
+                [
+                    binary,
+                    "--port", str(port),
+                    "--bind", "127.0.0.1",
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--protected-mode", "yes",
+                    "--dir", str(data),
+                    "--logfile", str(data / "redis.log"),
+                ],
+            )  # fmt: skip
+            self._watch(self.redis)
+        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
+
+        def answers() -> bool:
+            if self.redis is not None and not self.redis.alive():
+                raise StartupError(f"redis-server exited; see {self.root / 'redis' / 'redis.log'}")
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        try:
+            _wait_for(answers, STARTUP_TIMEOUT, f"Redis at {self.redis_url}")
+        finally:
+            client.close()
+        log.info("Redis ready at %s", self.redis_url)
+
+    def _start_gsocket(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in BENCH_OVERRIDES}
+        # The child must import this very gsocket, installed or not.
+        package_parent = str(Path(gsocket.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_parent, env.get("PYTHONPATH", "")) if p
+        )
+        child = Child(
+            "gsocket", [sys.executable, "-m", "gsocket", "serve", "--bench", str(self.root)], env
+        )
+        self.gsocket = child
+        health = f"http://127.0.0.1:{self.options.socketio_port}/health"
+        session = requests.Session()
+        session.trust_env = False
+
+        def healthy() -> bool:
+            if not child.alive():
+                raise StartupError(f"gsocket exited with status {child.proc.returncode}")
+            try:
+                return session.get(health, timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        try:
+            _wait_for(healthy, STARTUP_TIMEOUT, "gsocket")
+        finally:
+            session.close()
+        self._watch(child)
+        log.info("gsocket (pid %d) serving %s", child.pid, health.rsplit("/", 1)[0])
+
+    def _watch(self, child: Child) -> None:
+        """Report a child that dies when nobody asked it to."""
+
+        def wait() -> None:
+            status = child.proc.wait()
+            if not child.expected_exit:
+                self.on_failure(f"{child.name} exited unexpectedly with status {status}")
+
+        gevent.spawn(wait)
+
+    def restart_gsocket(self) -> None:
+        """Stop gsocket and start it again, as ``supervisorctl restart`` would."""
+        if self._restarting.locked():
+            return
+        with self._restarting:
+            log.info("restarting gsocket")
+            started = time.monotonic()
+            if self.gsocket is not None:
+                self.gsocket.stop()
+            try:
+                self._start_gsocket()
+            except StartupError as e:
+                self.on_failure(f"gsocket did not come back: {e}")
+                return
+            log.info("gsocket restarted in %.1f s", time.monotonic() - started)
+
+    def stop(self) -> None:
+        """Stop gsocket, the web process and Redis, in that order; remove the demo bench."""
+        if self.gsocket is not None:
+            self.gsocket.stop()
+        if self.web is not None:
+            self.web.stop()
+        if self.redis is not None:
+            self.redis.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def run_demo(options: DemoOptions) -> int:
+    """Run the demo until Ctrl-C; return the exit status (1 when a part died on its own)."""
+    stopping = Event()
+    failure: list[str] = []
+
+    def fail(message: str) -> None:
+        failure.append(message)
+        stopping.set()
+
+    def request_stop(signum: int) -> None:
+        log.info("received %s, stopping the demo", signal.Signals(signum).name)
+        stopping.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        gevent.signal_handler(signum, request_stop, signum)
+
+    demo = Demo(options, on_failure=fail)
+    demo.start()
+    print(f"gsocket demo is running: open {demo.url} (Ctrl-C stops it)", flush=True)
+    print(f"demo bench: {demo.root}", flush=True)
+    stopping.wait()
+    demo.stop()
+    if failure:
+        log.error("%s", failure[0])
+        return 1
+    log.info("demo stopped")
+    return 0
