@@ -360,3 +360,22 @@ def test_site_names_that_leave_sites_are_refused(monkeypatch: pytest.MonkeyPatch
 
 def test_recreating_locks_is_a_no_op_when_gevent_has_not_patched() -> None:
     assert frappe_ctx.recreate_prepatch_locks(("gsocket",)) == []
+
+
+def test_pymysql_default_tls_context_is_built_once_per_process() -> None:
+    """PyMySQL >= 1.2 builds a TLS context per connection (tens of ms of CPU on the hub)."""
+    code = """
+import pymysql
+from gsocket.frappe_ctx import share_pymysql_default_tls_context
+shared = share_pymysql_default_tls_context()
+if pymysql.VERSION[:2] < (1, 2):
+    print("nothing to share" if not shared else "unexpected")
+else:
+    plain = [pymysql.connect(host="127.0.0.1", port=1, defer_connect=True) for _ in range(2)]
+    tls = pymysql.connect(host="127.0.0.1", port=1, defer_connect=True, ssl={"verify_mode": 0})
+    same = plain[0].ctx is plain[1].ctx and tls.ctx is not plain[0].ctx
+    print("shared" if shared and same and share_pymysql_default_tls_context() else "not shared")
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.stdout.strip() in ("shared", "nothing to share"), done.stdout + done.stderr

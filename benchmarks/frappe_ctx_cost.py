@@ -1,0 +1,230 @@
+"""What opening and closing a Frappe context costs per ``frappe_context=True`` event.
+
+Usage (from the repository root)::
+
+    python benchmarks/frappe_ctx_cost.py                 # fake Frappe, both frappe.local shapes
+    python benchmarks/frappe_ctx_cost.py --shape werkzeug --events 1000
+    FRAPPE_BENCH=~/frappe-bench ~/frappe-bench/env/bin/python \\
+        benchmarks/frappe_ctx_cost.py --bench ~/frappe-bench --site mysite.localhost
+
+With the fake (tests/fake_frappe) a private MariaDB server is started on loopback; with
+``--bench`` the bench's real Frappe, MariaDB and Redis are used (run it with the bench's
+Python; nothing is written).  Reported per event, sequentially: the whole ``FrappeContext.run``
+around a handler that does nothing, each step of it, and the same with PyMySQL's per-connection
+TLS context (what gsocket shares); then a concurrent batch: events per second and the longest
+time the gevent hub went without running other greenlets.
+"""
+
+# ruff: noqa: E402 - gevent must patch the stdlib before anything else is imported
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gevent
+import gevent.pool
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE = REPO / "tests" / "fake_frappe"
+STEPS = ("init", "connect", "set_user", "commit", "destroy")
+
+
+def _timed_steps(frappe: Any, spent: dict[str, list[float]]) -> None:
+    """Wrap Frappe's per-event calls so that each records its duration in ``spent``."""
+
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name].append(time.perf_counter() - began)
+
+        return timed
+
+    for name in ("init", "connect", "set_user", "destroy"):
+        setattr(frappe, name, wrap(name, getattr(frappe, name)))
+    original_connect = frappe.connect
+
+    def connect_and_time_commit(*args: Any, **kwargs: Any) -> None:
+        original_connect(*args, **kwargs)
+        db = frappe.local.db
+        db.commit = wrap("commit", db.commit)
+
+    frappe.connect = connect_and_time_commit
+
+
+def _noop() -> None:
+    """The handler: nothing, so that only the context's own cost is measured."""
+
+
+def _per_event_ms(ctx: Any, site: str, events: int) -> float:
+    for _ in range(20):
+        ctx.run(site, "Guest", _noop)
+    began = time.perf_counter()
+    for _ in range(events):
+        ctx.run(site, "Guest", _noop)
+    return (time.perf_counter() - began) / events * 1000
+
+
+def _raw_connection_ms(ctx: Any, site: str, events: int) -> float:
+    """The floor: PyMySQL connect, COMMIT, close with the site's settings, no Frappe."""
+    import frappe
+    import pymysql
+
+    conf = dict(ctx.run(site, "Guest", lambda: dict(frappe.local.conf)))
+    params = {"user": conf.get("db_user") or conf["db_name"], "password": conf["db_password"]}
+    params["database"] = conf["db_name"]
+    if conf.get("db_socket"):
+        params["unix_socket"] = conf["db_socket"]
+    else:
+        params["host"] = conf.get("db_host") or "127.0.0.1"
+        params["port"] = int(conf.get("db_port") or 3306)
+    began = time.perf_counter()
+    for _ in range(events):
+        conn = pymysql.connect(**params)
+        conn.commit()
+        conn.close()
+    return (time.perf_counter() - began) / events * 1000
+
+
+def _concurrent(ctx: Any, site: str, events: int, width: int) -> dict[str, float]:
+    """``events`` events, ``width`` at a time; a ticker measures the hub's longest stall."""
+    stalls: list[float] = []
+    running = True
+
+    def ticker() -> None:
+        while running:
+            began = time.perf_counter()
+            gevent.sleep(0.001)
+            stalls.append(time.perf_counter() - began - 0.001)
+
+    tick = gevent.spawn(ticker)
+    pool = gevent.pool.Pool(width)
+    began = time.perf_counter()
+    pool.map(lambda _: ctx.run(site, "Guest", _noop), range(events))
+    elapsed = time.perf_counter() - began
+    running = False
+    tick.join()
+    return {"events_per_s": events / elapsed, "max_hub_stall_ms": max(stalls) * 1000}
+
+
+def measure(sites_path: str, site: str, events: int) -> dict[str, Any]:
+    import frappe
+    import pymysql.connections
+
+    from gsocket.frappe_ctx import FrappeContext
+
+    unshared_tls = pymysql.connections.Connection._create_ssl_ctx
+    ctx = FrappeContext(sites_path)
+    assert ctx.available(), "Frappe is not importable"
+    spent: dict[str, list[float]] = defaultdict(list)
+
+    began = time.perf_counter()
+    for _ in range(events):
+        _noop()
+    bare_ms = (time.perf_counter() - began) / events * 1000
+
+    shared_tls = pymysql.connections.Connection._create_ssl_ctx
+    pymysql.connections.Connection._create_ssl_ctx = unshared_tls
+    unshared_ms = _per_event_ms(ctx, site, max(events // 5, 50))
+    pymysql.connections.Connection._create_ssl_ctx = shared_tls
+
+    run_ms = _per_event_ms(ctx, site, events)
+    raw_ms = _raw_connection_ms(ctx, site, events)
+    _timed_steps(frappe, spent)
+    _per_event_ms(ctx, site, events)
+    steps = {name: statistics.median(spent[name]) * 1000 for name in STEPS}
+    return {
+        "frappe": getattr(frappe, "__version__", "?"),
+        "shape": os.environ.get("FAKE_FRAPPE_LOCAL", "real"),
+        "events": events,
+        "bare_call_ms": bare_ms,
+        "run_ms": run_ms,
+        "raw_connection_ms": raw_ms,
+        "run_ms_tls_per_conn": unshared_ms,
+        "step_median_ms": steps,
+        "concurrent": _concurrent(ctx, site, events, 50),
+    }
+
+
+def _with_fake(shape: str, events: int) -> dict[str, Any]:
+    """Start MariaDB and a one-site bench, then measure in a child process of that shape."""
+    sys.path[:0] = [str(REPO), str(FAKE)]
+    from benchutil import make_bench
+
+    from tests.support.mariadb import MariaDBServer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = MariaDBServer(Path(tmp) / "mariadb").start()
+        try:
+            sites = make_bench(Path(tmp) / "bench", server, {"bench.test": ["frappe"]})
+            env = dict(os.environ, FAKE_FRAPPE_LOCAL=shape)
+            env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(FAKE)])
+            child = [sys.executable, __file__, "--child", str(sites), "bench.test", str(events)]
+            done = subprocess.run(child, env=env, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                raise RuntimeError(done.stderr)
+            return json.loads(done.stdout.splitlines()[-1])
+        finally:
+            server.stop()
+
+
+def _report(result: dict[str, Any]) -> str:
+    steps = ", ".join(f"{k} {v:.3f}" for k, v in result["step_median_ms"].items())
+    c = result["concurrent"]
+    return (
+        f"frappe {result['frappe']} ({result['shape']}), {result['events']} events: "
+        f"run {result['run_ms']:.3f} ms/event "
+        f"(PyMySQL connect+commit+close alone {result['raw_connection_ms']:.3f}) "
+        f"(with a TLS context per connection: {result['run_ms_tls_per_conn']:.3f}); "
+        f"bare call {result['bare_call_ms'] * 1000:.2f} us; step medians ms: {steps}; "
+        f"50 at a time: {c['events_per_s']:.0f} events/s, longest hub stall "
+        f"{c['max_hub_stall_ms']:.1f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=["werkzeug", "contextvar", "both"], default="both")
+    parser.add_argument("--events", type=int, default=500)
+    parser.add_argument("--bench", help="a real Frappe bench (run with its env/bin/python)")
+    parser.add_argument("--site", help="the site of --bench to open contexts on")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a summary")
+    args = parser.parse_args()
+    if args.child:
+        sys.path.insert(0, str(REPO))
+        sites_path, site, events = args.child
+        print(json.dumps(measure(sites_path, site, int(events))))
+        return
+    if args.bench:
+        if not args.site:
+            parser.error("--bench needs --site")
+        sites = Path(args.bench).resolve() / "sites"
+        os.chdir(sites)  # Frappe opens its log files relative to the working directory
+        sys.path.insert(0, str(REPO))
+        results = [measure(str(sites), args.site, args.events)]
+    else:
+        shapes = ["werkzeug", "contextvar"] if args.shape == "both" else [args.shape]
+        results = [_with_fake(shape, args.events) for shape in shapes]
+    for result in results:
+        print(json.dumps(result) if args.json else _report(result))
+
+
+if __name__ == "__main__":
+    main()
