@@ -95,7 +95,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     return run_demo(
         DemoOptions(
-            web_port=args.web_port, socketio_port=args.socketio_port, redis_url=args.redis_url
+            web_port=args.web_port,
+            socketio_port=args.socketio_port,
+            redis_url=args.redis_url,
+            log_level=args.log_level,
         )
     )
 

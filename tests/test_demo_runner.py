@@ -228,6 +228,8 @@ def test_one_command_starts_redis_the_web_process_and_gsocket(start_demo):
     assert conf["default_site"] == DEMO_SITE
     assert conf["socketio_port"] == demo.socketio_port
     assert conf["webserver_port"] == demo.web_port
+    assert conf["developer_mode"] == 1
+    assert conf["gsocket"] == {"host": "127.0.0.1", "log_level": "INFO"}
     assert (bench / "sites" / "apps.txt").read_text().split() == ["frappe", "gsocket_demo"]
     handlers = bench / "apps" / "gsocket_demo" / "gsocket_demo" / "realtime" / "handlers.py"
     assert "from frappe.realtime import Socket, realtime" in handlers.read_text()

@@ -77,11 +77,13 @@ class DemoOptions:
     :param web_port: port of the demo web process (the page), 8000 like a development bench.
     :param socketio_port: port of gsocket, 9000 like a development bench.
     :param redis_url: use this running Redis instead of starting ``redis-server``.
+    :param log_level: logging level of the demo and of gsocket.
     """
 
     web_port: int = 8000
     socketio_port: int = 9000
     redis_url: str | None = None
+    log_level: str = "INFO"
 
 
 def _die_with_parent() -> None:
@@ -122,7 +124,12 @@ def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def write_demo_bench(
-    root: Path, redis_url: str, web_port: int, socketio_port: int, site: str = DEMO_SITE
+    root: Path,
+    redis_url: str,
+    web_port: int,
+    socketio_port: int,
+    site: str = DEMO_SITE,
+    log_level: str = "INFO",
 ) -> Path:
     """Lay out a development-style bench under ``root`` with the demo app; return its path.
 
@@ -131,6 +138,7 @@ def write_demo_bench(
     :param web_port: ``webserver_port``.
     :param socketio_port: ``socketio_port``.
     :param site: the one site, also ``default_site`` (the page is opened on ``127.0.0.1``).
+    :param log_level: gsocket's logging level.
     """
     sites = root / "sites"
     (sites / site).mkdir(parents=True)
@@ -141,7 +149,7 @@ def write_demo_bench(
         "webserver_port": web_port,
         "default_site": site,
         "developer_mode": 1,
-        "gsocket": {"host": "127.0.0.1"},
+        "gsocket": {"host": "127.0.0.1", "log_level": log_level},
     }
     (sites / "common_site_config.json").write_text(json.dumps(conf, indent=1) + "\n")
     (sites / "apps.txt").write_text(f"frappe\n{DEMO_APP}\n")
@@ -232,7 +240,11 @@ class Demo:
             _check_port_free(self.options.socketio_port, "realtime server", "--socketio-port")
             self._start_redis()
             write_demo_bench(
-                self.root, self.redis_url, self.options.web_port, self.options.socketio_port
+                self.root,
+                self.redis_url,
+                self.options.web_port,
+                self.options.socketio_port,
+                log_level=self.options.log_level.upper(),
             )
             self.web = DemoWeb(
                 DEMO_SITE,
