@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import gevent
+from geventwebsocket.handler import WebSocketHandler
 
 from gsocket.config import Config
 from gsocket.metrics import Metrics
@@ -444,6 +445,22 @@ class ClientGuard:
             "guard_buckets": len(self.buckets),
             "guard_websockets": len(self.websockets),
         }
+
+
+class ScreenedWebSocketHandler(WebSocketHandler):
+    """gevent-websocket's request handler, answering a malformed websocket handshake cleanly.
+
+    gevent-websocket answers a bad handshake (unknown ``Sec-WebSocket-Version``, missing key)
+    with a ``str`` body that gevent's WSGI server cannot write: the client gets no answer and
+    the log a traceback per request.  Use it as ``WSGIServer(handler_class=...)``.
+    """
+
+    def upgrade_websocket(self) -> Any:
+        """Upgrade, or return the refusal's body as bytes."""
+        result = super().upgrade_websocket()
+        if isinstance(result, list):
+            return [r.encode() if isinstance(r, str) else r for r in result]
+        return result
 
 
 _watching = threading.Lock()
