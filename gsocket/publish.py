@@ -108,6 +108,7 @@ class Publisher:
         self.redis_url = redis_url
         self.site = site
         self.session_user = session_user
+        self._owns_client = client is None
         self._client = client or redis.Redis.from_url(
             redis_url, socket_connect_timeout=2, socket_timeout=5
         )
@@ -123,8 +124,9 @@ class Publisher:
         return cls(load_config(bench).redis_url, site, session_user)
 
     def close(self) -> None:
-        """Close the Redis connections."""
-        self._client.close()
+        """Close the Redis connections this publisher opened (a client passed in stays open)."""
+        if self._owns_client:
+            self._client.close()
 
     def __enter__(self) -> Publisher:
         return self

@@ -349,3 +349,11 @@ def test_a_published_event_reaches_a_connected_client(gsocket, web, clients, red
 
     (message,) = client.wait_for("progress")
     assert message == {"percent": 40, "title": "Import", "description": "4 of 10"}
+
+
+def test_a_client_passed_in_is_left_open(redis_server, redis_client, subscriber):
+    with Publisher(redis_server.url, SITE, client=redis_client) as publisher:
+        publisher.publish_to_all("announcement")
+
+    assert redis_client.ping()
+    assert subscriber.next()["room"] == "all"
