@@ -167,21 +167,13 @@ class Child:
 
     :param name: how log lines name it.
     :param args: the command.
-    :param env: its environment.
-    :param stdout: where its output goes (inherits the terminal by default).
+    :param env: its environment (its output goes to the demo's terminal).
     """
 
-    def __init__(
-        self, name: str, args: list[str], env: dict[str, str] | None = None, stdout: Any = None
-    ) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         self.name = name
         self.proc = subprocess.Popen(
-            args,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=subprocess.STDOUT if stdout is not None else None,
-            preexec_fn=_die_with_parent,
+            args, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
         )
         self.expected_exit = False
 
