@@ -57,7 +57,7 @@ def browser() -> Iterator[Any]:
 def demo(tmp_path) -> Iterator[DemoProcess]:
     process = DemoProcess(tmp_path).start()
     yield process
-    process.kill()
+    process.close()
 
 
 class DemoPage:

@@ -173,12 +173,16 @@ class DemoProcess:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"demo still runs after {timeout}s; log:\n{self.log()}") from None
 
-    def kill(self) -> None:
-        """Kill it and every child it was seen with, by pid."""
+    def close(self) -> None:
+        """Stop it with Ctrl-C (so that it removes its bench); kill whatever is left, by pid."""
         if self.proc is not None and self.proc.poll() is None:
             self.children()
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         for pid in self.seen_children:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
@@ -190,7 +194,7 @@ class DemoProcess:
 
 @pytest.fixture
 def start_demo(tmp_path: Path) -> Iterator[Callable[..., DemoProcess]]:
-    """Factory of demo processes; every one is killed (with its children) after the test."""
+    """Factory of demo processes; every one is stopped (with its children) after the test."""
     started: list[DemoProcess] = []
 
     def start(
@@ -205,7 +209,7 @@ def start_demo(tmp_path: Path) -> Iterator[Callable[..., DemoProcess]]:
 
     yield start
     for demo in started:
-        demo.kill()
+        demo.close()
 
 
 def test_one_command_starts_redis_the_web_process_and_gsocket(start_demo):
