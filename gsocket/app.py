@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket as pysocket
-import stat
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import gevent
@@ -31,6 +28,7 @@ from gsocket.frappe_ctx import FrappeContext
 from gsocket.frappe_shim import install_frappe_realtime
 from gsocket.handlers_loader import load_handlers, read_apps
 from gsocket.lifecycle import InFlight, TrackedDispatcher, drain
+from gsocket.listener import open_listener
 from gsocket.metrics import Metrics
 from gsocket.registry import Registry, realtime
 from gsocket.scaleout import make_client_manager, start_client_manager
@@ -118,30 +116,15 @@ class App:
             return []
         return self._socketio_app(environ, start_response)
 
-    def _listener(self) -> pysocket.socket:
-        if self.config.uds:
-            path = Path(self.config.uds)
-            if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
-                path.unlink()
-            sock = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
-            sock.bind(str(path))
-            os.chmod(path, 0o770)
-        else:
-            family = pysocket.AF_INET6 if ":" in self.config.host else pysocket.AF_INET
-            sock = pysocket.socket(family, pysocket.SOCK_STREAM)
-            sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEADDR, 1)
-            if self.config.reuse_port:
-                # A hand-over restart: the new process listens next to the old one, which
-                # then stops accepting and drains (docs/operations.md).
-                sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEPORT, 1)
-            sock.bind((self.config.host, self.config.port))
-        sock.listen(2048)
-        sock.setblocking(False)
-        return sock
+    def start(self, listener: pysocket.socket | None = None) -> None:
+        """Listen and start the bridge, without blocking.
 
-    def start(self) -> None:
-        """Listen and start the bridge, without blocking."""
-        listener = self._listener()
+        :param listener: a listening socket to serve (one inherited from ``gsocket serve
+            --handover``'s parent); by default the configured port or Unix socket is bound.
+        """
+        if listener is None:
+            listener = open_listener(self.config)
+        listener.setblocking(False)
         self._wsgi_server = WSGIServer(
             listener, self.wsgi, handler_class=WebSocketHandler, log=None, error_log=log
         )

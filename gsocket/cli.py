@@ -10,17 +10,26 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import gevent
 
 from gsocket.config import ConfigError, load_config
 from gsocket.errors import StartupError
 
+if TYPE_CHECKING:
+    from gsocket.app import App
+
 log = logging.getLogger("gsocket.cli")
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The process id tells the parent and the children of ``serve --handover`` apart.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+#: Seconds a child of ``serve --handover`` waits for its bridge before it reports ready anyway.
+READY_SUBSCRIBE_WAIT = 3.0
 
 
 def setup_logging(level: str) -> None:
@@ -30,10 +39,7 @@ def setup_logging(level: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve a bench until SIGTERM or SIGINT."""
-    from gsocket.app import create_app
-    from gsocket.frappe_ctx import check_startup_guards
-
+    """Serve a bench until SIGTERM or SIGINT (with ``--handover``, through a parent process)."""
     config = load_config(args.bench).with_overrides(
         port=args.port,
         host=args.host,
@@ -43,6 +49,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         scale_out=args.scale_out,
     )
     setup_logging(config.log_level)
+    if args.handover:
+        from gsocket.handover import Master
+
+        return Master(config, args.argv).run()
+
+    from gsocket.app import create_app
+    from gsocket.frappe_ctx import check_startup_guards
+
     check_startup_guards()
     os.chdir(config.sites_path)
     app = create_app(config)
@@ -57,13 +71,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info("received %s: draining for up to %.1f s", name, config.drain_timeout)
         stopping.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    listener = None
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    if args.listen_fd is not None:
+        from gsocket.handover import watch_parent
+
+        # A child of --handover: the parent forwards Ctrl-C as SIGTERM, so the terminal's own
+        # SIGINT to the whole process group must not count as a second signal.
+        stop_signals = (signal.SIGTERM,)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        watch_parent(stopping)
+        listener = socket.socket(fileno=args.listen_fd)
+    for signum in stop_signals:
         gevent.signal_handler(signum, request_stop, signum)
-    app.start()
+    app.start(listener)
+    if args.ready_fd is not None:
+        gevent.spawn(_report_ready, app, args.ready_fd)
     stopping.wait()
     app.stop()
     log.info("stopped")
     return 0
+
+
+def _report_ready(app: App, ready_fd: int) -> None:
+    """Tell the --handover parent that this process serves (once its bridge is subscribed)."""
+    deadline = time.monotonic() + READY_SUBSCRIBE_WAIT
+    while not app.bridge.subscribed and time.monotonic() < deadline:
+        gevent.sleep(0.02)
+    os.write(ready_fd, b"1")
+    os.close(ready_fd)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -148,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         help="share rooms with other gsocket processes through Redis (gsocket.scale_out)",
     )
+    serve.add_argument(
+        "--handover",
+        action="store_true",
+        help="hold the socket in a parent process; SIGHUP restarts without a gap",
+    )
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     doctor = commands.add_parser("doctor", help="check a bench for everything gsocket needs")
@@ -204,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``gsocket`` command line; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args))
     except (ConfigError, StartupError) as e:

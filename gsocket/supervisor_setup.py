@@ -29,9 +29,11 @@ STOP_MARGIN = 5
 
 PROGRAM_TEMPLATE = """\
 ; gsocket, the Python realtime server of this bench, in place of {name}-node-socketio.
-; Written by `gsocket setup supervisor`.  On SIGTERM gsocket stops accepting, makes every
-; client reconnect and lets running handlers finish for up to gsocket.drain_timeout ({drain:g} s),
-; so stopwaitsecs leaves room for that before supervisord resorts to SIGKILL.
+; Written by `gsocket setup supervisor`.  On SIGTERM gsocket makes every client reconnect and
+; lets running handlers finish for up to gsocket.drain_timeout ({drain:g} s); stopwaitsecs leaves
+; room for that.  The server runs in a child of this program (--handover, hence killasgroup);
+; to restart it without a moment when nobody listens:
+;   supervisorctl signal HUP {name}-web:{name}-gsocket
 [program:{name}-gsocket]
 command={command}
 priority=4
@@ -40,6 +42,7 @@ autorestart=true
 startsecs=1
 stopsignal=TERM
 stopwaitsecs={stopwaitsecs}
+killasgroup=true
 stdout_logfile={bench}/logs/gsocket.log
 redirect_stderr=true
 {user_line}directory={bench}
@@ -73,7 +76,15 @@ class Program:
         """The command line supervisord runs."""
         return " ".join(
             shlex.quote(part)
-            for part in (self.python, "-m", "gsocket", "serve", "--bench", str(self.bench))
+            for part in (
+                self.python,
+                "-m",
+                "gsocket",
+                "serve",
+                "--bench",
+                str(self.bench),
+                "--handover",
+            )
         )
 
     def render(self) -> str:
@@ -276,12 +287,17 @@ def setup_supervisor(
     return 0
 
 
-def procfile_line(python: str | None = None) -> str:
-    """The ``socketio:`` line of a development bench's Procfile (run from the bench folder)."""
-    command = " ".join(
-        shlex.quote(p) for p in (python or sys.executable, "-m", "gsocket", "serve", "--bench", ".")
-    )
-    return f"socketio: {command}"
+def procfile_line(bench: Path, python: str | None = None) -> str:
+    """The ``socketio:`` line of a development bench's Procfile.
+
+    ``bench start`` runs the Procfile from the bench folder, so an interpreter inside the
+    bench (its ``env``) is named relative to it, like the bench's other Procfile lines.
+    """
+    interpreter = Path(python or sys.executable)
+    if interpreter.is_relative_to(bench):
+        interpreter = interpreter.relative_to(bench)
+    parts = (str(interpreter), "-m", "gsocket", "serve", "--bench", ".")
+    return "socketio: " + " ".join(shlex.quote(p) for p in parts)
 
 
 def patch_procfile(text: str, line: str) -> str:
@@ -301,7 +317,7 @@ def setup_procfile(
     :returns: the exit status.
     """
     procfile = config.bench_path / "Procfile"
-    line = procfile_line(python)
+    line = procfile_line(config.bench_path, python)
     if not procfile.is_file():
         print(f"{procfile} does not exist; add this line to it:\n{line}", file=out)
         return 0

@@ -1,0 +1,1 @@
+"""Test app of the operations tests (drain, metrics, logging, scale-out)."""
