@@ -20,6 +20,7 @@ import platform
 import resource
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,7 @@ class Settings:
     results_dir: Path
     workers: int = 4
     rate: float = 20_000.0
+    user_rate: float = 5_000.0
     fixed_seconds: float = 10.0
     flat_seconds: float = 10.0
     flat_max_deliveries: int = 2_000_000
@@ -76,7 +78,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--quick", action="store_true", help="smoke run: N=200, short phases")
     p.add_argument("--results-dir", type=Path, default=BENCH_ROOT / "results")
     p.add_argument("--workers", type=int, help="load generator worker processes (default 4)")
-    p.add_argument("--rate", type=float, help="fixed-rate deliveries (fan-out) / events per s")
+    p.add_argument("--rate", type=float, help="fixed fan-out rate, deliveries/s (default 20000)")
+    p.add_argument("--user-rate", type=float, help="fixed per-user-room rate, events/s (5000)")
     p.add_argument("--seconds", type=float, help="length of each fixed and flat-out phase")
     a = p.parse_args(argv)
     servers = [s.strip() for s in a.servers.split(",") if s.strip()]
@@ -93,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         st.workers = a.workers
     if a.rate:
         st.rate = a.rate
+    if a.user_rate:
+        st.user_rate = a.user_rate
     if a.seconds:
         st.fixed_seconds = st.flat_seconds = a.seconds
     return st
@@ -177,14 +182,24 @@ class Run:
         self.log_dir = log_dir
         self.bench = make_bench(tmp)
         self.fd_hard = processes.raise_fd_limit()
-        self.redis, self.redis_port = processes.start_redis(log_dir)
-        self.web, self.web_port = processes.start_webstub(BENCH_ROOT, log_dir)
-        self.publisher = Publisher(self.redis_port, SITE)
+        self._children: list[processes.Child] = []
+        try:
+            self.redis, self.redis_port = processes.start_redis(log_dir)
+            self._children.append(self.redis)
+            self.web, self.web_port = processes.start_webstub(BENCH_ROOT, log_dir)
+            self._children.append(self.web)
+            self.publisher = Publisher(self.redis_port, SITE)
+        except BaseException:
+            self._stop_children()
+            raise
+
+    def _stop_children(self) -> None:
+        for child in reversed(self._children):
+            child.stop()
 
     def close(self) -> None:
         self.publisher.close()
-        self.web.stop()
-        self.redis.stop()
+        self._stop_children()
 
 
 class Case:
@@ -289,7 +304,8 @@ class Case:
             if self.lg is not None:
                 self.lg.close()
             if self.proc is not None:
-                self.proc.stop()
+                # Generous: a server may still be processing the clients' disconnects.
+                self.proc.stop(timeout=30)
         return self.result
 
     def scenarios(self) -> None:
@@ -336,8 +352,8 @@ class Case:
             1,
             lambda: self.run.publisher.fixed_rate(
                 "user-fixed",
-                rate,
-                events_for(rate, self.st.fixed_seconds, 1),
+                self.st.user_rate,
+                events_for(self.st.user_rate, self.st.fixed_seconds, 1),
                 lambda seq: user_room(seq % self.n),
             ),
         )
@@ -424,23 +440,34 @@ class Case:
         """Publish COUNT probe events (to ROOM(i)) until every connected client got one.
 
         Joining rooms may finish after the client's own emit returns (the permission call
-        is asynchronous), so readiness is observed, not assumed; probes are re-sent each
-        second to cover a join that raced the previous round.
+        is asynchronous), so readiness is observed, not assumed. Probes are sent again
+        only when a round brought no new client (a join that raced the previous round),
+        with the round doubling each time, so a slow server is not flooded.
         """
         assert self.lg is not None
         self.lg.call("phase_start", phase=phase, mode="probe", n=self.n)
         started = time.monotonic()
         seen = (0, 0)
+        round_s = 1.0
+        rounds = 0
         while seen[1] < self.connected and time.monotonic() - started < limit:
             base = self.probe_seq
             self.run.publisher.burst(phase, count, lambda seq, b=base: room(seq - b), first=base)
             self.probe_seq += count
-            deadline = time.monotonic() + 1.0
-            while seen[1] < self.connected and time.monotonic() < deadline:
-                seen = self.lg.wait_progress(phase, seen, 0.2)
+            rounds += 1
+            before = seen[1]
+            last_change = time.monotonic()
+            while seen[1] < self.connected and time.monotonic() - last_change < round_s:
+                latest = self.lg.wait_progress(phase, seen, 0.2)
+                if latest[1] != seen[1]:
+                    last_change = time.monotonic()
+                seen = latest
+            if seen[1] == before:
+                round_s = min(2 * round_s, 8.0)
         end = self.lg.call("phase_end", phase=phase, published=0)
         return {
             "clients_ready": end["clients_with_any"],
+            "rounds": rounds,
             "seconds": time.monotonic() - started,
         }
 
@@ -520,7 +547,15 @@ def _delta(before: dict[str, int], after: dict[str, int], key: str) -> int:
     return after.get(key, 0) - before.get(key, 0)
 
 
+def _stop_on_signal(signum: int, frame: object) -> None:
+    """Turn SIGTERM/SIGINT into an exception so every child is stopped on the way out
+    (a run started in the background inherits an ignored SIGINT otherwise)."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     st = parse_args(argv)
     for package in ("baseline_node", "loadgen"):

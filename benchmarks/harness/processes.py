@@ -224,8 +224,13 @@ def start_redis(log_dir: Path) -> tuple[Child, int]:
         except redis.ConnectionError:
             return False
 
-    wait_until(answers, 20, what="redis-server")
-    client.close()
+    try:
+        wait_until(answers, 20, what="redis-server")
+    except BaseException:
+        child.stop()
+        raise
+    finally:
+        client.close()
     return child, port
 
 
@@ -239,6 +244,7 @@ def start_webstub(benchmarks_dir: Path, log_dir: Path) -> tuple[Child, int]:
     )
     line = child.proc.stdout.readline() if child.proc.stdout else b""
     if not line:
+        child.stop()
         raise RuntimeError(f"web stand-in did not start:\n{child.log_tail()}")
     return child, int(json.loads(line)["port"])
 
