@@ -106,8 +106,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Check a bench for everything gsocket needs; non-zero exit when a check fails."""
     from gsocket.doctor import run_doctor
 
-    # Verdict lines go to stdout; INFO lines of the handler loader would only repeat them.
-    setup_logging("WARNING")
+    # Verdict lines go to stdout; the modules' own warnings would only repeat them.
+    setup_logging("ERROR")
     bench = os.path.abspath(args.bench)
     sites = os.path.join(bench, "sites")
     if os.path.isdir(sites):

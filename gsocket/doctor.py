@@ -285,7 +285,6 @@ class Doctor:
 
     def check_mysqlclient(self) -> Verdict:
         """mysqlclient (its C calls block the gevent hub) is not loaded, ideally not installed."""
-        spec = importlib.util.find_spec("MySQLdb")
         if self.mysqldb_at_startup:
             return Verdict(
                 "fail",
@@ -293,6 +292,10 @@ class Doctor:
                 "MySQLdb (mysqlclient) is imported when Python starts (a sitecustomize or .pth "
                 "file?): gsocket refuses to start, since its calls would stall every socket",
             )
+        try:
+            spec = importlib.util.find_spec("MySQLdb")
+        except (ImportError, ValueError):  # loaded since start-up by an app's handlers
+            spec = None
         if spec is None or _is_pymysql_alias(spec.origin):
             return Verdict("ok", "mysqlclient", "not installed in this environment")
         return Verdict(
