@@ -245,7 +245,12 @@ class Server(socketio.Server):
         """Rate-limit and decode one Socket.IO packet; a packet that does not decode ends
         the client's session with one log line (as the Node server does on a parse error)."""
         pending = self._binary_packet.get(eio_sid)
-        if pending is None and not self.guard.allow_packet(eio_sid):
+        if pending is None:
+            if not self.guard.allow_packet(eio_sid):
+                return
+        elif sum(map(len, pending.attachments)) + len(data) > self.guard.limits.max_message_bytes:
+            del self._binary_packet[eio_sid]
+            self.guard.kick(eio_sid, "binary attachments over max_message_bytes")
             return
         try:
             super()._handle_eio_message(eio_sid, data)
@@ -257,18 +262,11 @@ class Server(socketio.Server):
             self.guard.kick(eio_sid, "its packet could not be handled")
             return
         pending = self._binary_packet.get(eio_sid)
-        if pending is not None:
-            size = sum(len(a) for a in pending.attachments)
-            if (
-                pending.attachment_count > MAX_ATTACHMENTS
-                or size > self.guard.limits.max_message_bytes
-            ):
-                del self._binary_packet[eio_sid]
-                self.guard.kick(
-                    eio_sid,
-                    f"binary packet of {pending.attachment_count} attachments "
-                    f"({size} bytes so far) over the limits",
-                )
+        if pending is not None and pending.attachment_count > MAX_ATTACHMENTS:
+            del self._binary_packet[eio_sid]
+            self.guard.kick(
+                eio_sid, f"binary packet announcing {pending.attachment_count} attachments"
+            )
 
     def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         """Queue a packet for a client, unless its send queue is full (then it is put out)."""
