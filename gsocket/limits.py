@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import gevent
+from geventwebsocket.exceptions import WebSocketError
 from geventwebsocket.handler import WebSocketHandler
 
 from gsocket.config import Config
@@ -203,15 +204,39 @@ class GuardedWebSocket:
         self._handshake = len(HANDSHAKE_FRAMES) if upgrade else 0
         self._max_bytes = max_bytes
         self._peer = peer
+        self._read = 0
         self.rejected: str | None = None
+        # gevent-websocket reads a whole frame (and joins fragments) before returning it,
+        # whatever length its header announces: payload reads are counted and refused past
+        # the limit, before the bytes are buffered.
+        read_payload = ws.raw_read
+
+        def bounded_read(size: int) -> bytes:
+            self._read += size
+            if self._read > self._max_bytes:
+                self.rejected = f"message over {self._max_bytes} bytes"
+                raise WebSocketError(self.rejected)
+            return read_payload(size)
+
+        ws.raw_read = bounded_read
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ws, name)
 
     def receive(self) -> str | bytes | None:
         """Return the next acceptable frame, or ``None`` (closed) after a bad one."""
-        data = self._ws.receive()
+        self._read = 0
+        try:
+            data = self._ws.receive()
+        except WebSocketError as e:
+            log.info("websocket from %s ended: %s", self._peer, e)
+            data = None
         if data is None:
+            if self.rejected is not None:
+                log.warning("closed a websocket from %s: %s", self._peer, self.rejected)
+            # An oversized or truncated frame leaves the stream out of step: drop the TCP
+            # connection rather than wait for a close handshake.
+            self.abort()
             return None
         handshake = self._handshake > 0
         if handshake:
@@ -379,6 +404,10 @@ class ClientGuard:
         """Charge one Socket.IO packet to the session's rate; ``False`` drops it."""
         bucket = self.buckets.get(eio_sid)
         if bucket is None:
+            if eio_sid not in self.addresses:
+                # The rest of a POST or of a websocket's buffered frames, after the session
+                # was put out: nothing to charge, and no bucket to leak.
+                return False
             bucket = self.buckets[eio_sid] = TokenBucket(
                 self.limits.events_per_second, self.limits.event_burst
             )
