@@ -75,14 +75,21 @@ class ProbedGsocket(GsocketProcess):
         """The server's table sizes and memory (``GET /_probe``)."""
         return requests.get(f"{self.url}/_probe", timeout=10).json()
 
-    def wait_quiet(self, sessions: int, timeout: float = 15.0) -> dict[str, Any]:
-        """Wait until the server holds exactly ``sessions`` Engine.IO sessions; return a probe."""
+    def wait_quiet(
+        self, sessions: int, timeout: float = 15.0, reaped: bool = True
+    ) -> dict[str, Any]:
+        """Wait until the server holds exactly ``sessions`` open sessions; return a probe.
+
+        :param reaped: also wait until closed sessions are dropped from python-engineio's
+            table, which its service task does only every ping timeout (20 s).
+        """
         last: dict[str, Any] = {}
+        key = "eio_sessions" if reaped else "eio_open"
 
         def settled() -> bool:
             nonlocal last
             last = self.probe()
-            return last["eio_sessions"] == sessions and last["sockets"] <= sessions
+            return last[key] == sessions and last["sockets"] <= sessions
 
         wait_until(settled, timeout, lambda: f"server did not settle to {sessions}: {last}")
         return last

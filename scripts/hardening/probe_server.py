@@ -42,6 +42,7 @@ def probe(app: app_module.App) -> dict[str, Any]:
     rooms = {ns: len(by_room) for ns, by_room in manager.rooms.items()}
     return {
         "eio_sessions": len(server.eio.sockets),
+        "eio_open": sum(1 for s in list(server.eio.sockets.values()) if not s.closed),
         "sockets": len(server.sockets()),
         "environ": len(server.environ),
         "namespaces": sorted(manager.rooms),
