@@ -134,12 +134,11 @@ class Server(socketio.Server):
             return
         if eio_sid not in self.environ:
             return
-        sid = self.manager.pre_connect(eio_sid, namespace)
+        sid = self.manager.connect(eio_sid, namespace)
         if sid is None:
             return
         socket = Socket(self, sid, identity)
         self._sockets[sid] = socket
-        self.manager.connect(sid, namespace)
         join_default_rooms(socket)
         self._send_packet(
             eio_sid, self.packet_class(packet.CONNECT, {"sid": sid}, namespace=namespace)
