@@ -23,8 +23,12 @@ from gsocket.socket import Socket
 log = logging.getLogger("gsocket.dispatch")
 
 
-class HandlerTimeout(Exception):
-    """A handler ran past its time limit."""
+class HandlerTimeout(BaseException):
+    """A handler ran past its time limit.
+
+    A BaseException, like gevent.Timeout, so that a handler's own ``except Exception`` cannot
+    swallow it and keep running.
+    """
 
 
 class Dispatcher:
