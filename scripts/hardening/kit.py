@@ -294,9 +294,13 @@ class RawWebSocket:
 
     def open(self) -> RawWebSocket:
         """Open the websocket and read the Engine.IO OPEN packet."""
+        # websocket-client adds an Origin of its own unless given one (or told not to).
+        origin = self.headers.get("Origin")
         self.ws = websocket.create_connection(
             self.url,
-            header=[f"{k}: {v}" for k, v in self.headers.items()],
+            header=[f"{k}: {v}" for k, v in self.headers.items() if k != "Origin"],
+            origin=origin,
+            suppress_origin=origin is None,
             timeout=self.timeout,
             enable_multithread=True,
         )
