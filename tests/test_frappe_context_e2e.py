@@ -1,0 +1,155 @@
+"""``frappe_context=True`` handlers through the real server, against a real MariaDB.
+
+The Frappe here is tests/fake_frappe (both shapes of ``frappe.local``), put on the gsocket
+process's path; each site has its own database. The web process answers in the v15 shape,
+so the sites' installed apps come from their databases through a Frappe context as well.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import desk_headers
+from tests.support.bench import FIXTURE_APPS, REPO, GsocketProcess, wait_until
+from tests.support.mariadb import MariaDBServer
+
+FAKE = REPO / "tests" / "fake_frappe"
+SITE = "ctx1.local"
+OTHER = "ctx2.local"
+
+
+@pytest.fixture(scope="module")
+def mariadb(tmp_path_factory):
+    server = MariaDBServer(tmp_path_factory.mktemp("mariadb")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["werkzeug", "contextvar"])
+def ctx_gsocket(request, mariadb, redis_server, web, tmp_path):
+    sys.path.insert(0, str(FAKE))
+    try:
+        from benchutil import db_name_for, make_bench
+    finally:
+        sys.path.remove(str(FAKE))
+    bench = tmp_path / "bench"
+    for site in (SITE, OTHER):
+        mariadb.admin_sql(f"DROP DATABASE IF EXISTS {db_name_for(site)}")
+    sites_path = make_bench(bench, mariadb, {SITE: ["frappe", "ctxapp"], OTHER: ["frappe"]})
+    common = json.loads((sites_path / "common_site_config.json").read_text())
+    common.update(
+        {"redis_queue": redis_server.url, "webserver_host": "127.0.0.1", "webserver_port": web.port}
+    )
+    (sites_path / "common_site_config.json").write_text(json.dumps(common))
+    (bench / "apps").mkdir()
+    (bench / "logs").mkdir()
+    shutil.copytree(FIXTURE_APPS / "ctxapp", bench / "apps" / "ctxapp")
+    web.shape = "v15"
+    web.sessions["sid-jane"] = "jane@example.com"
+    proc = GsocketProcess(
+        bench, env={"PYTHONPATH": str(FAKE), "FAKE_FRAPPE_LOCAL": request.param}
+    ).start()
+    proc.mariadb = mariadb
+    proc.db_of = db_name_for
+    yield proc
+    proc.kill()
+
+
+def connect(clients, proc, sid, site=SITE):
+    return clients().connect(proc.url, f"/{site}", desk_headers(site, sid))
+
+
+def test_get_doc_with_the_socket_user(ctx_gsocket, clients):
+    conn = ctx_gsocket.mariadb.connect(ctx_gsocket.db_of(SITE), autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO tabNote VALUES ('N-1', 'first note', 'Administrator')")
+    conn.close()
+    client = connect(clients, ctx_gsocket, "sid-jane")
+    client.emit("test_get_doc", "Note", "N-1")
+    (result,) = client.wait_for("test_get_doc_result")
+    assert result == {
+        "ok": True,
+        "site": SITE,
+        "user": "jane@example.com",
+        "doctype": "Note",
+        "name": "N-1",
+        "title": "first note",
+    }
+    client.emit("test_get_doc", "Note", "missing")
+    (failed,) = client.wait_for("test_get_doc_result", lambda a: not a[0]["ok"])
+    assert failed["error"].startswith("DoesNotExistError")
+
+
+def test_commit_and_rollback(ctx_gsocket, clients):
+    client = connect(clients, ctx_gsocket, "sid-admin")
+    assert client.call("note_add", "KEEP", False) == {"site": SITE, "user": "Administrator"}
+    assert client.call("note_add", "DROP", True) is None
+    conn = ctx_gsocket.mariadb.connect(ctx_gsocket.db_of(SITE))
+    with conn.cursor() as cur:
+        cur.execute("SELECT name FROM tabNote ORDER BY name")
+        assert [r[0] for r in cur.fetchall()] == ["KEEP"]
+    conn.close()
+    ctx_gsocket.wait_for_log(r"note_add failed after writing, on purpose")
+
+
+def test_in_process_permission_check(ctx_gsocket, clients):
+    jane = connect(clients, ctx_gsocket, "sid-jane")
+    admin = connect(clients, ctx_gsocket, "sid-admin")
+    assert admin.call("note_subscribe", "N-9") is True
+    assert jane.call("note_subscribe", "N-9") is False
+
+
+def test_installed_apps_come_from_the_site_on_v15(ctx_gsocket, clients):
+    other = connect(clients, ctx_gsocket, "sid-admin", site=OTHER)
+    assert other.call("db_sleep", 0) is None
+    here = connect(clients, ctx_gsocket, "sid-admin")
+    assert here.call("db_sleep", 0) == {"site": SITE, "user": "Administrator"}
+
+
+def test_concurrent_events_interleave_and_close_their_connections(ctx_gsocket, clients):
+    users = ["sid-admin", "sid-jane"] * 5
+    sockets = [connect(clients, ctx_gsocket, sid) for sid in users]
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def run(client, n):
+        for _ in range(n):
+            answer = client.call("db_sleep", 0.2, timeout=30)
+            with lock:
+                results.append((client, answer))
+
+    threads = [threading.Thread(target=run, args=(s, 5)) for s in sockets]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    elapsed = time.monotonic() - started
+    assert len(results) == 50
+    # 50 events of 0.2 s each run one after another would take 10 s
+    assert elapsed < 5, f"50 DB-bound events took {elapsed:.1f} s: they did not interleave"
+    for client, answer in results:
+        expected = "Administrator" if client in sockets[::2] else "jane@example.com"
+        assert answer == {"site": SITE, "user": expected}
+    wait_until(
+        lambda: ctx_gsocket.mariadb.count_connections(ctx_gsocket.mariadb.user) == 0,
+        10,
+        "frappe contexts left database connections open",
+    )
+
+
+def test_without_frappe_a_context_handler_logs_one_clear_error(start_gsocket, web, clients):
+    web.installed_apps["site1.local"] = ["frappe", "ctxapp"]
+    proc = start_gsocket(apps=("frappe", "ctxapp"), copy_apps=("ctxapp",))
+    client = clients().connect(proc.url, "/site1.local", desk_headers("site1.local", "sid-admin"))
+    assert client.call("db_sleep", 0) is None
+    proc.wait_for_log(r"handler ctxapp\.realtime\.handlers\.db_sleep .* needs a Frappe context")
+    assert "Traceback" not in proc.log()
+    client.emit("ping")
+    client.wait_for("pong")
