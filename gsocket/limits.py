@@ -27,10 +27,13 @@ import collections
 import io
 import logging
 import socket as pysocket
+import sys
 import threading
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -505,6 +508,9 @@ def watch_event_loop(max_blocking: float, report: Callable[[str], None] | None =
     the hub to be logged once it runs again, because logging takes gevent locks that a native
     thread must not touch.
 
+    The monitor checks once per ``max_blocking`` whether the hub switched since its last
+    check, so a stall of twice that is always reported and a shorter one may be.
+
     :param max_blocking: seconds without a switch that count as a stall.
     :param report: called in the hub with each log line (defaults to ``log.error``).
     :returns: ``True`` when the watch was started by this call.
@@ -523,11 +529,16 @@ def watch_event_loop(max_blocking: float, report: Callable[[str], None] | None =
     def on_event(event: object) -> None:
         if not isinstance(event, gevent.events.EventLoopBlocked):
             return
-        stack = [line.strip() for line in event.info if line.strip().startswith("File ")]
-        where = " <- ".join(reversed(stack[-3:])) or "unknown code"
+        # Runs in the monitor thread while the hub's thread is (or was just) stuck: its
+        # current frame is the code that holds the loop.
+        frame = sys._current_frames().get(hub.thread_ident)
+        stack = traceback.extract_stack(frame, limit=12)[-3:] if frame is not None else []
+        where = " <- ".join(
+            f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(stack)
+        )
         line = (
             f"the event loop was blocked for more than {event.blocking_time:.2f} s "
-            f"(every socket stalled): {where}"
+            f"(every socket stalled meanwhile): {where or 'unknown code'}"
         )
         hub.loop.run_callback_threadsafe(emit, line)
 

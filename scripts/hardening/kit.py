@@ -168,11 +168,12 @@ def start_gsocket(
 ) -> ProbedGsocket:
     """Lay out a bench under ``root`` and start a probed gsocket on it.
 
-    :param conf: extra keys of ``common_site_config.json``.
+    :param conf: extra keys of ``common_site_config.json`` (its ``gsocket`` key is merged).
     :param limits: ``gsocket.limits`` keys.
     :param hardapp: install the misbehaving fixture app.
     """
-    ours: dict[str, Any] = {"log_level": log_level}
+    conf = dict(conf or {})
+    ours: dict[str, Any] = {"log_level": log_level, **conf.pop("gsocket", {})}
     if limits:
         ours["limits"] = limits
     common = {
@@ -180,7 +181,7 @@ def start_gsocket(
         "webserver_host": "127.0.0.1",
         "webserver_port": web.port,
         "gsocket": ours,
-        **(conf or {}),
+        **conf,
     }
     bench = make_bench(root, common, sites=(SITE, SITE2))
     if hardapp:
