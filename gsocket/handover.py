@@ -84,7 +84,8 @@ class Master:
 
     def __init__(self, config: Config, argv: Sequence[str]) -> None:
         self.config = config
-        self.argv = [a for a in argv if a != "--handover"]
+        # argparse also takes an abbreviation (--hand): a child must never be a parent again.
+        self.argv = [a for a in argv if not (a.startswith("--ha") and "--handover".startswith(a))]
         self._hup = Event()
         self._stop = Event()
         self._current: Child | None = None

@@ -167,3 +167,61 @@ def test_start_binds_before_the_server_is_ready(handover_gsocket):
     proc.wait_for_log(r"serving [0-9.]+ s after start")
     assert bound_in < 3.0
     assert proc.stop() == 0
+
+
+def test_reuse_port_lets_a_new_server_listen_before_the_old_one_stops(start_gsocket):
+    old = start_gsocket(sites=(SITE,), conf={"gsocket": {"reuse_port": True}})
+    new = GsocketProcess(old.bench, port=old.port)
+    try:
+        # It binds next to the old one instead of failing with EADDRINUSE.  Its /health may
+        # be answered by the old one, so wait for its own lines (both log to one file).
+        new.start(wait=False)
+        assert new.proc is not None
+        new.wait_for_log(rf"bridge\[{new.proc.pid}\]: subscribed", timeout=20)
+        assert old.stop(signal.SIGTERM) == 0
+        response = requests.get(f"{new.url}/health", timeout=5)
+        assert response.ok
+    finally:
+        new.kill()
+
+
+def test_a_taken_port_is_a_clear_startup_error(start_gsocket):
+    """The usual mistake when switching: the Node process still listens on socketio_port."""
+    running = start_gsocket(sites=(SITE,))
+    second = GsocketProcess(running.bench, port=running.port)
+    second.start(wait=False)
+    assert second.proc is not None
+    assert second.proc.wait(30) == 2
+    assert "is the Node realtime process (or another gsocket) still running there?" in second.log()
+
+
+def _uds_health(path: Path) -> int | None:
+    """Status of ``GET /health`` over the Unix socket, ``None`` when nothing answers."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(path))
+            sock.sendall(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            head = sock.recv(64)
+    except OSError:
+        return None
+    return int(head.split()[1]) if head.startswith(b"HTTP/") else None
+
+
+def test_handover_on_a_unix_socket(redis_server, web, tmp_path):
+    uds = tmp_path / "socketio.sock"
+    conf = bench_conf(redis_server.url, web, socketio_uds=str(uds))
+    bench = make_bench(tmp_path, conf, sites=(SITE,))
+    proc = GsocketProcess(bench, args=["--handover"])
+    try:
+        proc.start(wait=False)
+        wait_until(lambda: _uds_health(uds) == 200, 20, proc.log)
+        assert oct(uds.stat().st_mode & 0o777) == oct(0o770)
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGHUP)
+        proc.wait_for_log(r"server process \d+ serves", timeout=30)
+        proc.wait_for_log(r"drained \d+ session", timeout=30)
+        assert _uds_health(uds) == 200  # the socket file is the same one, still served
+        assert proc.stop(signal.SIGTERM) == 0
+    finally:
+        proc.kill()
