@@ -77,9 +77,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from gsocket.handover import watch_parent
 
         # A child of --handover: the parent forwards Ctrl-C as SIGTERM, so the terminal's own
-        # SIGINT to the whole process group must not count as a second signal.
+        # SIGINT to the whole process group must not count as a second signal; SIGHUP is the
+        # parent's (a hand-over), never a reason for a child to die.
         stop_signals = (signal.SIGTERM,)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         watch_parent(stopping)
         listener = socket.socket(fileno=args.listen_fd)
     for signum in stop_signals:

@@ -59,14 +59,19 @@ class Child:
         """The child's process id."""
         return self.proc.pid
 
-    def wait_ready(self, timeout: float) -> bool:
-        """Wait until the child says it serves; ``False`` if it exited or ``timeout`` ran out."""
+    def wait_ready(self, timeout: float, cancel: Event) -> bool:
+        """Wait until the child says it serves.
+
+        :returns: ``False`` when it exited first, ``timeout`` ran out or ``cancel`` was set
+            (the parent is asked to stop meanwhile).
+        """
         gevent.os.make_nonblocking(self.ready_fd)
+        reader = gevent.spawn(gevent.os.nb_read, self.ready_fd, 1)
         try:
-            with gevent.Timeout(timeout, False):
-                return gevent.os.nb_read(self.ready_fd, 1) == READY
-            return False
+            gevent.wait([reader, cancel], timeout=timeout, count=1)
+            return reader.ready() and reader.value == READY
         finally:
+            reader.kill()
             os.close(self.ready_fd)
 
     def stop(self) -> None:
@@ -135,7 +140,9 @@ class Master:
             gevent.signal_handler(signum, self._on_signal, signum)
         started = time.monotonic()
         current = self._current = self.spawn(listener.fileno())
-        if not current.wait_ready(READY_TIMEOUT):
+        if not current.wait_ready(READY_TIMEOUT, self._stop):
+            if self._stop.is_set():
+                return self._shutdown(current)
             return self._failed_start(current)
         log.info("serving %.2f s after start", time.monotonic() - started)
         while True:
@@ -164,10 +171,11 @@ class Master:
         """Start a new child; once it serves, drain ``old``.  Returns the child now serving."""
         started = time.monotonic()
         new = self.spawn(listen_fd)
-        if not new.wait_ready(READY_TIMEOUT):
-            log.error("the new server process %d did not serve; %d goes on", new.pid, old.pid)
+        if not new.wait_ready(READY_TIMEOUT, self._stop):
             if not new.exited.ready():
                 new.proc.kill()
+            if not self._stop.is_set():
+                log.error("the new server process %d did not serve; %d goes on", new.pid, old.pid)
             return old
         log.info(
             "server process %d serves (%.2f s after SIGHUP); %d drains",
@@ -189,7 +197,8 @@ class Master:
         self._stop_retiring()
         code = current.exited.get()
         log.info("the server process exited with %s", code)
-        return code
+        # Stopped by our SIGTERM before it had its handlers in place: a stop, not a failure.
+        return 0 if code == -signal.SIGTERM else code
 
 
 def watch_parent(on_orphaned: Event, interval: float = 1.0) -> gevent.Greenlet:
