@@ -225,3 +225,23 @@ def test_handover_on_a_unix_socket(redis_server, web, tmp_path):
         assert proc.stop(signal.SIGTERM) == 0
     finally:
         proc.kill()
+
+
+def test_a_stop_during_a_hand_over_is_not_held_up_by_the_new_server(handover_gsocket):
+    proc = handover_gsocket()
+    assert proc.proc is not None
+    serving = _children_of(proc.proc.pid)
+    # An app whose handlers take long to import: the next server is slow to start.
+    package = proc.bench / "apps" / "slowapp" / "slowapp"
+    (package / "realtime").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "realtime" / "__init__.py").write_text("")
+    (package / "realtime" / "handlers.py").write_text("import time\n\ntime.sleep(60)\n")
+    with (proc.bench / "sites" / "apps.txt").open("a") as apps:
+        apps.write("slowapp\n")
+    proc.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: len(_children_of(proc.proc.pid)) == 2, 10, proc.log)
+    started = time.monotonic()
+    assert proc.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 5.0
+    assert not _alive(serving[0])
