@@ -22,8 +22,11 @@ const SECRET_KEY = "socketio_auth_secret";
 // The web process may create or rotate the socket secret at any time: re-read it often.
 const SECRET_TTL_MS = 5000;
 const WEB_TIMEOUT_MS = 10000;
-const httpAgent = new http.Agent({ keepAlive: true });
-const httpsAgent = new https.Agent({ keepAlive: true });
+// A bounded keep-alive pool: during a connect or subscribe storm of thousands of sockets an
+// unbounded agent opens one web connection per pending call and runs out of descriptors.
+const WEB_POOL = { keepAlive: true, maxSockets: 128, maxFreeSockets: 128 };
+const httpAgent = new http.Agent(WEB_POOL);
+const httpsAgent = new https.Agent(WEB_POOL);
 
 function parseArgs(argv) {
 	const args = {};

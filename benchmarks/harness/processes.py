@@ -29,8 +29,9 @@ log = logging.getLogger("gsocket.bench.processes")
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-# File descriptors a server needs besides its client sockets (listener, Redis, web pool...).
-FD_RESERVE = 64
+# File descriptors a server needs besides its client sockets: listener, Redis, and a pool of
+# connections to the web process (the baseline's holds up to 128).
+FD_RESERVE = 256
 
 
 def raise_fd_limit() -> int:
