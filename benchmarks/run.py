@@ -138,6 +138,13 @@ def machine_facts() -> dict[str, Any]:
         ),
         "redis": redis_version,
         "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+        "gsocket_revision": _command_output(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]
+        ),
+        # gsocket is measured from the working tree: say when it differs from the commit.
+        "gsocket_dirty": bool(
+            _command_output(["git", "-C", str(REPO), "status", "--porcelain", "--", "gsocket"])
+        ),
         "loadavg_start": processes.loadavg(),
     }
 

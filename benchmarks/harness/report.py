@@ -206,7 +206,9 @@ def markdown(run: dict[str, Any], cases: list[Case]) -> str:
         f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']:.1f} GiB, "
         f"Linux {m['kernel']}, Node {m['node']}, Python {m['python']}, "
         f"socket.io {m['socket_io']}, socket.io-client {m['socket_io_client']}, "
-        f"{m['redis']}. Load average at start: {m['loadavg_start']}.",
+        f"{m['redis']}. Load average at start: {m['loadavg_start']}. "
+        f"gsocket at {m.get('gsocket_revision', '?')}"
+        f"{' with uncommitted changes' if m.get('gsocket_dirty') else ''}.",
         "",
         f"Command: `{run['command']}`",
         "",
