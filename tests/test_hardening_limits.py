@@ -1,0 +1,100 @@
+"""Configured limits (connections per client address) and connect/disconnect churn: nothing
+a departed client held stays behind.  The 50 000-cycle run is ``python -m scripts.churn``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from scripts.hardening.churn import run_churn
+from scripts.hardening.kit import (
+    EIO_PATH,
+    SITE,
+    ProbedGsocket,
+    RawPolling,
+    RawWebSocket,
+    desk_headers,
+    start_gsocket,
+)
+
+NS = f"/{SITE}"
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def probed(tmp_path: Path, redis_server: Any, web: Any) -> Iterator[Callable[..., ProbedGsocket]]:
+    """Factory of gsocket processes with ``/_probe``."""
+    started: list[ProbedGsocket] = []
+
+    def start(**kwargs: Any) -> ProbedGsocket:
+        proc = start_gsocket(
+            tmp_path / f"g{len(started)}", redis_server.url, web, hardapp=False, **kwargs
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+def handshake(server: ProbedGsocket, headers: dict[str, str]) -> requests.Response:
+    return requests.get(server.url + EIO_PATH + "polling", headers=headers, timeout=5)
+
+
+def test_connections_per_client_address_behind_the_proxy(probed):
+    server = probed(limits={"connections_per_ip": 3})
+    client_a = desk_headers(**{"X-Forwarded-For": "203.0.113.7"})
+    held = [RawPolling(server.url, client_a).open() for _ in range(3)]
+    refused = handshake(server, client_a)
+    assert refused.status_code == 401
+    # A spoofed left part of the header does not make a new address: nginx appends the peer.
+    spoofed = desk_headers(**{"X-Forwarded-For": "198.51.100.1, 203.0.113.7"})
+    assert handshake(server, spoofed).status_code == 401
+    # Other addresses are not affected, over either transport.
+    other = desk_headers(**{"X-Forwarded-For": "203.0.113.8"})
+    assert handshake(server, other).status_code == 200
+    ws = RawWebSocket(server.url, other).open()
+    assert ws.connect(NS).startswith(f"40{NS},")
+    # A session that ends frees its place at once.
+    held.pop().close()
+    RawPolling(server.url, client_a).open()
+    server.wait_for_log(r"refused a connection from 203\.0\.113\.7: it already holds 3")
+    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    assert 'gsocket_connect_refusals_total{reason="too_many_connections"} 2' in metrics
+
+
+def test_connections_per_ip_uses_the_peer_when_it_is_not_a_trusted_proxy(probed):
+    server = probed(
+        limits={"connections_per_ip": 2}, conf={"gsocket": {"trusted_proxies": ["10.0.0.1"]}}
+    )
+    # 127.0.0.1 is a client here, not a proxy: its X-Forwarded-For is ignored.
+    for n in range(2):
+        RawPolling(server.url, {"X-Forwarded-For": f"192.0.2.{n}"}).open()
+    assert handshake(server, {"X-Forwarded-For": "192.0.2.99"}).status_code == 401
+    refused_ws = RawWebSocket(server.url, {"X-Forwarded-For": "192.0.2.98"})
+    with pytest.raises(Exception):  # noqa: B017 - any refusal of the websocket handshake
+        refused_ws.open()
+    assert server.probe()["eio_open"] == 2
+
+
+def test_churn_leaves_nothing_behind(probed):
+    server = probed()
+    # Closed Engine.IO sessions wait up to a ping timeout for python-engineio's reaper, so
+    # memory is compared between two equal rounds rather than against an idle start.
+    run_churn(server.url, 400, workers=4, abandon_polling=False)
+    before = server.wait_quiet(0, reaped=False)
+    report = run_churn(server.url, 400, workers=4, abandon_polling=False)
+    assert report.errors == {}, report.errors
+    assert report.outcomes["websocket_abandoned"] > 0
+    after = server.wait_quiet(0, reaped=False)
+    for key in ("sockets", "environ", "rooms", "eio_to_sid", "callbacks", "connecting"):
+        assert after[key] == 0, (key, after)
+    assert after["namespaces"] == []  # empty site namespaces are gone
+    assert after["pending_connect"] == after["pending_disconnect"] == 0
+    assert after["guard_addresses"] == after["guard_buckets"] == after["guard_websockets"] == 0
+    assert after["rss"] - before["rss"] < 4 * MIB, (before["rss"], after["rss"])
