@@ -129,7 +129,13 @@ class Server(socketio.Server):
             identity = self.authenticator.authenticate(namespace, environ)
         except Refused as refusal:
             self.metrics.refusals.inc(refusal.reason)
-            log.info("refused connection to %s from %s: %s", namespace, peer, refusal.reason)
+            log.info(
+                "refused connection to %s from %s: %s (session %s)",
+                namespace,
+                peer,
+                refusal.reason,
+                eio_sid,
+            )
             self._send_connect_error(eio_sid, namespace, refusal.message)
             return
         if eio_sid not in self.environ:
