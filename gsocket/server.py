@@ -259,7 +259,7 @@ class Server(socketio.Server):
             return
         try:
             super()._handle_eio_message(eio_sid, data)
-        except (ValueError, TypeError, RecursionError) as e:
+        except (ValueError, TypeError, RecursionError, IndexError, KeyError) as e:
             self.guard.kick(eio_sid, f"malformed Socket.IO packet ({type(e).__name__}: {e})"[:300])
             return
         except Exception:
