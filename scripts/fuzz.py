@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scripts.hardening.fuzz import run_fuzz
+from scripts.hardening.fuzz import run_fuzz, tracebacks_by_exception
 from scripts.hardening.kit import Stack
 
 MIB = 1024 * 1024
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "guard_dropped": after["dropped"],
         "tracebacks_in_log": tracebacks,
+        "tracebacks_by_exception": dict(tracebacks_by_exception(log)),
     }
     print(json.dumps(summary, indent=1))
     held = (

@@ -193,6 +193,17 @@ def test_binary_attachments_are_bounded_and_valid_ones_work(probed):
     server.wait_for_log(r"disconnected client \S+ \(127\.0\.0\.1\): binary attachments over max_")
 
 
+def test_attachment_placeholder_out_of_range_is_malformed(probed):
+    server = probed()
+    client = RawWebSocket(server.url, desk_headers()).open()
+    client.connect(NS)
+    client.send(f'451-{NS},["echo",[[{{"_placeholder":true,"num":5}}]]]')
+    client.send(b"only one")
+    assert client.recv_until(lambda f: f == "", timeout=3) == ""
+    server.wait_for_log(r"malformed Socket\.IO packet \(IndexError")
+    assert tracebacks(server.log()) == []
+
+
 def test_polling_base64_binary_attachment_is_accepted(probed):
     server = probed()
     client = RawPolling(server.url, desk_headers(), timeout=3).open()

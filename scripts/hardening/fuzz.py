@@ -272,7 +272,13 @@ def _polling_case(rng: random.Random, base: str, frames: int, report: FuzzReport
         # A CONNECT is always answered, so a live session's poll returns at once.
         response = client.post(f"40{namespace},")
         if response.status_code == 200:
-            response = client.get()
+            try:
+                response = client.get()
+            except requests.Timeout:
+                # A long-poll with nothing to say waits for the next ping (25 s): e.g. the
+                # CONNECT was taken as a binary attachment the server still waited for.
+                report.outcomes["polling_no_answer"] += 1
+                return
         report.statuses[response.status_code] += 1
         report.outcomes["polling_ok" if response.status_code == 200 else "polling_refused"] += 1
     except requests.Timeout:
@@ -329,3 +335,17 @@ def run_fuzz(
         witness.close()
         report.seconds = time.monotonic() - started
     return report
+
+
+def tracebacks_by_exception(log: str) -> Counter[str]:
+    """Count the tracebacks of a server log by their final exception line."""
+    counts: Counter[str] = Counter()
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if not line.startswith("Traceback (most recent call last)"):
+            continue
+        for follow in lines[i + 1 : i + 60]:
+            if follow and not follow.startswith((" ", "Traceback")):
+                counts[follow[:120]] += 1
+                break
+    return counts
