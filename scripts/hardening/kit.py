@@ -323,15 +323,21 @@ class RawWebSocket:
         return self.ws.recv()
 
     def recv_until(self, predicate: Callable[[str | bytes], bool], timeout: float = 5.0) -> Any:
-        """Receive frames (answering pings) until one matches ``predicate``; return it."""
+        """Receive frames (answering pings) until one matches ``predicate``; return it.
+
+        A connection the server closed or dropped reads as the frame ``""``.
+        """
         assert self.ws is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.ws.settimeout(max(0.05, deadline - time.monotonic()))
-            frame = self.ws.recv()
-            if frame == "2":
-                self.ws.send("3")
-                continue
+            try:
+                frame = self.ws.recv()
+                if frame == "2":
+                    self.ws.send("3")
+                    continue
+            except (websocket.WebSocketConnectionClosedException, ConnectionError):
+                frame = ""  # the server dropped the connection (reset, broken pipe)
             if predicate(frame):
                 return frame
             if frame == "":
