@@ -102,7 +102,7 @@ def run_churn(
             transport = _websocket_cycle if n % 2 else _polling_cycle
             site = SITE if (n // 2) % 2 else SITE2
             try:
-                abandon = n % 10 == 9 and (abandon_polling or transport is _websocket_cycle)
+                abandon = (n // 2) % 10 == 4 and (abandon_polling or transport is _websocket_cycle)
                 outcome = transport(base, n, site, wait_ack=n % 4 < 2, abandon=abandon)
             except (OSError, requests.RequestException, websocket.WebSocketException) as e:
                 outcome = "error"
