@@ -273,6 +273,18 @@ class Server(socketio.Server):
                 eio_sid, f"binary packet announcing {pending.attachment_count} attachments"
             )
 
+    def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
+        """Put a socket in a room; a socket that left meanwhile joins nothing.
+
+        A handler runs in its own greenlet and may still be waiting on the web process when
+        its client goes away (a tab closed right after subscribing): its ``join`` then has no
+        socket to add, which is not an error.
+        """
+        if not self.manager.is_connected(sid, namespace or "/"):
+            log.debug("%s left %s before joining %r", sid, namespace, room)
+            return
+        super().enter_room(sid, room, namespace=namespace)
+
     def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         """Queue a packet for a client, unless its send queue is full (then it is put out)."""
         if not self.guard.congested(eio_sid):
