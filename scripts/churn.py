@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.hardening.churn import run_churn
+from scripts.hardening.fuzz import tracebacks_by_exception
 from scripts.hardening.kit import Stack
 
 MIB = 1024 * 1024
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="gsocket-churn-") as tmp:
-        stack = Stack.start(Path(tmp), hardapp=False, log_level="WARNING")
+        stack = Stack.start(Path(tmp), hardapp=False, log_level="ERROR")
         try:
             server = stack.gsocket
             run_churn(server.url, args.warmup, workers=args.workers)
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress=progress,
             )
             settled = server.wait_quiet(0, timeout=120)
+            tracebacks = tracebacks_by_exception(server.log())
         finally:
             stack.stop()
     summary = {
@@ -84,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         "after_warmup": _row(warm),
         "during": report.samples,
         "after_reaping": _row(settled),
+        "manager_tables_after_warmup": warm["manager_tables"],
+        "manager_tables_after_reaping": settled["manager_tables"],
+        "tracebacks_by_exception": dict(tracebacks),
     }
     print(json.dumps(summary, indent=1))
     held = (
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         and settled["namespaces"] == []
         and settled["rss"] - warm["rss"] < 16 * MIB
     )
-    return 0 if held and not report.errors else 1
+    return 0 if held and not report.errors and not tracebacks else 1
 
 
 if __name__ == "__main__":

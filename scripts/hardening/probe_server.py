@@ -34,6 +34,16 @@ def rss_bytes() -> int:
     return 0
 
 
+def _table_sizes(obj: object) -> dict[str, int]:
+    """Entries in each dict attribute of ``obj``, one level of nesting included."""
+    sizes = {}
+    for name, value in vars(obj).items():
+        if isinstance(value, dict):
+            inner = sum(len(v) for v in value.values() if isinstance(v, dict))
+            sizes[name] = len(value) + inner
+    return sizes
+
+
 def probe(app: app_module.App) -> dict[str, Any]:
     """Sizes of every per-client table of the running server (after a full collection)."""
     gc.collect()
@@ -49,6 +59,7 @@ def probe(app: app_module.App) -> dict[str, Any]:
         "rooms": sum(rooms.values()),
         "rooms_by_namespace": rooms,
         "eio_to_sid": len(getattr(manager, "eio_to_sid", {})),
+        "manager_tables": _table_sizes(manager),
         "callbacks": len(manager.callbacks),
         "pending_connect": len(manager.pending_connect),
         "pending_disconnect": len(manager.pending_disconnect),
