@@ -69,6 +69,7 @@ class Settings:
     drain_stall_s: float = 10.0
     settle_s: float = 1.0
     source_addresses: list[str] = field(default_factory=lambda: list(SOURCE_ADDRESSES))
+    report_from: Path | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -81,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--rate", type=float, help="fixed fan-out rate, deliveries/s (default 20000)")
     p.add_argument("--user-rate", type=float, help="fixed per-user-room rate, events/s (5000)")
     p.add_argument("--seconds", type=float, help="length of each fixed and flat-out phase")
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="JSONL",
+        help="only rewrite RESULTS_DIR/latest.md from an earlier run's results file",
+    )
     a = p.parse_args(argv)
     servers = [s.strip() for s in a.servers.split(",") if s.strip()]
     for s in servers:
@@ -89,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     default_sizes = "200" if a.quick else "1000,5000,10000,20000"
     sizes = [int(v) for v in (a.sizes or default_sizes).split(",")]
     st = Settings(sizes=sizes, servers=servers, quick=a.quick, results_dir=a.results_dir)
+    st.report_from = a.report
     if a.quick:
         st.rate, st.fixed_seconds, st.flat_seconds = 5_000.0, 2.0, 2.0
         st.flat_max_deliveries, st.drain_stall_s, st.settle_s = 100_000, 10.0, 0.2
@@ -554,6 +562,17 @@ def _delta(before: dict[str, int], after: dict[str, int], key: str) -> int:
     return after.get(key, 0) - before.get(key, 0)
 
 
+def rewrite_report(jsonl: Path, results_dir: Path) -> int:
+    """Rebuild latest.md from a results file (after a change to the report's layout)."""
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    run_info = next(line for line in lines if line["type"] == "run")
+    cases = [line for line in lines if line["type"] == "case"]
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "latest.md").write_text(report.markdown(run_info, cases) + "\n")
+    log.info("rewrote %s from %s", results_dir / "latest.md", jsonl)
+    return 0
+
+
 def _stop_on_signal(signum: int, frame: object) -> None:
     """Turn SIGTERM/SIGINT into an exception so every child is stopped on the way out
     (a run started in the background inherits an ignored SIGINT otherwise)."""
@@ -565,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _stop_on_signal)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     st = parse_args(argv)
+    if st.report_from is not None:
+        return rewrite_report(st.report_from, st.results_dir)
     for package in ("baseline_node", "loadgen"):
         processes.ensure_npm(BENCH_ROOT / package)
     stamp = time.strftime("%Y%m%d-%H%M%S")

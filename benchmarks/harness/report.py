@@ -195,6 +195,13 @@ PHASE_HEADER = [
 ]
 
 
+def _revision(machine: dict[str, Any]) -> str:
+    if "gsocket_revision" not in machine:
+        return ""
+    dirty = " with uncommitted changes" if machine.get("gsocket_dirty") else ""
+    return f" gsocket at {machine['gsocket_revision']}{dirty}."
+
+
 def markdown(run: dict[str, Any], cases: list[Case]) -> str:
     """The latest.md report: settings, one table per scenario, ratios against targets."""
     cases = sorted(cases, key=lambda c: (c["n_requested"], c["server"] != "node"))
@@ -206,13 +213,12 @@ def markdown(run: dict[str, Any], cases: list[Case]) -> str:
         f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']:.1f} GiB, "
         f"Linux {m['kernel']}, Node {m['node']}, Python {m['python']}, "
         f"socket.io {m['socket_io']}, socket.io-client {m['socket_io_client']}, "
-        f"{m['redis']}. Load average at start: {m['loadavg_start']}. "
-        f"gsocket at {m.get('gsocket_revision', '?')}"
-        f"{' with uncommitted changes' if m.get('gsocket_dirty') else ''}.",
+        f"{m['redis']}. Load average at start: {m['loadavg_start']}.{_revision(m)}",
         "",
         f"Command: `{run['command']}`",
         "",
-        f"Settings: fixed rate {s['rate']:g} deliveries/s for {s['fixed_seconds']:g} s; "
+        f"Settings: fixed fan-out rate {s['rate']:g} deliveries/s and per-user rate "
+        f"{s.get('user_rate', s['rate']):g} events/s, each for {s['fixed_seconds']:g} s; "
         f"flat out for {s['flat_seconds']:g} s (at most {s['flat_max_deliveries']} deliveries, "
         f"window {s['window']} deliveries in flight); {s['workers']} loadgen workers; "
         f"connect concurrency {s['connect_concurrency']}.",
@@ -264,7 +270,7 @@ def markdown(run: dict[str, Any], cases: list[Case]) -> str:
     sections = [
         ("fanout_fixed", f"Fan-out at {s['rate']:g} deliveries/s (one doc: room)", "delivery"),
         ("fanout_max", "Fan-out as fast as possible", "delivery"),
-        ("user_fixed", f"Per-user rooms at {s['rate']:g} events/s", "event"),
+        ("user_fixed", f"Per-user rooms at {s.get('user_rate', s['rate']):g} events/s", "event"),
         ("user_max", "Per-user rooms as fast as possible", "event"),
     ]
     for key, title, unit in sections:
