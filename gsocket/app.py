@@ -18,7 +18,6 @@ import gevent
 import redis
 import socketio
 from gevent.pywsgi import WSGIServer
-from geventwebsocket.handler import WebSocketHandler
 
 from gsocket.auth import Authenticator
 from gsocket.bridge import Bridge
@@ -34,6 +33,7 @@ from gsocket.registry import Registry, realtime
 from gsocket.scaleout import make_client_manager, start_client_manager
 from gsocket.secret import SocketSecret
 from gsocket.server import Server
+from gsocket.transport import LeanWebSocketHandler
 from gsocket.webclient import WebClient
 
 log = logging.getLogger("gsocket.app")
@@ -126,7 +126,7 @@ class App:
             listener = open_listener(self.config)
         listener.setblocking(False)
         self._wsgi_server = WSGIServer(
-            listener, self.wsgi, handler_class=WebSocketHandler, log=None, error_log=log
+            listener, self.wsgi, handler_class=LeanWebSocketHandler, log=None, error_log=log
         )
         self._wsgi_server.start()
         if self.config.scale_out:

@@ -27,8 +27,10 @@ from gsocket.auth import Authenticator, Refused
 from gsocket.core_handlers import join_default_rooms
 from gsocket.dispatch import Dispatcher
 from gsocket.limits import MAX_ATTACHMENTS, ClientGuard, watch_event_loop
+from gsocket.manager import Manager
 from gsocket.metrics import Metrics
 from gsocket.socket import Socket
+from gsocket.transport import Transport
 from gsocket.webclient import WebClient
 
 log = logging.getLogger("gsocket.server")
@@ -44,7 +46,8 @@ class Server(socketio.Server):
     :param dispatcher: runs handlers for client events.
     :param web: client of the web process (used by :meth:`Socket.has_permission`).
     :param metrics: where connects, refusals and sockets are counted.
-    :param client_manager: python-socketio client manager (a Redis one for scale-out).
+    :param client_manager: python-socketio client manager (a Redis one for scale-out);
+        gsocket's :class:`~gsocket.manager.Manager` by default.
     :param engineio_options: passed to the Engine.IO server (ping intervals, buffer size).
     """
 
@@ -58,7 +61,7 @@ class Server(socketio.Server):
         **engineio_options: Any,
     ) -> None:
         super().__init__(
-            client_manager=client_manager,
+            client_manager=client_manager if client_manager is not None else Manager(),
             async_mode="gevent",
             namespaces="*",
             cors_allowed_origins="*",
@@ -76,6 +79,11 @@ class Server(socketio.Server):
         self._sockets: dict[str, Socket] = {}
         self._connecting: dict[tuple[str, str], Event] = {}
         self.guard = ClientGuard(self.eio, authenticator.config, metrics)
+        self.transport = Transport(
+            self.eio,
+            authenticator.config.limits.send_queue,
+            kick=lambda eio_sid, why: self.guard.kick(eio_sid, why, abort=True),
+        )
         watch_event_loop(BLOCKING_REPORT_SECONDS)
 
     def socket_of(self, sid: str) -> Socket | None:
@@ -237,6 +245,9 @@ class Server(socketio.Server):
         if not self.guard.admit(eio_sid, environ):
             return False
         super()._handle_eio_connect(eio_sid, environ)
+        session = self.eio.sockets.get(eio_sid)
+        if session is not None:
+            self.transport.adopt(session)
         return None
 
     def _handle_eio_disconnect(self, eio_sid: str, reason: str | None = None) -> None:
@@ -291,6 +302,18 @@ class Server(socketio.Server):
             super()._send_packet(eio_sid, pkt)
 
     def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
-        """Queue an encoded packet (room broadcasts) under the same send-queue bound."""
-        if not self.guard.congested(eio_sid):
+        """Queue an encoded packet (room broadcasts) under the same send-queue bound.
+
+        A websocket session's wire enforces the bound itself; the frame of a packet sent to
+        many sessions in a row is built once.
+        """
+        wire = self.transport.wires.get(eio_sid)
+        if wire is not None:
+            wire.write(self.transport.frame_of(eio_pkt))
+        elif not self.guard.congested(eio_sid):
             super()._send_eio_packet(eio_sid, eio_pkt)
+
+    def shutdown(self) -> None:
+        """Stop python-socketio's background tasks and the transport's pinger."""
+        self.transport.stop()
+        super().shutdown()
