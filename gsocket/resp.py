@@ -1,0 +1,250 @@
+"""A Redis pub/sub subscriber that reads every message already received in one go.
+
+redis-py's ``PubSub.get_message`` returns one message per call, through several layers of
+Python (retry wrapper, parser, push handlers, observability hooks): at thousands of messages a
+second that is a large part of a realtime process's CPU.  The bridge only subscribes to one
+channel and reads, so this module speaks just that part of RESP2 on a gevent socket: connect,
+``AUTH``, ``SUBSCRIBE``, ``PING``, and a reader that parses every complete reply in its buffer
+after each ``recv``.
+
+URLs are parsed by redis-py (``redis://``, ``unix://``, credentials); TLS (``rediss://``) is
+not spoken here (:func:`supported` says so and the caller keeps redis-py for it).
+"""
+
+from __future__ import annotations
+
+import socket as pysocket
+from typing import Any
+
+from gevent import socket as gsocket
+from redis.connection import UnixDomainSocketConnection, parse_url
+
+MESSAGE = b"*3\r\n$7\r\nmessage\r\n"
+"""How a published message starts on a RESP2 subscriber connection."""
+MESSAGE_LEN = len(MESSAGE)
+
+READ_SIZE = 256 * 1024
+
+
+class ReplyError(Exception):
+    """Redis answered a command with an error (for example a wrong password)."""
+
+
+class ProtocolError(ConnectionError):
+    """The connection carries something that is not RESP2: it cannot be trusted any more."""
+
+
+class _Incomplete(Exception):
+    """The buffer ends in the middle of a reply."""
+
+
+def supported(url: str) -> bool:
+    """This module can subscribe at ``url`` (plain TCP or a Unix socket, not TLS)."""
+    return url.startswith(("redis://", "unix://"))
+
+
+def command(*args: str | bytes) -> bytes:
+    """Encode a command as a RESP array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else arg
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def parse_reply(buf: bytes, pos: int) -> tuple[Any, int]:
+    """Parse one RESP2 reply of ``buf`` at ``pos``; return it and the position after it.
+
+    Errors are returned as :class:`ReplyError` instances, not raised.
+
+    :raises _Incomplete: the reply is not all in ``buf`` yet.
+    :raises ProtocolError: the bytes are not RESP2.
+    """
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        raise _Incomplete
+    kind = buf[pos : pos + 1]
+    line = buf[pos + 1 : end]
+    after = end + 2
+    try:
+        if kind == b"$":
+            n = int(line)
+            if n < 0:
+                return None, after
+            if after + n + 2 > len(buf):
+                raise _Incomplete
+            return buf[after : after + n], after + n + 2
+        if kind == b"*":
+            n = int(line)
+            if n < 0:
+                return None, after
+            items = []
+            for _ in range(n):
+                item, after = parse_reply(buf, after)
+                items.append(item)
+            return items, after
+        if kind == b":":
+            return int(line), after
+    except ValueError:
+        raise ProtocolError(f"bad RESP length {line[:20]!r}") from None
+    if kind == b"+":
+        return line, after
+    if kind == b"-":
+        return ReplyError(line.decode("utf-8", "replace")), after
+    raise ProtocolError(f"unexpected RESP type {kind!r}")
+
+
+class Subscriber:
+    """One connection in subscribe mode.
+
+    :param url: Redis URL (``redis://[[user]:password@]host[:port]`` or ``unix://path``).
+    :param connect_timeout: seconds to connect and to get each handshake answer.
+    """
+
+    def __init__(self, url: str, connect_timeout: float = 2.0) -> None:
+        if not supported(url):
+            raise ValueError(f"cannot subscribe at {url!r} without redis-py (TLS)")
+        self.options = parse_url(url)
+        self.connect_timeout = connect_timeout
+        self._sock: Any = None
+        self._buf = bytearray()
+
+    def connect(self) -> None:
+        """Open the connection and authenticate.
+
+        :raises OSError: Redis cannot be reached.
+        :raises ReplyError: Redis refused the credentials.
+        """
+        opts = self.options
+        if opts.get("connection_class") is UnixDomainSocketConnection:
+            sock = gsocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+            sock.settimeout(self.connect_timeout)
+            try:
+                sock.connect(opts["path"])
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = gsocket.create_connection(
+                (opts.get("host") or "localhost", int(opts.get("port") or 6379)),
+                timeout=self.connect_timeout,
+            )
+            sock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
+            sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_KEEPALIVE, 1)
+        self._sock = sock
+        self._buf = bytearray()
+        password = opts.get("password")
+        if password:
+            username = opts.get("username")
+            args = ("AUTH", username, password) if username else ("AUTH", password)
+            self._sock.sendall(command(*args))
+            reply = self._reply()
+            if isinstance(reply, ReplyError):
+                raise reply
+
+    def subscribe(self, channel: str) -> None:
+        """Subscribe to ``channel`` and wait for Redis to confirm it.
+
+        :raises ReplyError: Redis refused.
+        """
+        self._sock.sendall(command("SUBSCRIBE", channel))
+        reply = self._reply()
+        if isinstance(reply, ReplyError):
+            raise reply
+        if not (isinstance(reply, list) and reply and reply[0] == b"subscribe"):
+            raise ProtocolError(f"unexpected answer to SUBSCRIBE: {reply!r}"[:200])
+
+    def ping(self) -> None:
+        """Send ``PING``; the answer arrives among the messages (and is left out of them)."""
+        self._sock.sendall(command("PING"))
+
+    def _reply(self) -> Any:
+        """Read one reply, within the connect timeout (handshake only)."""
+        self._sock.settimeout(self.connect_timeout)
+        while True:
+            try:
+                reply, pos = parse_reply(self._buf, 0)
+            except _Incomplete:
+                self._fill()
+                continue
+            del self._buf[:pos]
+            return reply
+
+    def _fill(self) -> None:
+        data = self._sock.recv(READ_SIZE)
+        if not data:
+            raise ConnectionResetError("Redis closed the connection")
+        self._buf += data
+
+    def read(self, timeout: float) -> list[bytes] | None:
+        """Wait up to ``timeout`` seconds for data; return the payloads of every complete
+        message received so far (possibly none: a PONG, a partial message).
+
+        :returns: ``None`` when nothing at all arrived within ``timeout``.
+        :raises OSError: the connection is lost.
+        """
+        self._sock.settimeout(timeout)
+        try:
+            self._fill()
+        except TimeoutError:
+            return None
+        buf = self._buf
+        out: list[bytes] = []
+        view = memoryview(buf)
+        try:
+            pos = self._parse(buf, view, len(buf), out)
+        finally:
+            view.release()
+        del buf[:pos]
+        return out
+
+    @staticmethod
+    def _parse(buf: bytearray, view: memoryview, size: int, out: list[bytes]) -> int:
+        """Append the payload of every complete message of ``buf`` to ``out``; return the
+        position after the last complete reply."""
+        pos = 0
+        find = buf.find
+        while pos < size:
+            if buf.startswith(MESSAGE, pos):
+                # *3 message, $<n> channel, $<n> payload: the hot path, without recursion.
+                try:
+                    p = pos + MESSAGE_LEN
+                    if p >= size:
+                        break
+                    end = find(b"\r\n", p)
+                    if end < 0:
+                        break
+                    if buf[p] != 36:  # "$"
+                        raise ValueError
+                    p = end + 2 + int(buf[p + 1 : end]) + 2
+                    if p >= size:
+                        break
+                    end = find(b"\r\n", p)
+                    if end < 0:
+                        break
+                    if buf[p] != 36:
+                        raise ValueError
+                    start = end + 2
+                    stop = start + int(buf[p + 1 : end])
+                except ValueError:
+                    raise ProtocolError("malformed pub/sub message") from None
+                if stop + 2 > size:
+                    break
+                out.append(bytes(view[start:stop]))
+                pos = stop + 2
+                continue
+            try:
+                reply, pos = parse_reply(buf, pos)
+            except _Incomplete:
+                break
+            if isinstance(reply, ReplyError):
+                raise reply
+        return pos
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
