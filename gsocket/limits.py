@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import io
 import logging
 import socket as pysocket
@@ -308,7 +307,6 @@ class ClientGuard:
         self.addresses: dict[str, tuple[str, bool]] = {}
         self.buckets: dict[str, TokenBucket] = {}
         self.websockets: dict[str, GuardedWebSocket] = {}
-        self.dropped: collections.Counter[str] = collections.Counter()
 
     # ---- HTTP requests ----------------------------------------------------------------
 
@@ -381,13 +379,14 @@ class ClientGuard:
         if address is not None:
             if not self.per_address.acquire(address):
                 self.metrics.refusals.inc("too_many_connections")
-                if self.dropped["too_many_connections"] % 100 == 0:
+                drops = self.metrics.clients_dropped
+                if drops.value("too_many_connections") % 100 == 0:
                     log.warning(
                         "refused a connection from %s: it already holds %d (connections_per_ip)",
                         address,
                         self.limits.connections_per_ip,
                     )
-                self.dropped["too_many_connections"] += 1
+                drops.inc("too_many_connections")
                 return False
         self.addresses[eio_sid] = (label, address is not None)
         ws = environ.get("wsgi.websocket")
@@ -417,7 +416,7 @@ class ClientGuard:
         if bucket.take():
             bucket.limited = False
             return True
-        self.dropped["rate_limited"] += 1
+        self.metrics.clients_dropped.inc("rate_limited")
         if not bucket.limited:
             bucket.limited = True
             log.warning(
@@ -455,7 +454,7 @@ class ClientGuard:
         """
         session = self.eio.sockets.get(eio_sid)
         ws = self.websockets.get(eio_sid)
-        self.dropped["kicked"] += 1
+        self.metrics.clients_dropped.inc("kicked")
         if session is not None and not session.closed and not session.closing:
             log.warning("disconnected client %s (%s): %s", eio_sid, self.peer(eio_sid), why)
             session.close(wait=False, abort=abort, reason=self.eio.reason.SERVER_DISCONNECT)

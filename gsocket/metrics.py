@@ -61,6 +61,14 @@ class Metric:
             return values
         return tuple("other" for _ in self.labels)
 
+    def series(self) -> dict[LabelValues, float]:
+        """Return a copy of every series' value, keyed by label values."""
+        return dict(self._values)
+
+    def value(self, *values: str) -> float:
+        """Return the value of the series of ``values`` (0 when it was never updated)."""
+        return self._values.get(values, 0.0)
+
     def samples(self) -> Iterable[str]:
         """Yield the text lines of every series."""
         for values, value in sorted(self._values.items()):
@@ -163,6 +171,12 @@ class Metrics:
         self.handler_errors = Counter(
             "gsocket_handler_errors_total", "Handlers that raised or timed out", ["event"]
         )
+        self.clients_dropped = Counter(
+            "gsocket_client_drops_total",
+            "What the client guard refused a client: packets over its rate, sessions put out, "
+            "connections over the per-address limit",
+            ["reason"],
+        )
         self.bridged = Counter(
             "gsocket_redis_messages_total", "Redis messages bridged, by outcome", ["outcome"]
         )
@@ -186,6 +200,7 @@ class Metrics:
                 self.events,
                 self.handler_seconds,
                 self.handler_errors,
+                self.clients_dropped,
                 self.bridged,
                 self.bridge_reconnects,
                 self.web_calls,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import websocket
 
 from scripts.hardening.fuzz import run_fuzz
@@ -255,3 +256,9 @@ def test_flood_of_events_is_rate_limited_per_connection(probed, clients):
     other = clients().connect(server.url, NS, desk_headers(sid="sid-jane"))
     assert other.call("echo", "unaffected") == "unaffected"
     assert server.probe()["dropped"]["rate_limited"] >= 150
+    drops = re.search(
+        r'^gsocket_client_drops_total\{reason="rate_limited"\} (\d+)$',
+        requests.get(server.url + "/metrics", timeout=5).text,
+        re.MULTILINE,
+    )
+    assert drops and int(drops.group(1)) >= 150

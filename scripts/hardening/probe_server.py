@@ -66,7 +66,7 @@ def probe(app: app_module.App) -> dict[str, Any]:
         "binary_packets": len(server._binary_packet),
         "connecting": len(server._connecting),
         **server.guard.state(),
-        "dropped": dict(server.guard.dropped),
+        "dropped": {k[0]: v for k, v in server.metrics.clients_dropped.series().items()},
         "greenlets": sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet)),
         "rss": rss_bytes(),
     }
