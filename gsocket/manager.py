@@ -29,6 +29,10 @@ from gsocket.transport import TEXT, frame
 
 log = logging.getLogger("gsocket.manager")
 
+_ROOM_LISTS = (list, tuple)
+"""Types python-socketio accepts as "several rooms" (a constant: ``list | tuple`` would build
+a union object per call)."""
+
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 """What python-socketio's packets use (``json.dumps(data, separators=(",", ":"))``), built
 once: ``json.dumps`` with arguments builds an encoder per call."""
@@ -202,7 +206,7 @@ class RoomIndex:
         ns = self.rooms.get(namespace)
         if ns is None:
             return {}
-        if isinstance(room, list | tuple):
+        if isinstance(room, _ROOM_LISTS):
             members: dict[str, str] = {}
             for r in room:
                 members.update(ns.get(r, ()))
@@ -284,7 +288,7 @@ class RoomIndex:
         ns = self.rooms.get(namespace)
         if ns is None:
             return
-        if isinstance(room, list | tuple):
+        if isinstance(room, _ROOM_LISTS):
             members = self._members(namespace, room)
         else:
             members = ns.get(room)

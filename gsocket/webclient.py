@@ -74,11 +74,13 @@ class WebClient:
     :param secret: source of the ``X-Frappe-Socket-Secret`` value.
     :param metrics: where call latency and outcomes are counted.
     :param timeout: seconds for connecting plus reading one answer.
-    :param pool_size: connections kept open to each web host.
+    :param pool_size: idle connections kept open to each web host.  A reconnect storm makes
+        hundreds of calls at once; like Node's keep-alive agent (256 free sockets), enough
+        stay open for the next burst instead of being reopened.
     """
 
     def __init__(
-        self, secret: SocketSecret, metrics: Metrics, timeout: float = 5.0, pool_size: int = 50
+        self, secret: SocketSecret, metrics: Metrics, timeout: float = 5.0, pool_size: int = 256
     ) -> None:
         self.secret = secret
         self.metrics = metrics

@@ -1,0 +1,416 @@
+"""The hot path's own parts: direct websocket writes, the room index, the RESP subscriber and
+the small HTTP client, each against what it replaces (python-socketio's manager and encoding,
+gevent-websocket's framing) or against real peers (redis-server, a TCP server)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import socketio
+from engineio import packet as eio_packet
+from geventwebsocket.websocket import Header
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from socketio import packet as sio_packet
+
+from gsocket import httpclient, resp
+from gsocket.manager import RoomIndex
+from gsocket.transport import TEXT, frame
+from scripts.hardening.kit import RawWebSocket
+from tests.conftest import SITE, desk_headers
+
+NS = f"/{SITE}"
+
+
+def publish(redis_client: Any, event: str, message: Any, room: str) -> None:
+    payload = {"event": event, "message": message, "room": room, "namespace": SITE}
+    redis_client.publish("events", json.dumps(payload))
+
+
+# ---- the wire: frames in order when the kernel buffer is full --------------------------------
+
+
+def test_a_client_that_pauses_reading_gets_every_frame_in_order(gsocket, redis_client):
+    client = RawWebSocket(gsocket.url, desk_headers(SITE, "sid-admin"), timeout=20).open()
+    assert client.connect(NS).startswith(f"40{NS},")
+    count, pad = 100, "y" * 200_000
+    # 20 MB published while the client reads nothing: more than loopback's socket buffers
+    # hold, so the server's writes come back partial and the rest waits for the client.
+    for n in range(count):
+        publish(redis_client, "bulk", {"n": n, "pad": pad}, "all")
+    received = []
+    prefix = f"42{NS},"
+    while len(received) < count:
+        packet = client.recv_until(lambda f: isinstance(f, str) and f.startswith(prefix), 30)
+        name, message = json.loads(packet[len(prefix) :])
+        assert name == "bulk" and message["pad"] == pad
+        received.append(message["n"])
+    assert received == list(range(count))
+    # Still a working session afterwards: pings answered, events flowing.
+    publish(redis_client, "after", 1, "all")
+    client.recv_until(lambda f: isinstance(f, str) and f.startswith(f'{prefix}["after"'), 10)
+    client.close()
+
+
+# ---- framing and encoding, against what they replace ----------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_frames_match_gevent_websocket(size):
+    payload = b"a" * size
+    expected = bytes(Header.encode_header(True, 0x1, b"", size, 0)) + payload
+    assert frame(payload, TEXT) == expected
+
+
+class _Eio:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def generate_id(self) -> str:
+        self.count += 1
+        return f"s{self.count}"
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.frames: list[tuple[list[str], bytes]] = []
+
+    def broadcast(self, eio_sids: Any, data: bytes) -> list[str]:
+        self.frames.append((list(eio_sids), data))
+        return []
+
+
+class _Server:
+    """What a manager needs of a python-socketio server."""
+
+    packet_class = sio_packet.Packet
+
+    def __init__(self) -> None:
+        self.eio = _Eio()
+        self.transport = _Transport()
+        self.sent: list[tuple[str, Any]] = []
+
+    def _send_eio_packet(self, eio_sid: str, pkt: Any) -> None:
+        self.sent.append((eio_sid, pkt))
+
+
+class _Manager(RoomIndex, socketio.Manager):
+    pass
+
+
+def _manager(cls: type = _Manager) -> Any:
+    manager = cls()
+    manager.set_server(_Server())
+    return manager
+
+
+@pytest.mark.parametrize(
+    "data",
+    [None, "text", 0, 2.5, True, {"a": [1, None, "é✓\u2028"], "b": {}}, ["one", "arg"], ("a", 2)],
+)
+@pytest.mark.parametrize("namespace", ["/", NS])
+def test_emit_encodes_as_python_socketio_does(data, namespace):
+    manager = _manager()
+    sid = manager.connect("e1", namespace)
+    manager.emit("ev", data, namespace=namespace, room=sid)
+    args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+    encoded = sio_packet.Packet(sio_packet.EVENT, namespace=namespace, data=["ev", *args]).encode()
+    assert manager.server.transport.frames == [(["e1"], frame(("4" + encoded).encode(), TEXT))]
+
+
+def test_binary_emits_keep_python_socketio_attachments():
+    manager = _manager()
+    sid = manager.connect("e1", NS)
+    manager.emit("ev", {"blob": b"\x00\x01"}, namespace=NS, room=sid)
+    assert manager.server.transport.frames == []
+    sent = [pkt.encode() for _, pkt in manager.server.sent]
+    assert sent[0].startswith(f"451-{NS},") and sent[1] == b"\x00\x01"
+
+
+def test_skipped_and_several_rooms():
+    manager = _manager()
+    a, b, c = (manager.connect(e, NS) for e in ("ea", "eb", "ec"))
+    manager.enter_room(a, NS, "r1")
+    manager.enter_room(b, NS, "r1")
+    manager.enter_room(c, NS, "r2")
+    manager.emit("ev", 1, namespace=NS, room=["r1", "r2"], skip_sid=b)
+    ((eio_sids, _),) = manager.server.transport.frames
+    assert sorted(eio_sids) == ["ea", "ec"]
+
+
+# ---- the room index behaves as python-socketio's -------------------------------------------
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["connect", "enter", "leave", "disconnect", "close", "emit"]),
+        st.sampled_from(["e1", "e2", "e3"]),
+        st.sampled_from(["/", "/a"]),
+        st.sampled_from(["r1", "r2", "user:x", None]),
+    ),
+    max_size=40,
+)
+
+
+def _state(manager: Any) -> dict[str, Any]:
+    """What a manager knows, with sids (random in real life) named by their Engine.IO sid."""
+    state: dict[str, Any] = {"namespaces": sorted(manager.get_namespaces())}
+    for ns in ("/", "/a"):
+        own = {}
+        for eio_sid in ("e1", "e2", "e3"):
+            sid = manager.sid_from_eio_sid(eio_sid, ns)
+            if sid is None:
+                state[f"{ns}|{eio_sid}"] = None
+                continue
+            own[sid] = eio_sid
+            rooms = ["<own>" if r == sid else r for r in manager.get_rooms(sid, ns)]
+            state[f"{ns}|{eio_sid}"] = (manager.is_connected(sid, ns), sorted(rooms))
+            state[f"{ns}|{eio_sid}|own room"] = sorted(
+                e for _, e in manager.get_participants(ns, sid)
+            )
+        for room in (None, "r1", "r2", "user:x"):
+            members = manager.get_participants(ns, room)
+            state[f"{ns}|{room}"] = sorted((own.get(sid), eio_sid) for sid, eio_sid in members)
+    return state
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OPS)
+def test_room_index_behaves_as_python_socketio(ops):
+    ours, theirs = _manager(), _manager(socketio.Manager)
+    for op, eio_sid, ns, room in ops:
+        outcomes = []
+        for manager in (ours, theirs):
+            sid = manager.sid_from_eio_sid(eio_sid, ns)
+            try:
+                outcome: Any = "ok"
+                if op == "connect":
+                    outcome = manager.connect(eio_sid, ns) is not None
+                elif sid is None:
+                    outcome = "no socket"
+                elif op == "enter" and room is not None:
+                    manager.enter_room(sid, ns, room)
+                elif op == "leave":
+                    manager.leave_room(sid, ns, room)
+                elif op == "disconnect":
+                    manager.pre_disconnect(sid, ns)
+                    manager.disconnect(sid, ns)
+                elif op == "close" and room is not None:
+                    manager.close_room(room, ns)
+                outcomes.append(outcome)
+            except (KeyError, ValueError) as e:
+                outcomes.append(type(e).__name__)
+        assert outcomes[0] == outcomes[1], (op, outcomes)
+        assert _state(ours) == _state(theirs)
+    assert not [ns for ns, by_sid in ours._rooms_of.items() if not by_sid]
+
+
+# ---- the RESP subscriber ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def acl_user(redis_client: Any) -> Iterator[tuple[str, str]]:
+    redis_client.execute_command("ACL", "SETUSER", "hotpath", "on", ">pw", "~*", "&*", "+@all")
+    yield "hotpath", "pw"
+    redis_client.execute_command("ACL", "DELUSER", "hotpath")
+
+
+def _subscriber_url(redis_server: Any, user: str, password: str) -> str:
+    return redis_server.url.replace("redis://", f"redis://{user}:{password}@", 1)
+
+
+def test_subscriber_reassembles_messages_split_across_reads(
+    redis_server, redis_client, acl_user, monkeypatch
+):
+    monkeypatch.setattr(resp, "READ_SIZE", 5)
+    subscriber = resp.Subscriber(_subscriber_url(redis_server, *acl_user))
+    subscriber.connect()
+    subscriber.subscribe("hotpath")
+    payloads = [b"", b"x", b"*3\r\n$7\r\nmessage\r\n", "é".encode() * 1000, bytes(range(256))]
+    for payload in payloads:
+        redis_client.publish("hotpath", payload)
+    subscriber.ping()  # its answer arrives between messages and is left out
+    redis_client.publish("hotpath", b"last")
+    received: list[bytes] = []
+    deadline = time.monotonic() + 10
+    while len(received) < len(payloads) + 1 and time.monotonic() < deadline:
+        received += subscriber.read(1.0) or []
+    subscriber.close()
+    assert received == [*payloads, b"last"]
+
+
+def test_subscriber_refused_credentials(redis_server, acl_user):
+    subscriber = resp.Subscriber(_subscriber_url(redis_server, acl_user[0], "wrong"))
+    with pytest.raises(resp.ReplyError, match="WRONGPASS"):
+        subscriber.connect()
+    subscriber.close()
+
+
+def test_subscriber_reports_a_closed_connection(redis_server, redis_client):
+    subscriber = resp.Subscriber(redis_server.url)
+    subscriber.connect()
+    subscriber.subscribe("hotpath")
+    redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    with pytest.raises(OSError):
+        for _ in range(20):
+            subscriber.read(0.5)
+    subscriber.close()
+
+
+def test_tls_urls_are_left_to_redis_py():
+    assert not resp.supported("rediss://127.0.0.1:6379")
+    assert resp.supported("unix:///run/redis.sock") and resp.supported("redis://h:1")
+
+
+# ---- the HTTP client -------------------------------------------------------------------------
+
+
+class CannedServer:
+    """A TCP server answering each request with the next canned answer; it records requests
+    and connections.  An answer ``None`` means: never answer (hold the connection)."""
+
+    def __init__(self, answers: list[bytes | None], close_after: bool = False) -> None:
+        self.answers = list(answers)
+        self.close_after = close_after
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            conn.settimeout(5)
+            while self.answers:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        data = conn.recv(4096)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buf += data
+                request, _, buf = buf.partition(b"\r\n\r\n")
+                self.requests.append(request)
+                answer = self.answers.pop(0)
+                if answer is None:
+                    self._stop.wait(10)
+                    return
+                conn.sendall(answer)
+                if self.close_after:
+                    return
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.listener.close()
+
+
+def _ok(body: bytes, *headers: str) -> bytes:
+    head = "".join(f"{h}\r\n" for h in headers)
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), head.encode(), body)
+
+
+@pytest.fixture
+def canned() -> Iterator[Any]:
+    servers: list[CannedServer] = []
+
+    def make(answers: list[bytes | None], close_after: bool = False) -> CannedServer:
+        servers.append(CannedServer(answers, close_after))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def test_http_keeps_the_connection_and_encodes_the_query(canned):
+    server = canned([_ok(b'{"message": 1}'), _ok(b"second")])
+    pool = httpclient.Pool(timeout=5)
+    first = pool.get(server.url + "/api/x", {"doctype": "Sales Invoice", "name": "A&B/1"}, {})
+    second = pool.get(server.url + "/api/x", None, {"Cookie": "sid=abc"})
+    assert first.status_code == 200 and first.json() == {"message": 1}
+    assert second.content == b"second"
+    assert server.connections == 1
+    assert server.requests[0].startswith(
+        b"GET /api/x?doctype=Sales+Invoice&name=A%26B%2F1 HTTP/1.1\r\nHost: 127.0.0.1:"
+    )
+    assert b"\r\nCookie: sid=abc" in server.requests[1]
+    pool.close()
+
+
+def test_http_chunked_answer_and_connection_close(canned):
+    chunked = (
+        b"HTTP/1.1 403 FORBIDDEN\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"4;ext=1\r\nnot \r\n7\r\nallowed\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    )
+    server = canned([chunked, _ok(b"again")])
+    pool = httpclient.Pool(timeout=5)
+    answer = pool.get(server.url + "/", None, {})
+    assert answer.status_code == 403 and answer.text == "not allowed"
+    assert pool.get(server.url + "/", None, {}).content == b"again"
+    assert server.connections == 2
+    pool.close()
+
+
+def test_http_retries_once_on_a_connection_the_server_closed(canned):
+    server = canned([_ok(b"one"), _ok(b"two")], close_after=True)
+    pool = httpclient.Pool(timeout=5)
+    assert pool.get(server.url + "/", None, {}).content == b"one"
+    time.sleep(0.2)  # the server has closed the idle connection (nothing to wait on here)
+    assert pool.get(server.url + "/", None, {}).content == b"two"
+    assert server.connections == 2
+    pool.close()
+
+
+def test_http_time_limit_and_failures(canned):
+    silent = canned([None])
+    pool = httpclient.Pool(timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(httpclient.HTTPTimeout):
+        pool.get(silent.url + "/", None, {})
+    assert time.monotonic() - started < 2
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    with pytest.raises(httpclient.HTTPFailure):
+        pool.get(f"http://127.0.0.1:{port}/", None, {})
+    garbage = canned([b"SSH-2.0-OpenSSH\r\n\r\n"])
+    with pytest.raises(httpclient.HTTPFailure):
+        pool.get(garbage.url + "/", None, {})
+
+
+def test_http_redirects_are_handed_back(canned):
+    server = canned([b"HTTP/1.1 301 Moved\r\nLocation: https://x/\r\nContent-Length: 0\r\n\r\n"])
+    with pytest.raises(httpclient.Redirected, match="https://x/"):
+        httpclient.Pool(timeout=5).get(server.url + "/", None, {})
+
+
+def test_engineio_packets_become_frames():
+    from gsocket.transport import packet_frame
+
+    assert packet_frame(eio_packet.Packet(eio_packet.PING)) == b"\x81\x012"
+    assert packet_frame(eio_packet.Packet(eio_packet.MESSAGE, b"\x01")) == b"\x82\x01\x01"
