@@ -32,7 +32,9 @@ from gsocket.server import Server
 log = logging.getLogger("gsocket.bridge")
 
 CHANNEL = "events"
-MAX_BACKOFF = 0.5
+MAX_BACKOFF = 0.25
+"""Longest wait between reconnection attempts: pub/sub keeps nothing for an absent
+subscriber, so every interval while Redis is back but unsubscribed loses messages."""
 PING_EVERY = 10.0
 BATCH = 64
 """Messages delivered before the pending frames are written and other greenlets may run."""
