@@ -38,6 +38,8 @@ subscriber, so every interval while Redis is back but unsubscribed loses message
 PING_EVERY = 10.0
 BATCH = 64
 """Messages delivered before the pending frames are written and other greenlets may run."""
+YIELD_EVERY = 0.005
+"""Seconds of delivering after which the bridge lets other greenlets run."""
 
 
 RESERVED_EVENTS = frozenset(
@@ -137,6 +139,12 @@ class Bridge:
         self.reason = "not started"
         self._greenlet: gevent.Greenlet | None = None
         self._stopping = False
+        self._yielded = 0.0
+        self._heard = 0.0
+        self._unanswered = False
+        # gsocket's room index encodes once for all recipients; another manager (a Redis
+        # one without it) gets python-socketio's emit.
+        self._emit_encoded = getattr(server.manager, "emit_encoded", None)
 
     def start(self) -> None:
         """Start the bridge greenlet."""
@@ -178,7 +186,7 @@ class Bridge:
     def _emit(self, event: str, message: Any, room: str | None, namespace: str | None) -> None:
         """Emit to this process's sockets only: every process runs its own bridge."""
         namespaces = [f"/{namespace}"] if room is not None else self.server.site_namespaces()
-        emit_encoded = getattr(self.server.manager, "emit_encoded", None)
+        emit_encoded = self._emit_encoded
         if emit_encoded is None:
             for ns in namespaces:
                 self.server.emit(event, message, to=room, namespace=ns, ignore_queue=True)
@@ -191,7 +199,13 @@ class Bridge:
             emit_encoded(ns, room, f"2{ns},{body}")
 
     def deliver_batch(self, payloads: list[bytes]) -> None:
-        """Deliver messages in order, writing frames every :data:`BATCH` messages."""
+        """Deliver messages in order, writing frames every :data:`BATCH` messages.
+
+        The greenlet lets the others run every :data:`BATCH` messages and, between batches,
+        once :data:`YIELD_EVERY` has passed: reading a socket that has data does not yield,
+        and a busy channel would otherwise hold the event loop; yielding after every small
+        batch would cost a loop turn per event at low rates.
+        """
         flush = self.server.transport.flush
         delivered = 0
         for i, data in enumerate(payloads, 1):
@@ -199,10 +213,13 @@ class Bridge:
             if i % BATCH == 0:
                 flush()
                 gevent.sleep(0)
+                self._yielded = time.monotonic()
         flush()
         if delivered:
             self.metrics.bridged.inc("delivered", amount=delivered)
-        gevent.sleep(0)
+        if time.monotonic() - self._yielded > YIELD_EVERY:
+            gevent.sleep(0)
+            self._yielded = time.monotonic()
 
     def _run(self) -> None:
         backoff = 0.0
@@ -236,32 +253,55 @@ class Bridge:
     def _listen(self) -> None:
         """Subscribe with :mod:`gsocket.resp` and deliver until the connection is lost.
 
-        A connection that stays silent is pinged; one that does not answer is given up.
+        The read waits without a timer (a timer per wait costs more than the rest of an
+        event's CPU at low rates); :meth:`_watch` pings a silent connection instead, and
+        gives it up when the PING goes unanswered.
         """
         subscriber = resp.Subscriber(self.redis_url)
+        watchdog: gevent.Greenlet | None = None
         try:
             subscriber.connect()
             subscriber.subscribe(CHANNEL)
             self._subscribed()
-            last_seen = time.monotonic()
-            pinged = False
+            self._heard = time.monotonic()
+            self._unanswered = False
+            watchdog = gevent.spawn(self._watch, subscriber)
             while not self._stopping:
-                payloads = subscriber.read(1.0)
-                now = time.monotonic()
-                if payloads is None:
-                    if now - last_seen > PING_EVERY:
-                        if pinged:
-                            raise TimeoutError(f"no answer to PING in {PING_EVERY:g} s")
-                        subscriber.ping()
-                        pinged = True
-                        last_seen = now
-                    continue
-                last_seen = now
-                pinged = False
+                try:
+                    payloads = subscriber.read()
+                except OSError:
+                    if self._unanswered:
+                        raise TimeoutError(f"no answer to PING in {PING_EVERY:g} s") from None
+                    raise
+                self._heard = time.monotonic()
                 if payloads:
                     self.deliver_batch(payloads)
         finally:
+            if watchdog is not None:
+                watchdog.kill(block=False)
             subscriber.close()
+
+    def _watch(self, subscriber: resp.Subscriber) -> None:
+        """Ping the subscription after :data:`PING_EVERY` seconds of silence; shut it down
+        (the reader then resubscribes) when the answer does not come within as long."""
+        pinged: float | None = None
+        while True:
+            gevent.sleep(1.0)
+            now = time.monotonic()
+            if now - self._heard < PING_EVERY:
+                pinged = None
+                continue
+            try:
+                if pinged is None:
+                    subscriber.ping()
+                    pinged = now
+                elif now - pinged > PING_EVERY:
+                    self._unanswered = True
+                    subscriber.abort()
+                    return
+            except OSError:
+                subscriber.abort()
+                return
 
     def _listen_redis_py(self) -> None:
         """Subscribe through redis-py (the URLs :mod:`gsocket.resp` does not speak: TLS)."""

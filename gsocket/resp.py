@@ -108,6 +108,8 @@ class Subscriber:
         self.connect_timeout = connect_timeout
         self._sock: Any = None
         self._buf = bytearray()
+        self._timeout: float | None = None
+        self._prefix = MESSAGE
 
     def connect(self) -> None:
         """Open the connection and authenticate.
@@ -153,6 +155,9 @@ class Subscriber:
             raise reply
         if not (isinstance(reply, list) and reply and reply[0] == b"subscribe"):
             raise ProtocolError(f"unexpected answer to SUBSCRIBE: {reply!r}"[:200])
+        name = channel.encode()
+        # Every message of this channel starts the same way, up to its payload's length.
+        self._prefix = MESSAGE + b"$%d\r\n%s\r\n$" % (len(name), name)
 
     def ping(self) -> None:
         """Send ``PING``; the answer arrives among the messages (and is left out of them)."""
@@ -161,6 +166,7 @@ class Subscriber:
     def _reply(self) -> Any:
         """Read one reply, within the connect timeout (handshake only)."""
         self._sock.settimeout(self.connect_timeout)
+        self._timeout = self.connect_timeout
         while True:
             try:
                 reply, pos = parse_reply(self._buf, 0)
@@ -176,14 +182,18 @@ class Subscriber:
             raise ConnectionResetError("Redis closed the connection")
         self._buf += data
 
-    def read(self, timeout: float) -> list[bytes] | None:
-        """Wait up to ``timeout`` seconds for data; return the payloads of every complete
-        message received so far (possibly none: a PONG, a partial message).
+    def read(self, timeout: float | None = None) -> list[bytes] | None:
+        """Wait for data; return the payloads of every complete message received so far
+        (possibly none: a PONG, a partial message).
 
+        :param timeout: seconds to wait; ``None`` waits without a timer (the cheapest wait
+            gevent has), until data comes or :meth:`abort` is called.
         :returns: ``None`` when nothing at all arrived within ``timeout``.
         :raises OSError: the connection is lost.
         """
-        self._sock.settimeout(timeout)
+        if timeout != self._timeout:
+            self._sock.settimeout(timeout)
+            self._timeout = timeout
         try:
             self._fill()
         except TimeoutError:
@@ -198,15 +208,31 @@ class Subscriber:
         del buf[:pos]
         return out
 
-    @staticmethod
-    def _parse(buf: bytearray, view: memoryview, size: int, out: list[bytes]) -> int:
+    def _parse(self, buf: bytearray, view: memoryview, size: int, out: list[bytes]) -> int:
         """Append the payload of every complete message of ``buf`` to ``out``; return the
         position after the last complete reply."""
         pos = 0
         find = buf.find
+        prefix = self._prefix
+        skip = len(prefix)
         while pos < size:
+            if buf.startswith(prefix, pos):
+                # A message of the subscribed channel: the hot path.
+                end = find(b"\r\n", pos + skip)
+                if end < 0:
+                    break
+                try:
+                    start = end + 2
+                    stop = start + int(buf[pos + skip : end])
+                except ValueError:
+                    raise ProtocolError("malformed pub/sub message") from None
+                if stop + 2 > size:
+                    break
+                out.append(bytes(view[start:stop]))
+                pos = stop + 2
+                continue
             if buf.startswith(MESSAGE, pos):
-                # *3 message, $<n> channel, $<n> payload: the hot path, without recursion.
+                # *3 message, $<n> channel, $<n> payload, of another channel.
                 try:
                     p = pos + MESSAGE_LEN
                     if p >= size:
@@ -240,6 +266,15 @@ class Subscriber:
             if isinstance(reply, ReplyError):
                 raise reply
         return pos
+
+    def abort(self) -> None:
+        """Shut the connection down, waking a greenlet blocked in :meth:`read` (which then
+        raises)."""
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(pysocket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Close the connection."""
