@@ -58,9 +58,10 @@ OPEN, CLOSING, DONE = 0, 1, 2
 PINGS_PER_TURN = 256
 """Pings the scheduler sends before it lets other greenlets run."""
 
-READ_BUFFER = 2048
+READ_BUFFER = 1024
 """Bytes of each connection's read buffer (gevent's default is 8 KiB, held for the whole life
-of a websocket): enough for a desk's request headers and the frames clients send."""
+of a websocket): what clients send over a websocket is small, and a desk's request headers
+take two reads instead of one."""
 
 
 def frame(payload: bytes, opcode: int = TEXT) -> bytes:
