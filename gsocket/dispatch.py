@@ -106,39 +106,28 @@ class Dispatcher:
                 return self.frappe_ctx.run(socket.site, socket.user, handler.fn, socket, *args)
             return handler.fn(socket, *args)
         except HandlerTimeout:
-            self.metrics.handler_errors.inc(handler.event)
-            log.error(
-                "handler %s for event %r (app %s) on site %s user %s sid %s "
-                "ended after its %.1f s time limit",
-                handler.qualname,
-                handler.event,
-                handler.app,
-                socket.site,
-                socket.user,
-                socket.sid,
-                self.handler_timeout,
-            )
+            limit = f"ended after its {self.handler_timeout:.1f} s time limit"
+            self._failed(handler, socket, limit)
         except FrappeUnavailable as e:
-            self.metrics.handler_errors.inc(handler.event)
-            log.error(
-                "handler %s for event %r (app %s) needs a Frappe context, but %s",
-                handler.qualname,
-                handler.event,
-                handler.app,
-                e,
-            )
+            self._failed(handler, socket, f"needs a Frappe context, but {e}")
         except Exception:
-            self.metrics.handler_errors.inc(handler.event)
-            log.exception(
-                "handler %s for event %r (app %s) on site %s user %s sid %s raised",
-                handler.qualname,
-                handler.event,
-                handler.app,
-                socket.site,
-                socket.user,
-                socket.sid,
-            )
+            self._failed(handler, socket, "raised", exc_info=True)
         finally:
             timeout.close()
             self.metrics.handler_seconds.observe(handler.event, value=time.perf_counter() - started)
         return None
+
+    def _failed(self, handler: Handler, socket: Socket, what: str, exc_info: bool = False) -> None:
+        """Count and log a handler that did not finish, with everything needed to find it."""
+        self.metrics.handler_errors.inc(handler.event)
+        log.error(
+            "handler %s for event %r (app %s) on site %s user %s sid %s %s",
+            handler.qualname,
+            handler.event,
+            handler.app,
+            socket.site,
+            socket.user,
+            socket.sid,
+            what,
+            exc_info=exc_info,
+        )
