@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from gevent import socket as gsocket
+from gevent.lock import BoundedSemaphore
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -93,8 +94,10 @@ class _Connection:
 class Pool:
     """Pooled plain-HTTP GETs with a time limit per call.
 
-    :param timeout: seconds for one call, connecting and reading included.
-    :param maxsize: idle connections kept per host.
+    :param timeout: seconds for one call, waiting for a connection included.
+    :param maxsize: connections open to one host; more calls at once wait for one (like
+        Node's agent ``maxSockets``): a reconnect storm then reuses warm connections instead
+        of opening (and closing) hundreds.
     """
 
     def __init__(self, timeout: float, maxsize: int = 50) -> None:
@@ -103,6 +106,7 @@ class Pool:
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._targets: dict[str, tuple[str, int, str, str]] = {}
         self._addresses: dict[tuple[str, int], tuple[float, list[tuple[int, Any]]]] = {}
+        self._slots: dict[tuple[str, int], BoundedSemaphore] = {}
 
     def close(self) -> None:
         """Close every idle connection."""
@@ -128,6 +132,19 @@ class Pool:
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         deadline = time.monotonic() + self.timeout
         key = (host, port)
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = BoundedSemaphore(self.maxsize)
+        if not slots.acquire(timeout=_remaining(deadline)):
+            raise HTTPTimeout(f"all {self.maxsize} connections to {host}:{port} stayed busy")
+        try:
+            return self._call(key, host, port, request, deadline)
+        finally:
+            slots.release()
+
+    def _call(
+        self, key: tuple[str, int], host: str, port: int, request: bytes, deadline: float
+    ) -> Response:
         conn = self._checkout(key)
         reused = conn is not None
         while True:
