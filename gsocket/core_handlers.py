@@ -17,6 +17,15 @@ from typing import Any
 import redis
 
 from gsocket.registry import Registry
+from gsocket.rooms import (
+    ALL,
+    WEBSITE,
+    doc_room,
+    doctype_room,
+    open_doc_room,
+    task_progress_room,
+    user_room,
+)
 from gsocket.socket import Socket
 
 log = logging.getLogger("gsocket.core_handlers")
@@ -24,32 +33,12 @@ log = logging.getLogger("gsocket.core_handlers")
 OWNER = "frappe"
 
 
-def doctype_room(doctype: str) -> str:
-    """Room of everyone watching a DocType's list."""
-    return f"doctype:{doctype}"
-
-
-def doc_room(doctype: str, name: str) -> str:
-    """Room of everyone subscribed to one document's updates."""
-    return f"doc:{doctype}/{name}"
-
-
-def open_doc_room(doctype: str, name: str) -> str:
-    """Room of everyone with the document's form open."""
-    return f"open_doc:{doctype}/{name}"
-
-
-def task_room(task_id: str) -> str:
-    """Room of everyone following a background task's progress."""
-    return f"task_progress:{task_id}"
-
-
 def join_default_rooms(socket: Socket) -> None:
     """Join the rooms every socket is in from connect: its user's, ``website``, and ``all``."""
-    socket.join(f"user:{socket.user}")
-    socket.join("website")
+    socket.join(user_room(socket.user))
+    socket.join(WEBSITE)
     if socket.user_type == "System User":
-        socket.join("all")
+        socket.join(ALL)
 
 
 def ping(socket: Socket) -> None:
@@ -130,12 +119,12 @@ def close_open_docs(socket: Socket) -> None:
 
 def task_subscribe(socket: Socket, task_id: str) -> None:
     """Follow a background task's progress (no check, as in Frappe)."""
-    socket.join(task_room(task_id))
+    socket.join(task_progress_room(task_id))
 
 
 def task_unsubscribe(socket: Socket, task_id: str) -> None:
     """Stop following a background task's progress."""
-    socket.leave(task_room(task_id))
+    socket.leave(task_progress_room(task_id))
 
 
 def make_open_in_editor(client: redis.Redis) -> Callable[[Socket, Any], None]:

@@ -29,38 +29,19 @@ from typing import Any
 import redis
 
 from gsocket.config import load_config
+from gsocket.rooms import (
+    ALL,
+    WEBSITE,
+    doc_room,
+    doctype_room,
+    task_progress_room,
+    user_room,
+)
 
 log = logging.getLogger("gsocket.publish")
 
 CHANNEL = "events"
 """The Redis channel the realtime process listens on."""
-
-
-def doctype_room(doctype: str | None) -> str:
-    """Room of everyone watching a DocType's list."""
-    return f"doctype:{doctype}"
-
-
-def doc_room(doctype: str | None, docname: Any) -> str:
-    """Room of everyone subscribed to one document (the name is stringified, as Frappe does)."""
-    return f"doc:{doctype}/{'' if docname is None else docname}"
-
-
-def user_room(user: str) -> str:
-    """Room of every socket of one user."""
-    return f"user:{user}"
-
-
-def task_progress_room(task_id: str) -> str:
-    """Room of everyone following one background task."""
-    return f"task_progress:{task_id}"
-
-
-SITE_ROOM = "all"
-"""Room of every System User socket of the site."""
-
-WEBSITE_ROOM = "website"
-"""Room of every socket of the site, Guests included."""
 
 
 def _json_default(value: Any) -> Any:
@@ -189,7 +170,7 @@ class Publisher:
             elif doctype and docname:
                 room = doc_room(doctype, docname)
             else:
-                room = SITE_ROOM
+                room = ALL
         return event, message, room
 
     def publish_realtime(
@@ -253,11 +234,11 @@ class Publisher:
 
     def publish_to_website(self, event: str, message: Any = None) -> int:
         """Publish to every socket of the site, Guests included (room ``website``)."""
-        return self.publish_realtime(event, message, room=WEBSITE_ROOM)
+        return self.publish_realtime(event, message, room=WEBSITE)
 
     def publish_to_all(self, event: str, message: Any = None) -> int:
         """Publish to the System Users of this site (room ``all``), not to every site."""
-        return self.publish_realtime(event, message, room=SITE_ROOM)
+        return self.publish_realtime(event, message, room=ALL)
 
     def publish_to_room(self, room: str, event: str, message: Any = None) -> int:
         """Publish to any room, e.g. one a custom handler joined (``project:PROJ-0001``)."""
