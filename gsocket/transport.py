@@ -31,6 +31,7 @@ default (the buffer lives as long as the connection).
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 import socket as pysocket
 import time
@@ -537,7 +538,16 @@ class LeanWebSocketHandler(ScreenedWebSocketHandler):
     reading through a :data:`READ_BUFFER`-byte buffer instead of gevent's 8 KiB one."""
 
     def __init__(self, sock: Any, address: Any, server: Any, *args: Any, **kwargs: Any) -> None:
+        if _TAKES_RFILE and not args and "rfile" not in kwargs:
+            kwargs["rfile"] = sock.makefile("rb", READ_BUFFER)
+            super().__init__(sock, address, server, *args, **kwargs)
+            return
         super().__init__(sock, address, server, *args, **kwargs)
         default = self.rfile
         self.rfile = sock.makefile("rb", READ_BUFFER)
         default.close()  # only releases the socket reference it counted; nothing was read
+
+
+_TAKES_RFILE = "rfile" in inspect.signature(ScreenedWebSocketHandler.__init__).parameters
+"""gevent's handler takes its read file as an argument (every version gsocket supports; it is
+marked deprecated, so a version without it gets the file replaced after construction)."""
