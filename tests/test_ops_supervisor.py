@@ -253,8 +253,12 @@ def _wait_reconnected(nc: NodeClient, mark: int) -> None:
 def test_restart_under_supervisord_exits_cleanly_and_clients_reconnect(supervised_bench):
     bench, supervisord, port = supervised_bench
     wait_until(lambda: _healthy(port), 20, supervisord.tail)
-    status = supervisord.ctl("status", "bench-web:bench-gsocket")
-    assert "RUNNING" in status.stdout, status.stdout
+    # supervisord calls a program RUNNING only once it has lived startsecs (1 s)
+    wait_until(
+        lambda: "RUNNING" in supervisord.ctl("status", "bench-web:bench-gsocket").stdout,
+        10,
+        supervisord.tail,
+    )
     with NodeClient() as nc:
         mark = _connect_desks(nc, port)
         started = time.monotonic()
