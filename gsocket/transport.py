@@ -133,8 +133,8 @@ class Wire:
         """
         if self.settled():
             return True
-        if self._idle is None:
-            self._idle = Event()
+        if self._idle is None or self._idle.is_set():
+            self._idle = Event()  # set again when this batch is out (or the wire ends)
         return bool(self._idle.wait(timeout))
 
     # ---- writing ---------------------------------------------------------------------
