@@ -370,6 +370,7 @@ class LeanSocket(eio_socket.Socket):
                 if data is None:
                     break
                 pkt = eio_packet.Packet(encoded_packet=data)
+                data = None  # not kept alive while waiting for the next frame
                 try:
                     self.receive(pkt)
                 except eio_exceptions.UnknownPacketError:
@@ -379,6 +380,7 @@ class LeanSocket(eio_socket.Socket):
                 except Exception:
                     log.exception("packet from session %s could not be handled", self.sid)
                     break
+                pkt = None
         finally:
             wire.finish()
         self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
