@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -502,21 +501,20 @@ def watch_event_loop(max_blocking: float, report: Callable[[str], None] | None =
     """Log every time one greenlet holds the gevent hub longer than ``max_blocking`` seconds.
 
     gevent switches greenlets only when one waits; a handler stuck in a CPU loop (or a C call
-    that does not yield) stops every socket of the process and no time limit can end it.
-    gevent's monitor thread (a native thread) notices the stall; the report is handed back to
+    that does not yield) stops every socket of the process and no time limit can end it.  A
+    timer in the hub counts loop turns; a native thread looks at the count four times per
+    ``max_blocking`` and, when it has not moved for that long, takes the hub thread's current
+    frame at once, while the culprit is still running (gevent's own monitor formats every
+    greenlet first, and by then the culprit has often returned).  The report is handed back to
     the hub to be logged once it runs again, because logging takes gevent locks that a native
     thread must not touch.
 
-    The monitor checks once per ``max_blocking`` whether the hub switched since its last
-    check, so a stall of twice that is always reported and a shorter one may be.
-
-    :param max_blocking: seconds without a switch that count as a stall.
+    :param max_blocking: seconds without a loop turn that count as a stall.
     :param report: called in the hub with each log line (defaults to ``log.error``).
     :returns: ``True`` when the watch was started by this call.
     """
     global _watch_started
-    import gevent.events
-    import zope.event
+    from gevent import monkey
 
     with _watching:
         if _watch_started:
@@ -524,29 +522,38 @@ def watch_event_loop(max_blocking: float, report: Callable[[str], None] | None =
         _watch_started = True
     hub = gevent.get_hub()
     emit = report or (lambda line: log.error("%s", line))
+    turns = [0]
+    period = max_blocking / 4
 
-    def on_event(event: object) -> None:
-        if not isinstance(event, gevent.events.EventLoopBlocked):
-            return
-        # Runs in the monitor thread while the hub's thread is (or was just) stuck: its
-        # current frame is the code that holds the loop.
-        frame = sys._current_frames().get(hub.thread_ident)
-        stack = traceback.extract_stack(frame, limit=12)[-3:] if frame is not None else []
-        where = " <- ".join(
-            f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(stack)
-        )
-        line = (
-            f"the event loop was blocked for more than {event.blocking_time:.2f} s "
-            f"(every socket stalled meanwhile): {where or 'unknown code'}"
-        )
-        hub.loop.run_callback_threadsafe(emit, line)
+    def turn() -> None:
+        turns[0] += 1
 
-    gevent.config.monitor_thread = True
-    gevent.config.max_blocking_time = max_blocking
-    gevent.config.print_blocking_reports = False
-    zope.event.subscribers.append(on_event)
-    with warnings.catch_warnings():
-        # gevent would also watch memory with psutil, which gsocket does not need.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        hub.start_periodic_monitoring_thread()
+    timer = hub.loop.timer(0, period)
+    timer.ref = False
+    timer.start(turn)
+    native_sleep = monkey.get_original("time", "sleep")
+
+    def watch() -> None:
+        seen, since, reported = turns[0], time.monotonic(), False
+        while True:
+            native_sleep(period)
+            now = time.monotonic()
+            if turns[0] != seen:
+                seen, since, reported = turns[0], now, False
+                continue
+            if reported or now - since < max_blocking:
+                continue
+            reported = True
+            frame = sys._current_frames().get(hub.thread_ident)
+            stack = traceback.extract_stack(frame, limit=12)[-3:] if frame is not None else []
+            where = " <- ".join(
+                f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(stack)
+            )
+            line = (
+                f"the event loop was blocked for more than {max_blocking:.2f} s "
+                f"(every socket stalled meanwhile): {where or 'unknown code'}"
+            )
+            hub.loop.run_callback_threadsafe(emit, line)
+
+    monkey.get_original("_thread", "start_new_thread")(watch, ())
     return True
