@@ -8,6 +8,7 @@ the value is kept for a few seconds only, and read afresh whenever the web proce
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import redis
@@ -29,21 +30,31 @@ class SocketSecret:
         self.ttl = ttl
         self._value: str | None = None
         self._read_at = -float("inf")
+        self._reading = threading.Lock()
 
     def get(self, fresh: bool = False) -> str | None:
-        """Return the secret, or ``None`` when Redis has none (Frappe v15) or is unreachable.
+        """Return the secret, or ``None`` when Redis has none (Frappe v15).
+
+        One greenlet reads at a time: when the cache runs out during a connect storm, the
+        others wait for that read instead of each taking a Redis connection.  When Redis cannot
+        be read, the last value known is kept: a stale secret may still be the right one, no
+        secret never is on a bench that has one.
 
         :param fresh: ignore the cached value and read Redis now.
         """
-        now = time.monotonic()
-        if fresh or now - self._read_at > self.ttl:
+        asked = time.monotonic()
+        if not fresh and asked - self._read_at <= self.ttl:
+            return self._value
+        with self._reading:
+            if self._read_at >= asked:
+                return self._value
             try:
                 raw = self.client.get(SECRET_KEY)
             except redis.RedisError as e:
                 log.warning("cannot read the socket secret from Redis: %s", type(e).__name__)
-                raw = None
-            self._value = raw.decode() if isinstance(raw, bytes) else raw
-            self._read_at = now
+            else:
+                self._value = raw.decode() if isinstance(raw, bytes) else raw
+            self._read_at = time.monotonic()
         return self._value
 
     def changed(self) -> bool:
