@@ -20,12 +20,15 @@ from typing import Any
 import socketio
 
 from gsocket.config import Config
+from gsocket.manager import RoomIndex
 
 log = logging.getLogger("gsocket.scaleout")
 
 
-class ScaleOutManager(socketio.RedisManager):
+class ScaleOutManager(RoomIndex, socketio.RedisManager):
     """A Redis client manager that keeps an emit to one of this process's sockets off Redis.
+
+    It keeps its rooms in gsocket's lean room index, like the single-process manager.
 
     Handlers mostly answer their own client (``pong``, ``doc_viewers`` to a single sid ...);
     publishing those only for every other process to find no such socket would cost a Redis
