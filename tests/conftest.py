@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from scripts.hardening.kit import ProbedGsocket
+from scripts.hardening.kit import start_gsocket as start_probed_gsocket
 from tests.support.bench import GsocketProcess, make_bench
 from tests.support.pyclient import PyClient
 from tests.support.redis_server import RedisServer
@@ -129,3 +131,23 @@ def clients() -> Iterator[Callable[..., PyClient]]:
             client.disconnect()
         except Exception:  # noqa: BLE001 - already gone is fine
             pass
+
+
+@pytest.fixture
+def probed(
+    tmp_path: Path, redis_server: RedisServer, web: WebStub
+) -> Iterator[Callable[..., ProbedGsocket]]:
+    """Factory of gsocket processes with ``/_probe`` (table sizes) and the misbehaving
+    ``hardapp`` installed on both sites, for the hardening and security tests."""
+    started: list[ProbedGsocket] = []
+    for site in (SITE, SITE2):
+        web.installed_apps[site] = ["frappe", "hardapp"]
+
+    def start(**kwargs: Any) -> ProbedGsocket:
+        proc = start_probed_gsocket(tmp_path / f"g{len(started)}", redis_server.url, web, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()

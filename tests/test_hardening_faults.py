@@ -5,41 +5,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from scripts.hardening.kit import (
     SITE,
-    ProbedGsocket,
     RawPolling,
     RawWebSocket,
     desk_headers,
-    start_gsocket,
 )
 from tests.support.bench import wait_until
 
 NS = f"/{SITE}"
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def probed(tmp_path: Path, redis_server: Any, web: Any) -> Iterator[Callable[..., ProbedGsocket]]:
-    """Factory of gsocket processes with the misbehaving ``hardapp`` installed."""
-    started: list[ProbedGsocket] = []
-    for site in (SITE, "site2.local"):
-        web.installed_apps[site] = ["frappe", "hardapp"]
-
-    def start(**kwargs: Any) -> ProbedGsocket:
-        proc = start_gsocket(tmp_path / f"g{len(started)}", redis_server.url, web, **kwargs)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
 
 
 def publish(redis_client: Any, event: str, message: Any, room: str) -> None:

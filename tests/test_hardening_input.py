@@ -11,9 +11,6 @@ import base64
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -22,33 +19,14 @@ import websocket
 from scripts.hardening.fuzz import run_fuzz
 from scripts.hardening.kit import (
     SITE,
-    ProbedGsocket,
     RawPolling,
     RawWebSocket,
     desk_headers,
     event_frame,
-    start_gsocket,
 )
 
 NS = f"/{SITE}"
 FAST = {"events_per_second": 1000, "event_burst": 1000}
-
-
-@pytest.fixture
-def probed(tmp_path: Path, redis_server: Any, web: Any) -> Iterator[Callable[..., ProbedGsocket]]:
-    """Factory of gsocket processes with ``/_probe`` and the misbehaving ``hardapp``."""
-    started: list[ProbedGsocket] = []
-    for site in (SITE, "site2.local"):
-        web.installed_apps[site] = ["frappe", "hardapp"]
-
-    def start(**kwargs: Any) -> ProbedGsocket:
-        proc = start_gsocket(tmp_path / f"g{len(started)}", redis_server.url, web, **kwargs)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
 
 
 def tracebacks(log: str) -> list[str]:

@@ -3,9 +3,8 @@ a departed client held stays behind.  The 50 000-cycle run is ``python -m script
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+import functools
+from collections.abc import Callable
 
 import pytest
 import requests
@@ -18,7 +17,6 @@ from scripts.hardening.kit import (
     RawPolling,
     RawWebSocket,
     desk_headers,
-    start_gsocket,
 )
 
 NS = f"/{SITE}"
@@ -26,20 +24,9 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture
-def probed(tmp_path: Path, redis_server: Any, web: Any) -> Iterator[Callable[..., ProbedGsocket]]:
-    """Factory of gsocket processes with ``/_probe``."""
-    started: list[ProbedGsocket] = []
-
-    def start(**kwargs: Any) -> ProbedGsocket:
-        proc = start_gsocket(
-            tmp_path / f"g{len(started)}", redis_server.url, web, hardapp=False, **kwargs
-        )
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
+def probed(probed: Callable[..., ProbedGsocket]) -> Callable[..., ProbedGsocket]:
+    """The shared factory, without the misbehaving ``hardapp``: limits need no handlers."""
+    return functools.partial(probed, hardapp=False)
 
 
 def handshake(server: ProbedGsocket, headers: dict[str, str]) -> requests.Response:

@@ -4,8 +4,6 @@ never appears in logs or in the answers a client sees."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,28 +16,10 @@ from scripts.hardening.kit import (
     RawWebSocket,
     desk_headers,
     event_frame,
-    start_gsocket,
 )
 
 NS = f"/{SITE}"
 SECRET = "s3cr3t-socket-XYZ"
-
-
-@pytest.fixture
-def probed(tmp_path: Path, redis_server: Any, web: Any) -> Iterator[Callable[..., ProbedGsocket]]:
-    """Factory of gsocket processes with the misbehaving ``hardapp`` installed."""
-    started: list[ProbedGsocket] = []
-    for site in (SITE, SITE2):
-        web.installed_apps[site] = ["frappe", "hardapp"]
-
-    def start(**kwargs: Any) -> ProbedGsocket:
-        proc = start_gsocket(tmp_path / f"g{len(started)}", redis_server.url, web, **kwargs)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
 
 
 def publish(redis_client: Any, event: str, message: Any, room: str, site: str = SITE) -> None:
