@@ -8,9 +8,6 @@ The test suite and the scripts share these: the suite's runs are small, the scri
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,7 +17,7 @@ from typing import Any
 import requests
 import websocket
 
-from tests.support.bench import REPO, GsocketProcess, make_bench, wait_until
+from tests.support.bench import GsocketProcess, make_bench, wait_until
 from tests.support.redis_server import RedisServer
 from tests.support.webstub import WebStub
 
@@ -40,30 +37,7 @@ def desk_headers(site: str = SITE, sid: str | None = "sid-admin", **extra: str) 
 class ProbedGsocket(GsocketProcess):
     """A gsocket process run through :mod:`scripts.hardening.probe_server` (adds ``/_probe``)."""
 
-    def start(self, wait: bool = True, timeout: float = 20.0) -> ProbedGsocket:
-        """Start the process; with ``wait``, return once ``/health`` answers 200."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-        cmd = [
-            sys.executable,
-            "-m",
-            "scripts.hardening.probe_server",
-            "serve",
-            "--bench",
-            str(self.bench),
-            "--port",
-            str(self.port),
-            "--host",
-            "127.0.0.1",
-            *self.args,
-        ]
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO
-        )
-        if wait:
-            self.wait_healthy(timeout)
-        return self
+    module = "scripts.hardening.probe_server"
 
     @property
     def pid(self) -> int:

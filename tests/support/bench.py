@@ -81,6 +81,9 @@ class GsocketProcess:
         self.log_path = bench / "logs" / f"gsocket-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    module = "gsocket"
+    """The module run with ``python -m``; a subclass may run a wrapper of the same CLI."""
+
     @property
     def url(self) -> str:
         """``http://127.0.0.1:PORT``."""
@@ -93,7 +96,7 @@ class GsocketProcess:
         cmd = [
             sys.executable,
             "-m",
-            "gsocket",
+            self.module,
             "serve",
             "--bench",
             str(self.bench),
@@ -104,7 +107,9 @@ class GsocketProcess:
             *self.args,
         ]
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO
+        )
         if wait:
             self.wait_healthy(timeout)
         return self
