@@ -24,6 +24,11 @@ from gevent import socket as gsocket
 from gevent.lock import BoundedSemaphore
 
 MAX_HEADER_BYTES = 64 * 1024
+WAIT_FOR_CONNECTION = 30.0
+"""Seconds a call may wait for one of the pool's connections before it is given up.  The
+call's own time limit starts once it has a connection: a storm of 20 000 ``doc_subscribe``
+checks queues for seconds behind 128 connections to a healthy web process, and that wait says
+nothing about the web process being slow."""
 MAX_BODY_BYTES = 16 * 1024 * 1024
 RESOLVE_TTL = 30.0
 """Seconds a host name's addresses are reused: gevent resolves in a thread pool, which cost
@@ -37,6 +42,10 @@ class HTTPFailure(Exception):
 
 class HTTPTimeout(HTTPFailure):
     """No complete answer within the call's time limit."""
+
+
+class PoolBusy(HTTPTimeout):
+    """Every connection to the host stayed busy for :data:`WAIT_FOR_CONNECTION` seconds."""
 
 
 class Redirected(Exception):
@@ -94,15 +103,19 @@ class _Connection:
 class Pool:
     """Pooled plain-HTTP GETs with a time limit per call.
 
-    :param timeout: seconds for one call, waiting for a connection included.
+    :param timeout: seconds for one call, from the moment it has a connection.
     :param maxsize: connections open to one host; more calls at once wait for one (like
         Node's agent ``maxSockets``): a reconnect storm then reuses warm connections instead
         of opening (and closing) hundreds.
+    :param wait: seconds a call may wait for a connection (:data:`WAIT_FOR_CONNECTION`).
     """
 
-    def __init__(self, timeout: float, maxsize: int = 50) -> None:
+    def __init__(
+        self, timeout: float, maxsize: int = 50, wait: float = WAIT_FOR_CONNECTION
+    ) -> None:
         self.timeout = timeout
         self.maxsize = maxsize
+        self.wait = wait
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._targets: dict[str, tuple[str, int, str, str]] = {}
         self._addresses: dict[tuple[str, int], tuple[float, list[tuple[int, Any]]]] = {}
@@ -121,6 +134,7 @@ class Pool:
         """GET ``url`` (``http://`` only) with ``params`` as its query.
 
         :raises HTTPTimeout: no complete answer within the time limit.
+        :raises PoolBusy: no connection to the host came free in time.
         :raises HTTPFailure: no connection, or the answer is not HTTP/1.x.
         :raises Redirected: a 3xx answer with a ``Location``.
         """
@@ -130,15 +144,16 @@ class Pool:
         lines = [f"GET {path} HTTP/1.1", f"Host: {host_header}"]
         lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        deadline = time.monotonic() + self.timeout
         key = (host, port)
         slots = self._slots.get(key)
         if slots is None:
             slots = self._slots[key] = BoundedSemaphore(self.maxsize)
-        if not slots.acquire(timeout=_remaining(deadline)):
-            raise HTTPTimeout(f"all {self.maxsize} connections to {host}:{port} stayed busy")
+        if not slots.acquire(timeout=self.wait):
+            raise PoolBusy(
+                f"all {self.maxsize} connections to {host}:{port} stayed busy for {self.wait:g} s"
+            )
         try:
-            return self._call(key, host, port, request, deadline)
+            return self._call(key, host, port, request, time.monotonic() + self.timeout)
         finally:
             slots.release()
 

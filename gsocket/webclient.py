@@ -73,7 +73,8 @@ class WebClient:
 
     :param secret: source of the ``X-Frappe-Socket-Secret`` value.
     :param metrics: where call latency and outcomes are counted.
-    :param timeout: seconds for connecting plus reading one answer.
+    :param timeout: seconds for connecting plus reading one answer, once a pooled
+        connection is free (calls wait for one up to ``httpclient.WAIT_FOR_CONNECTION``).
     :param pool_size: connections open to each web host (plain HTTP: more calls at once wait
         for one).  A reconnect storm makes hundreds of calls at once; reusing this many warm
         connections cost a third less CPU per connect than opening one per call beyond a
@@ -129,6 +130,9 @@ class WebClient:
                 )
             outcome = str(response.status_code)
             return response
+        except httpclient.PoolBusy as e:
+            outcome = "timeout"
+            raise WebUnavailable(f"web process at {base_url} too busy: {e}") from None
         except httpclient.HTTPTimeout:
             outcome = "timeout"
             raise WebUnavailable(f"web process at {base_url} did not answer in time") from None

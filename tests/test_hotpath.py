@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import gevent
 import pytest
 import socketio
 from engineio import packet as eio_packet
@@ -271,12 +272,16 @@ def test_tls_urls_are_left_to_redis_py():
 
 
 class CannedServer:
-    """A TCP server answering each request with the next canned answer; it records requests
-    and connections.  An answer ``None`` means: never answer (hold the connection)."""
+    """A TCP server answering each request with the next canned answer, ``delay`` seconds
+    after reading it; it records requests and connections.  An answer ``None`` means: never
+    answer (hold the connection)."""
 
-    def __init__(self, answers: list[bytes | None], close_after: bool = False) -> None:
+    def __init__(
+        self, answers: list[bytes | None], close_after: bool = False, delay: float = 0.0
+    ) -> None:
         self.answers = list(answers)
         self.close_after = close_after
+        self.delay = delay
         self.requests: list[bytes] = []
         self.connections = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -311,6 +316,8 @@ class CannedServer:
                 request, _, buf = buf.partition(b"\r\n\r\n")
                 self.requests.append(request)
                 answer = self.answers.pop(0)
+                if self.delay:
+                    self._stop.wait(self.delay)
                 if answer is None:
                     self._stop.wait(10)
                     return
@@ -337,8 +344,10 @@ def _ok(body: bytes, *headers: str) -> bytes:
 def canned() -> Iterator[Any]:
     servers: list[CannedServer] = []
 
-    def make(answers: list[bytes | None], close_after: bool = False) -> CannedServer:
-        servers.append(CannedServer(answers, close_after))
+    def make(
+        answers: list[bytes | None], close_after: bool = False, delay: float = 0.0
+    ) -> CannedServer:
+        servers.append(CannedServer(answers, close_after, delay))
         return servers[-1]
 
     yield make
@@ -401,6 +410,31 @@ def test_http_time_limit_and_failures(canned):
     garbage = canned([b"SSH-2.0-OpenSSH\r\n\r\n"])
     with pytest.raises(httpclient.HTTPFailure):
         pool.get(garbage.url + "/", None, {})
+
+
+def test_http_waiting_for_a_pooled_connection_is_not_the_web_process_being_slow(canned):
+    """Calls queued behind a busy pool each get the whole time limit once they have a
+    connection (a subscribe storm to a healthy web process must not time out), and a pool
+    that stays busy past its wait says so."""
+    server = canned([_ok(b"%d" % i) for i in range(3)], delay=0.3)
+    pool = httpclient.Pool(timeout=0.5, maxsize=1)
+    calls = [gevent.spawn(pool.get, server.url + "/", None, {}) for _ in range(3)]
+    gevent.joinall(calls, timeout=10, raise_error=True)
+    assert sorted(call.value.content for call in calls) == [b"0", b"1", b"2"]
+    assert server.connections == 1
+    pool.close()
+
+    held = canned([None])
+    busy = httpclient.Pool(timeout=5, maxsize=1, wait=0.2)
+    holder = gevent.spawn(busy.get, held.url + "/", None, {})
+    deadline = time.monotonic() + 5
+    while not held.requests and time.monotonic() < deadline:
+        gevent.sleep(0.01)  # until the holder's request has reached the server
+    started = time.monotonic()
+    with pytest.raises(httpclient.PoolBusy, match="1 connections .* stayed busy for 0.2 s"):
+        busy.get(held.url + "/", None, {})
+    assert 0.15 < time.monotonic() - started < 2
+    holder.kill()
 
 
 def test_http_redirects_are_handed_back(canned):
