@@ -206,7 +206,7 @@ class Bridge:
         and a busy channel would otherwise hold the event loop; yielding after every small
         batch would cost a loop turn per event at low rates.
         """
-        flush = self.server.transport.flush
+        flush = self.server.transport.flush_in_steps
         delivered = 0
         for i, data in enumerate(payloads, 1):
             delivered += self.deliver(data)

@@ -56,6 +56,10 @@ closes a websocket, so clients see the same close as before."""
 
 OPEN, CLOSING, DONE = 0, 1, 2
 
+FLUSH_STEP = 2000
+"""Connections a greenlet's flush writes before it lets the others run: the bridge's batch of
+broadcasts to a room of 20 000 took over a second to hand to the kernel, and every socket
+(pings, connects, handlers) stalled meanwhile."""
 PINGS_PER_TURN = 256
 """Pings the scheduler sends before it lets other greenlets run."""
 
@@ -483,7 +487,25 @@ class Transport:
         if not dirty:
             return
         self._dirty = []
-        for wire in dirty:
+        self._flush_wires(dirty)
+
+    def flush_in_steps(self) -> None:
+        """:meth:`flush` from a greenlet (never a loop callback), letting the others run after
+        every :data:`FLUSH_STEP` connections.  A wire written to meanwhile keeps its frames
+        in order: it is either still in this flush's list or marked for the next one."""
+        self._scheduled = False
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = []
+        for start in range(0, len(dirty), FLUSH_STEP):
+            if start:
+                gevent.sleep(0)
+            self._flush_wires(dirty[start : start + FLUSH_STEP])
+
+    @staticmethod
+    def _flush_wires(wires: list[Wire]) -> None:
+        for wire in wires:
             try:
                 wire.flush()
             except Exception:  # noqa: BLE001 - one connection must not stop the others

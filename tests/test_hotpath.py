@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import gevent.socket
 import pytest
 import socketio
 from engineio import packet as eio_packet
@@ -441,6 +442,46 @@ def test_http_redirects_are_handed_back(canned):
     server = canned([b"HTTP/1.1 301 Moved\r\nLocation: https://x/\r\nContent-Length: 0\r\n\r\n"])
     with pytest.raises(httpclient.Redirected, match="https://x/"):
         httpclient.Pool(timeout=5).get(server.url + "/", None, {})
+
+
+def test_flush_in_steps_lets_other_greenlets_run_and_keeps_every_wire_in_order(monkeypatch):
+    """The bridge's flush of a big batch hands the loop back every FLUSH_STEP connections;
+    frames written meanwhile (to a wire still waiting in the flush, or to one already
+    flushed) arrive after the earlier ones."""
+    from types import SimpleNamespace
+
+    from gsocket import transport as tr
+
+    monkeypatch.setattr(tr, "FLUSH_STEP", 2)
+    transport = tr.Transport(SimpleNamespace(ping_interval=25), 100, lambda sid, why: None)
+    pairs = [gevent.socket.socketpair() for _ in range(5)]
+    wires = [
+        tr.Wire(transport, f"s{i}", a, SimpleNamespace(closed=False))
+        for i, (a, _) in enumerate(pairs)
+    ]
+    for wire in wires:
+        wire.write(b"first;")
+    sneaked: list[int] = []
+
+    def other_greenlet() -> None:
+        sneaked.append(sum(1 for w in wires if w.out))  # wires still pending at that moment
+        wires[0].write(b"late;")
+        wires[4].write(b"late;")
+
+    gevent.spawn(other_greenlet)
+    transport.flush_in_steps()
+    assert sneaked == [3]  # it ran after the first step of two wires, before the rest
+    transport.flush()
+    expected = [b"first;late;", b"first;", b"first;", b"first;", b"first;late;"]
+    for (_, peer), want in zip(pairs, expected, strict=True):
+        peer.settimeout(2)
+        got = b""
+        while len(got) < len(want):
+            got += peer.recv(100)
+        assert got == want
+    for a, b in pairs:
+        a.close()
+        b.close()
 
 
 def test_engineio_packets_become_frames():
