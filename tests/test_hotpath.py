@@ -488,4 +488,9 @@ def test_engineio_packets_become_frames():
     from gsocket.transport import packet_frame
 
     assert packet_frame(eio_packet.Packet(eio_packet.PING)) == b"\x81\x012"
+    handshake = {"sid": "a_b", "upgrades": [], "pingTimeout": 20000, "pingInterval": 25000}
+    opening = eio_packet.Packet(eio_packet.OPEN, handshake)
+    assert packet_frame(opening) == frame(
+        eio_packet.Packet(eio_packet.OPEN, handshake).encode().encode()
+    )
     assert packet_frame(eio_packet.Packet(eio_packet.MESSAGE, b"\x01")) == b"\x82\x01\x01"
