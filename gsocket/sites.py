@@ -7,12 +7,16 @@ derives it, so that nginx, the desk and custom clients keep working unchanged.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 LOCAL_HOSTNAMES = frozenset({"localhost", "127.0.0.1"})
+MAX_CACHED = 300
+"""Longest header value or address whose parse is remembered: a client must not fill the
+caches with its 64 KiB headers."""
 
 
 def hostname_of(value: str | None) -> str | None:
@@ -23,6 +27,12 @@ def hostname_of(value: str | None) -> str | None:
     """
     if not value:
         return None
+    if len(value) > MAX_CACHED:
+        return _parse_hostname(value)
+    return _cached_hostname(value)
+
+
+def _parse_hostname(value: str) -> str | None:
     value = value.strip()
     try:
         parsed = urlsplit(value if "://" in value else f"//{value}")
@@ -30,6 +40,10 @@ def hostname_of(value: str | None) -> str | None:
     except ValueError:
         return None
     return host or None
+
+
+_cached_hostname = functools.lru_cache(maxsize=1024)(_parse_hostname)
+"""Every connect parses the same few Host and Origin values; short ones are remembered."""
 
 
 def is_trusted_proxy(remote_addr: str | None, trusted: tuple[str, ...] | None) -> bool:
@@ -40,6 +54,15 @@ def is_trusted_proxy(remote_addr: str | None, trusted: tuple[str, ...] | None) -
     """
     if not remote_addr:
         return True
+    if len(remote_addr) > MAX_CACHED:
+        return False  # not an address
+    return _trusted(remote_addr, trusted)
+
+
+@functools.lru_cache(maxsize=4096)
+def _trusted(remote_addr: str, trusted: tuple[str, ...] | None) -> bool:
+    """:func:`is_trusted_proxy`, remembered for the last 4 096 pairs: parsing the address and
+    the networks was 2 % of a connect's CPU, done twice per connect for the same proxy."""
     try:
         addr = ipaddress.ip_address(remote_addr)
     except ValueError:

@@ -99,6 +99,21 @@ def test_limits_from_config(tmp_path):
 )
 def test_hostname_of(value, host):
     assert hostname_of(value) == host
+    assert hostname_of(value) == host  # the remembered answer is the same
+
+
+def test_long_values_are_answered_but_not_remembered():
+    """The parse caches hold short values only: a client's 64 KiB headers must not fill
+    them (1 024 such values would pin 64 MiB)."""
+    from gsocket import sites
+
+    long_origin = "http://" + "a" * 5000 + ".example"
+    before = sites._cached_hostname.cache_info().currsize
+    assert hostname_of(long_origin) == "a" * 5000 + ".example"
+    assert sites._cached_hostname.cache_info().currsize == before
+    assert not is_trusted_proxy("1" * 5000, None)
+    assert is_trusted_proxy("127.0.0.1", None) and not is_trusted_proxy("10.0.0.1", None)
+    assert is_trusted_proxy("10.0.0.1", ("10.0.0.0/8",)) and not is_trusted_proxy("x", ())
 
 
 def test_site_resolution_order():
