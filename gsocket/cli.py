@@ -33,7 +33,14 @@ READY_SUBSCRIBE_WAIT = 3.0
 
 
 def setup_logging(level: str) -> None:
-    """Send gsocket's log lines to stderr (supervisord collects them into the bench's logs/)."""
+    """Send gsocket's log lines to stderr (supervisord collects them into the bench's logs/).
+
+    Records leave out the thread: under gevent every greenlet is a thread to ``threading``,
+    and naming it made each log line build a dummy thread object for its greenlet (kept for
+    the life of a connection's greenlet).  The format never showed it.
+    """
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     logging.basicConfig(format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("gsocket").setLevel(level.upper())
 

@@ -14,12 +14,14 @@ Data path: connect -> authenticate -> session (:class:`~gsocket.socket.Socket`) 
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import Any
 
 import gevent
 import socketio
+from engineio import packet as eio_packet
 from gevent.event import Event
 from socketio import packet
 
@@ -117,9 +119,7 @@ class Server(socketio.Server):
             pending.wait()
         existing = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if existing is not None and self.manager.is_connected(existing, namespace):
-            self._send_packet(
-                eio_sid, self.packet_class(packet.CONNECT, {"sid": existing}, namespace=namespace)
-            )
+            self._send_connected(eio_sid, namespace, existing)
             return
         environ = self.environ.get(eio_sid)
         if environ is None:
@@ -154,9 +154,7 @@ class Server(socketio.Server):
         socket = Socket(self, sid, identity)
         self._sockets[sid] = socket
         join_default_rooms(socket)
-        self._send_packet(
-            eio_sid, self.packet_class(packet.CONNECT, {"sid": sid}, namespace=namespace)
-        )
+        self._send_connected(eio_sid, namespace, sid)
         self.metrics.connects.inc(identity.site)
         self.metrics.sockets.inc(identity.site)
         log.info("connect site=%s user=%s sid=%s peer=%s", identity.site, identity.user, sid, peer)
@@ -295,6 +293,14 @@ class Server(socketio.Server):
             log.debug("%s left %s before joining %r", sid, namespace, room)
             return
         super().enter_room(sid, room, namespace=namespace)
+
+    def _send_connected(self, eio_sid: str, namespace: str, sid: str) -> None:
+        """Answer CONNECT with the socket's sid, encoded as python-socketio encodes it but
+        without building its ``Packet`` (whose binary walk and per-call JSON encoder were
+        3 % of a connect's CPU)."""
+        prefix = "" if namespace == "/" else f"{namespace},"
+        encoded = f'{packet.CONNECT}{prefix}{{"sid":{json.dumps(sid)}}}'
+        self._send_eio_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, encoded))
 
     def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         """Queue a packet for a client, unless its send queue is full (then it is put out)."""
