@@ -569,11 +569,18 @@ class Transport:
 class LeanWebSocketHandler(ScreenedWebSocketHandler):
     """gsocket's request handler (gevent-websocket's, handshake refusals answered cleanly),
     reading through a :data:`READ_BUFFER`-byte buffer instead of gevent's 8 KiB one, and
-    reading request headers with :func:`gsocket.headers.read_headers`."""
+    reading request headers with :func:`gsocket.headers.read_headers`, and sending without
+    Nagle's delay (as Node's ``ws`` does): a frame written while the client still holds back
+    its acknowledgement of the previous one would otherwise wait up to 40 ms for it."""
 
     MessageClass = staticmethod(read_headers)
 
     def __init__(self, sock: Any, address: Any, server: Any, *args: Any, **kwargs: Any) -> None:
+        if sock.family in _TCP_FAMILIES:
+            try:
+                sock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # already reset by the peer: the handler finds out when it reads
         if _TAKES_RFILE and not args and "rfile" not in kwargs:
             kwargs["rfile"] = sock.makefile("rb", READ_BUFFER)
             super().__init__(sock, address, server, *args, **kwargs)
@@ -584,6 +591,7 @@ class LeanWebSocketHandler(ScreenedWebSocketHandler):
         default.close()  # only releases the socket reference it counted; nothing was read
 
 
+_TCP_FAMILIES = (pysocket.AF_INET, pysocket.AF_INET6)
 _TAKES_RFILE = "rfile" in inspect.signature(ScreenedWebSocketHandler.__init__).parameters
 """gevent's handler takes its read file as an argument (every version gsocket supports; it is
 marked deprecated, so a version without it gets the file replaced after construction)."""

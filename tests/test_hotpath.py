@@ -494,3 +494,21 @@ def test_engineio_packets_become_frames():
         eio_packet.Packet(eio_packet.OPEN, handshake).encode().encode()
     )
     assert packet_frame(eio_packet.Packet(eio_packet.MESSAGE, b"\x01")) == b"\x82\x01\x01"
+
+
+def test_client_connections_send_without_nagle_delay():
+    """Like Node's ``ws``: a frame must not wait for the client's delayed acknowledgement of
+    the one before it."""
+    from gsocket.transport import LeanWebSocketHandler
+
+    listener = gevent.socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    peer = gevent.socket.create_connection(listener.getsockname())
+    accepted, address = listener.accept()
+    assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+    handler = LeanWebSocketHandler(accepted, address, server=None)
+    assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    handler.rfile.close()
+    for sock in (accepted, peer, listener):
+        sock.close()
