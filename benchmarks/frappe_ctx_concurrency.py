@@ -1,0 +1,409 @@
+"""How a batch of concurrent ``frappe_context=True`` events compares with one DB query.
+
+Usage (from the repository root)::
+
+    python benchmarks/frappe_ctx_concurrency.py                      # sizes 200 and 1000
+    python benchmarks/frappe_ctx_concurrency.py --sizes 200 --out results.jsonl
+
+For each batch size N, everything is started fresh: a private MariaDB (``max_connections``
+well above N), Redis, the web stand-in of the tests, a bench with one site that has the
+``ctxapp`` fixture app installed, Frappe-shaped by tests/fake_frappe, and a real
+``python -m gsocket serve`` process.  Python Socket.IO clients (websocket) then emit N
+``db_sleep(0.2)`` events at once.  Each event opens a Frappe context, runs
+``SELECT SLEEP(0.2)`` on the site's database, closes the context and acknowledges.
+
+If the events run concurrently, the batch takes a little more than 0.2 s.  Whatever it takes
+beyond that, divided by N, is the overhead per event of running it in a context (plus the
+Socket.IO round trip).  The sequential cost of opening and closing one context is measured
+next to it on the same database by ``benchmarks/frappe_ctx_cost.py``'s ``measure``.
+
+benchmarks/run.py can call :func:`run`.
+"""
+
+# ruff: noqa: E402 - the repository must be on sys.path before its modules are imported
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any
+
+BENCH_ROOT = Path(__file__).resolve().parent
+REPO = BENCH_ROOT.parent
+FAKE = REPO / "tests" / "fake_frappe"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.harness import processes
+from gsocket.config import Limits
+from tests.conftest import desk_headers
+from tests.support.bench import GsocketProcess, make_bench
+from tests.support.mariadb import MariaDBServer
+from tests.support.pyclient import PyClient
+from tests.support.redis_server import RedisServer
+from tests.support.webstub import WebStub
+
+SITE = "ctxbench.local"
+APPS = ["frappe", "ctxapp"]
+SID, USER = "sid-admin", "Administrator"
+EVENT = "db_sleep"
+QUERY_S = 0.2
+DEFAULT_SIZES = [200, 1000]
+# Events one client sends in the batch: well inside gsocket's default per-socket burst, so
+# the token bucket (events_per_second / event_burst) never drops one, and no limit needs
+# raising in the bench configuration.
+EVENTS_PER_CLIENT = min(20, Limits().event_burst // 2)
+CONNECT_WORKERS = 8
+ACK_TIMEOUT_S = 120.0
+COST_EVENTS = 200
+
+_SEQUENTIAL_CHILD = """
+import json, sys
+import frappe_ctx_cost
+print(json.dumps(frappe_ctx_cost.measure(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
+"""
+
+
+def _benchutil() -> ModuleType:
+    """tests/fake_frappe/benchutil.py, loaded by path.
+
+    Putting tests/fake_frappe on ``sys.path`` would make its ``frappe`` importable in
+    whatever process imports this module (benchmarks/run.py), so only this file is loaded.
+    """
+    spec = importlib.util.spec_from_file_location("benchutil", FAKE / "benchutil.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class Rig:
+    """The processes of one batch size, all already started."""
+
+    mariadb: MariaDBServer
+    gsocket: GsocketProcess
+    sites_path: Path
+
+
+def _start_rig(stack: contextlib.ExitStack, root: Path, size: int, shape: str) -> Rig:
+    """Start MariaDB, Redis, the web stand-in and gsocket; ``stack`` stops each of them."""
+    mariadb = MariaDBServer(root / "mariadb", max_connections=size + max(100, size // 2))
+    stack.callback(mariadb.stop)
+    mariadb.start()
+    redis = RedisServer(root / "redis")
+    (root / "redis").mkdir()
+    stack.callback(redis.stop)
+    redis.start()
+    web = WebStub("v16", redis_url=redis.url)
+    web.sessions[SID] = USER
+    web.users[USER] = "System User"
+    web.installed_apps[SITE] = APPS
+    stack.callback(web.stop)
+    web.start()
+    # The fake's helper creates the site's database and site_config.json; the test helper
+    # then adds what gsocket reads (Redis, web process) and copies the fixture app in.
+    sites_path = _benchutil().make_bench(root / "bench", mariadb, {SITE: APPS})
+    common = json.loads((sites_path / "common_site_config.json").read_text())
+    common.update(
+        {"redis_queue": redis.url, "webserver_host": "127.0.0.1", "webserver_port": web.port}
+    )
+    bench = make_bench(root, common, sites=(SITE,), apps=APPS, copy_apps=("ctxapp",))
+    env = {"PYTHONPATH": str(FAKE), "FAKE_FRAPPE_LOCAL": shape}
+    proc = GsocketProcess(bench, env=env)
+    stack.callback(_stop_gsocket, proc)
+    proc.start()
+    return Rig(mariadb, proc, sites_path)
+
+
+def _stop_gsocket(proc: GsocketProcess) -> None:
+    """SIGTERM (which also closes its log file), SIGKILL if it does not exit in time."""
+    with contextlib.suppress(AssertionError):  # stop() has killed it and reports that
+        proc.stop()
+
+
+def _connect(url: str, count: int, stack: contextlib.ExitStack) -> list[PyClient]:
+    """``count`` websocket clients of the site, connected a few at a time in threads.
+
+    One after another, a thousand-event batch's clients would take seconds to connect.
+    """
+    clients = [PyClient(["websocket"]) for _ in range(count)]
+    stack.callback(_disconnect, clients)
+    headers = desk_headers(SITE, SID)
+    with ThreadPoolExecutor(CONNECT_WORKERS) as pool:
+        list(pool.map(lambda c: c.connect(url, f"/{SITE}", headers, timeout=30), clients))
+    return clients
+
+
+def _disconnect(clients: list[PyClient]) -> None:
+    def close(client: PyClient) -> None:
+        with contextlib.suppress(Exception):  # a client that never connected has nothing
+            client.disconnect()
+
+    with ThreadPoolExecutor(CONNECT_WORKERS) as pool:
+        list(pool.map(close, clients))
+
+
+class Batch:
+    """N events emitted round-robin over the clients; every ack is timed as it arrives.
+
+    Emitting happens in one thread, as fast as python-socketio queues packets, so "at once"
+    means within the emit span that is reported next to the wall time.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.emitted = [0.0] * size
+        self.acked: list[float | None] = [None] * size
+        self.answers: list[tuple[Any, ...] | None] = [None] * size
+        self._lock = threading.Lock()
+        self._count = 0
+        self._all_in = threading.Event()
+
+    def _on_ack(self, index: int) -> Callable[..., None]:
+        def done(*answer: Any) -> None:
+            now = time.perf_counter()
+            with self._lock:
+                self.acked[index], self.answers[index] = now, answer
+                self._count += 1
+                if self._count == self.size:
+                    self._all_in.set()
+
+        return done
+
+    def fire(self, clients: list[PyClient]) -> None:
+        """Emit every event; returns once the last one is queued."""
+        for i in range(self.size):
+            client = clients[i % len(clients)]
+            self.emitted[i] = time.perf_counter()
+            client.client.emit(EVENT, QUERY_S, namespace=client.namespace, callback=self._on_ack(i))
+
+    def wait(self, timeout: float) -> bool:
+        """Wait for every ack; ``False`` if some did not come within ``timeout``."""
+        return self._all_in.wait(timeout)
+
+
+def _warm_up(clients: list[PyClient]) -> None:
+    """One quick context event per client before the timed batch.
+
+    The first ``frappe_context`` event of a process imports Frappe and builds PyMySQL's
+    shared TLS context; that one-time cost is not what the batch is meant to show.
+    """
+    with ThreadPoolExecutor(CONNECT_WORKERS) as pool:
+        answers = list(pool.map(lambda c: c.call(EVENT, 0, timeout=60), clients))
+    if any(a != {"site": SITE, "user": USER} for a in answers):
+        raise RuntimeError(f"warm-up events failed: {answers!r}")
+
+
+def _max_used_connections(mariadb: MariaDBServer) -> int:
+    """MariaDB's own high-water mark of open connections since the last ``FLUSH STATUS``."""
+    rows = mariadb.admin_sql("SHOW GLOBAL STATUS LIKE 'Max_used_connections'")
+    return int(rows[0][1])
+
+
+def sequential_cost(sites_path: Path, shape: str, events: int) -> dict[str, Any]:
+    """frappe_ctx_cost's ``measure`` on this bench's site, one context after another.
+
+    It runs in a child process because frappe_ctx_cost monkey-patches with gevent when it is
+    imported, which must not happen to this process (its clients use real threads).
+    """
+    env = dict(os.environ, FAKE_FRAPPE_LOCAL=shape)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(FAKE), str(BENCH_ROOT)])
+    argv = [sys.executable, "-c", _SEQUENTIAL_CHILD, str(sites_path), SITE, str(events)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"frappe_ctx_cost.measure failed:\n{done.stderr}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _percentiles_ms(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] * 1000
+
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": ordered[-1] * 1000}
+
+
+def _log_problems(proc: GsocketProcess) -> int:
+    """Lines of the server log that report a failure (errors, warnings, tracebacks)."""
+    markers = (" CRITICAL ", " ERROR ", " WARNING ", "Traceback")
+    return sum(1 for line in proc.log().splitlines() if any(m in line for m in markers))
+
+
+def measure_size(
+    size: int, shape: str = "werkzeug", cost_events: int = COST_EVENTS
+) -> dict[str, Any]:
+    """Start a fresh rig, run one batch of ``size`` events, and return its figures."""
+    clients_needed = math.ceil(size / EVENTS_PER_CLIENT)
+    with contextlib.ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gs-ctxconc-")))
+        rig = _start_rig(stack, root, size, shape)
+        clients = _connect(rig.gsocket.url, clients_needed, stack)
+        _warm_up(clients)
+        rig.mariadb.wait_for_connections(0)
+        rig.mariadb.admin_sql("FLUSH STATUS")
+        assert rig.gsocket.proc is not None
+        pid = rig.gsocket.proc.pid
+
+        batch = Batch(size)
+        cpu_before, own_before = processes.cpu_seconds([pid]), time.process_time()
+        batch.fire(clients)
+        complete = batch.wait(ACK_TIMEOUT_S)
+        cpu_after, own_after = processes.cpu_seconds([pid]), time.process_time()
+
+        first_emit = batch.emitted[0]
+        acked = [t for t in batch.acked if t is not None]
+        if not acked:
+            raise RuntimeError(f"no event was acknowledged; gsocket log:\n{rig.gsocket.log()}")
+        wall = max(acked) - first_emit
+        ok = sum(1 for a in batch.answers if a == ({"site": SITE, "user": USER},))
+        max_used = _max_used_connections(rig.mariadb)
+        left_open = rig.mariadb.wait_for_connections(0)
+        latencies = [
+            a - e for a, e in zip(batch.acked, batch.emitted, strict=True) if a is not None
+        ]
+        sequential = sequential_cost(rig.sites_path, shape, cost_events)
+        return {
+            "type": "frappe_ctx_concurrency",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "size": size,
+            "shape": shape,
+            "clients": clients_needed,
+            "events_per_client": EVENTS_PER_CLIENT,
+            "query_s": QUERY_S,
+            "complete": complete,
+            "acks_ok": ok,
+            "acks_failed": len(acked) - ok,
+            "acks_missing": size - len(acked),
+            "wall_s": wall,
+            "wall_over_query": wall / QUERY_S,
+            "excess_s": wall - QUERY_S,
+            "overhead_per_event_ms": (wall - QUERY_S) / size * 1000,
+            "emit_span_s": batch.emitted[-1] - first_emit,
+            "latency_ms": _percentiles_ms(latencies),
+            "server_cpu_s": cpu_after - cpu_before,
+            "server_cpu_per_event_ms": (cpu_after - cpu_before) / size * 1000,
+            "client_cpu_s": own_after - own_before,
+            "db_max_used_connections": max_used,
+            "db_connections_left": left_open,
+            "server_log_problems": _log_problems(rig.gsocket),
+            "sequential": sequential,
+            "loadavg": processes.loadavg(),
+        }
+
+
+def run(
+    sizes: list[int],
+    out: Path | None,
+    *,
+    shape: str = "werkzeug",
+    cost_events: int = COST_EVENTS,
+) -> list[dict[str, Any]]:
+    """Measure every batch size in turn; append one JSON line per size to ``out``.
+
+    Each line is written as soon as its size is done, so an interrupted run keeps what it
+    measured.  Lines carry ``"type": "frappe_ctx_concurrency"``, so they can go into the
+    results file of benchmarks/run.py next to its ``run``/``case``/``ratio`` lines.
+    """
+    results = []
+    for size in sizes:
+        result = measure_size(size, shape, cost_events)
+        results.append(result)
+        if out is not None:
+            with out.open("a") as f:
+                f.write(json.dumps(result) + "\n")
+    return results
+
+
+def summary(result: dict[str, Any]) -> str:
+    """One size's figures in a few lines a person can read."""
+    lat = result["latency_ms"] or dict.fromkeys(("p50", "p90", "p99", "max"), math.nan)
+    seq = result["sequential"]
+    steps = ", ".join(f"{k} {v:.3f}" for k, v in seq["step_median_ms"].items())
+    return "\n".join(
+        [
+            f"{result['size']} concurrent frappe_context events "
+            f"({result['clients']} clients x {result['events_per_client']}, "
+            f"SELECT SLEEP({result['query_s']}), frappe.local {result['shape']}):",
+            f"  acks ok {result['acks_ok']}, failed {result['acks_failed']}, "
+            f"missing {result['acks_missing']}; server log problems "
+            f"{result['server_log_problems']}",
+            f"  wall {result['wall_s']:.3f} s = {result['wall_over_query']:.2f} x the query "
+            f"(+{result['excess_s'] * 1000:.0f} ms); emit span {result['emit_span_s'] * 1000:.0f}"
+            f" ms; overhead {result['overhead_per_event_ms']:.3f} ms/event",
+            f"  per-event latency ms: p50 {lat['p50']:.0f}, p90 {lat['p90']:.0f}, "
+            f"p99 {lat['p99']:.0f}, max {lat['max']:.0f}",
+            f"  server CPU {result['server_cpu_s']:.2f} s "
+            f"({result['server_cpu_per_event_ms']:.2f} ms/event); client CPU "
+            f"{result['client_cpu_s']:.2f} s; DB max used connections "
+            f"{result['db_max_used_connections']}, left open {result['db_connections_left']}",
+            f"  sequential open+close ({seq['events']} events): run {seq['run_ms']:.3f} ms/event"
+            f" (PyMySQL connect+commit+close alone {seq['raw_connection_ms']:.3f}); "
+            f"steps ms: {steps}",
+            f"  load average {' '.join(f'{v:.2f}' for v in result['loadavg'])}",
+        ]
+    )
+
+
+def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every process started is stopped on the way out."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    previous = signal.signal(signal.SIGTERM, _stop_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes",
+        default=",".join(map(str, DEFAULT_SIZES)),
+        help="comma-separated batch sizes (default 200,1000)",
+    )
+    parser.add_argument("--out", type=Path, help="append one JSON line per size to this file")
+    parser.add_argument("--shape", choices=["werkzeug", "contextvar"], default="werkzeug")
+    parser.add_argument(
+        "--cost-events",
+        type=int,
+        default=COST_EVENTS,
+        help="events of the sequential open/close measurement (default 200)",
+    )
+    args = parser.parse_args()
+    sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+    try:
+        with _signals_unwind():
+            for size in sizes:
+                (result,) = run([size], args.out, shape=args.shape, cost_events=args.cost_events)
+                print(summary(result), flush=True)
+                if result["acks_ok"] != size:
+                    sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted; every process this run started has been stopped", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
