@@ -62,6 +62,9 @@ FLUSH_STEP = 2000
 """Connections a greenlet's flush writes before it lets the others run: the bridge's batch of
 broadcasts to a room of 20 000 took over a second to hand to the kernel, and every socket
 (pings, connects, handlers) stalled meanwhile."""
+PACKETS_PER_POLL = 16
+"""Packets in one long-polling answer: python-engineio's client (python-socketio's) drops the
+session when an answer holds more, as its server refuses such a POST."""
 PINGS_PER_TURN = 256
 """Pings the scheduler sends before it lets other greenlets run."""
 
@@ -329,6 +332,32 @@ class LeanSocket(eio_socket.Socket):
         """Send a packet (python-engineio's check for a missed PONG included)."""
         if self.check_ping_timeout():
             self.queue.put(pkt)
+
+    def poll(self) -> list[eio_packet.Packet]:
+        """Wait for packets for a long-polling client; answer with at most
+        :data:`PACKETS_PER_POLL`, leaving the rest queued for its next poll (or for the
+        websocket, should it upgrade meanwhile)."""
+        empty = self.server.get_queue_empty_exception()
+        queue = self.queue
+        try:
+            first = queue.get(timeout=self.server.ping_interval + self.server.ping_timeout)
+        except empty:
+            raise eio_exceptions.QueueEmpty() from None
+        queue.task_done()
+        if first is None:
+            return []
+        packets = [first]
+        while len(packets) < PACKETS_PER_POLL:
+            try:
+                pkt = queue.get(block=False)
+            except empty:
+                break
+            queue.task_done()
+            if pkt is None:
+                queue.put(None)  # the close comes with the next poll, after these
+                break
+            packets.append(pkt)
+        return packets
 
     def schedule_ping(self) -> None:
         """Have the server's pinger send the next PING (unless one is scheduled already)."""

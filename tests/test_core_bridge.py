@@ -125,3 +125,18 @@ def test_dead_web_process_refuses_new_sockets_and_keeps_old_ones(
 def test_health_reports_the_bridge(gsocket):
     body = gsocket.health().json()
     assert body["status"] == "ok" and body["bridge"] == "subscribed"
+
+
+def test_a_polling_client_gets_a_burst_in_order_and_stays_connected(gsocket, clients, redis_client):
+    """python-socketio's own client drops a session whose poll answer holds more than 16
+    packets; gsocket answers a poll with at most 16 and keeps the rest for the next one."""
+    polling = clients(["polling"]).connect(gsocket.url, f"/{SITE}", desk_headers(SITE, "Guest"))
+    pipe = redis_client.pipeline()
+    for i in range(100):
+        pipe.publish("events", message("burst", i, "website"))
+    pipe.execute()
+    polling.wait_for("burst", lambda args: args == (99,), timeout=15)
+    assert [args for (args,) in polling.events("burst")] == list(range(100))
+    redis_client.publish("events", message("after", 1, "website"))
+    assert polling.wait_for("after") == (1,)
+    assert polling.client.connected and polling.transport == "polling"
