@@ -38,6 +38,10 @@ subscriber, so every interval while Redis is back but unsubscribed loses message
 PING_EVERY = 10.0
 BATCH = 64
 """Messages delivered before the pending frames are written and other greenlets may run."""
+WRITES_PER_TURN = 100_000
+"""Frames queued (messages times recipients) after which the pending frames are written and
+other greenlets may run, whatever :data:`BATCH` says: 64 broadcasts to a room of 20 000 held
+the event loop for over a second."""
 YIELD_EVERY = 0.005
 """Seconds of delivering after which the bridge lets other greenlets run."""
 
@@ -159,61 +163,69 @@ class Bridge:
         self.subscribed = False
         self.reason = "stopped"
 
-    def deliver(self, data: bytes | str) -> bool:
+    def deliver(self, data: bytes | str) -> int | None:
         """Emit one published message to its sockets; a bad one is logged and skipped.
 
         The frames are written when the caller flushes (:meth:`deliver_batch`) or at the end
         of the event-loop turn.
 
-        :returns: whether the message was delivered.
+        :returns: the number of frames queued (about one per recipient), or ``None`` when
+            the message was skipped.
         """
         try:
             event, message, room, namespace = parse_message(data)
         except BadMessage as e:
             self.metrics.bridged.inc("malformed")
             log.warning("skipped a malformed message on Redis channel %r: %s", CHANNEL, e)
-            return False
+            return None
         try:
-            self._emit(event, message, room, namespace)
+            return self._emit(event, message, room, namespace)
         except Exception:  # noqa: BLE001 - one message must never end the bridge
             self.metrics.bridged.inc("failed")
             log.exception(
                 "could not emit event %r from Redis to room %r of %s", event, room, namespace
             )
-            return False
-        return True
+            return None
 
-    def _emit(self, event: str, message: Any, room: str | None, namespace: str | None) -> None:
-        """Emit to this process's sockets only: every process runs its own bridge."""
+    def _emit(self, event: str, message: Any, room: str | None, namespace: str | None) -> int:
+        """Emit to this process's sockets only: every process runs its own bridge.
+
+        :returns: the number of frames queued (one per namespace without gsocket's index).
+        """
         namespaces = [f"/{namespace}"] if room is not None else self.server.site_namespaces()
         emit_encoded = self._emit_encoded
         if emit_encoded is None:
             for ns in namespaces:
                 self.server.emit(event, message, to=room, namespace=ns, ignore_queue=True)
-            return
+            return len(namespaces)
         try:
             body = _encode([event] if message is None else [event, message])
         except (TypeError, ValueError) as e:
             raise BadMessage(f"cannot be sent as JSON ({e})") from None
-        for ns in namespaces:
-            emit_encoded(ns, room, f"2{ns},{body}")
+        return sum(emit_encoded(ns, room, f"2{ns},{body}") for ns in namespaces)
 
     def deliver_batch(self, payloads: list[bytes]) -> None:
-        """Deliver messages in order, writing frames every :data:`BATCH` messages.
+        """Deliver messages in order, writing frames every :data:`BATCH` messages or
+        :data:`WRITES_PER_TURN` frames, whichever comes first.
 
-        The greenlet lets the others run every :data:`BATCH` messages and, between batches,
-        once :data:`YIELD_EVERY` has passed: reading a socket that has data does not yield,
-        and a busy channel would otherwise hold the event loop; yielding after every small
-        batch would cost a loop turn per event at low rates.
+        The greenlet lets the others run after each of those and, between batches, once
+        :data:`YIELD_EVERY` has passed: reading a socket that has data does not yield, and a
+        busy channel would otherwise hold the event loop; yielding after every small batch
+        would cost a loop turn per event at low rates.
         """
         flush = self.server.transport.flush_in_steps
-        delivered = 0
-        for i, data in enumerate(payloads, 1):
-            delivered += self.deliver(data)
-            if i % BATCH == 0:
+        delivered = messages = writes = 0
+        for data in payloads:
+            written = self.deliver(data)
+            messages += 1
+            if written is not None:
+                delivered += 1
+                writes += written
+            if messages == BATCH or writes >= WRITES_PER_TURN:
                 flush()
                 gevent.sleep(0)
                 self._yielded = time.monotonic()
+                messages = writes = 0
         flush()
         if delivered:
             self.metrics.bridged.inc("delivered", amount=delivered)

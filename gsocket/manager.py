@@ -278,22 +278,23 @@ class RoomIndex:
         self.emit_encoded(namespace, room, prefix + body, skip_sid)
         return None
 
-    def emit_encoded(self, namespace: str, room: Any, encoded: str, skip_sid: Any = None) -> None:
+    def emit_encoded(self, namespace: str, room: Any, encoded: str, skip_sid: Any = None) -> int:
         """Deliver an encoded Socket.IO EVENT packet to this process's sockets in ``room``.
 
         :param encoded: the packet as python-socketio encodes it (``2/ns,[...]``).
         :param room: a room, a list of rooms, or ``None`` for every socket of ``namespace``.
         :param skip_sid: a sid or a list of sids not to send to.
+        :returns: the number of sockets it was written to.
         """
         ns = self.rooms.get(namespace)
         if ns is None:
-            return
+            return 0
         if isinstance(room, _ROOM_LISTS):
             members = self._members(namespace, room)
         else:
             members = ns.get(room)
             if members is None:
-                return
+                return 0
         if skip_sid is not None:
             members = dict(members)
             for sid in skip_sid if isinstance(skip_sid, list) else (skip_sid,):
@@ -304,6 +305,7 @@ class RoomIndex:
             pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
             for eio_sid in polling:
                 self.server._send_eio_packet(eio_sid, pkt)
+        return len(members)
 
 
 class Manager(RoomIndex, socketio.Manager):

@@ -512,3 +512,39 @@ def test_client_connections_send_without_nagle_delay():
     handler.rfile.close()
     for sock in (accepted, peer, listener):
         sock.close()
+
+
+def test_bridge_writes_and_yields_after_enough_frames_not_only_enough_messages():
+    """Broadcasts to a huge room are flushed, and the loop handed back, every
+    WRITES_PER_TURN frames: 64 of them to 20 000 sockets held the loop for over a second."""
+    from types import SimpleNamespace
+
+    from gsocket.bridge import WRITES_PER_TURN, Bridge
+    from gsocket.metrics import Metrics
+
+    room_size = WRITES_PER_TURN // 3 + 1
+    emitted: list[str] = []
+    flushed_after: list[int] = []
+    others_ran_after: list[int] = []
+
+    def emit_encoded(namespace: str, room: str, encoded: str) -> int:
+        emitted.append(encoded)
+        return room_size
+
+    server = SimpleNamespace(
+        manager=SimpleNamespace(emit_encoded=emit_encoded),
+        transport=SimpleNamespace(flush_in_steps=lambda: flushed_after.append(len(emitted))),
+    )
+    bridge = Bridge(server, "redis://127.0.0.1:1", Metrics())  # type: ignore[arg-type]
+    gevent.spawn(lambda: others_ran_after.append(len(emitted)))
+    bad = b"not json"
+    good = [
+        json.dumps({"event": "e", "message": i, "room": "doc:A/1", "namespace": SITE}).encode()
+        for i in range(7)
+    ]
+    bridge.deliver_batch([*good[:2], bad, *good[2:]])
+    assert len(emitted) == 7 and emitted[0] == f'2/{SITE},["e",0]'
+    assert flushed_after == [3, 6, 7]  # every 3 broadcasts of a third of the bound, and at the end
+    assert others_ran_after == [3]
+    assert bridge.metrics.bridged.value("delivered") == 7
+    assert bridge.metrics.bridged.value("malformed") == 1
