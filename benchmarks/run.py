@@ -39,7 +39,10 @@ REPO = BENCH_ROOT.parent
 SITE = "bench.localhost"
 DOCTYPE, DOCNAME = "ToDo", "bench-doc"
 DOC_ROOM = f"doc:{DOCTYPE}/{DOCNAME}"
-SERVERS = ("node", "gsocket")
+SERVERS = ("node", "gsocket", "gsocket2")
+"""``gsocket2``: two gsocket processes, the clients split between them as an nginx upstream
+would; run by itself for the sizes one process cannot hold under this machine's descriptor
+limit (see :func:`servers_for`)."""
 SOURCE_ADDRESSES = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
 # Throwaway clients per loadgen worker connected before the timed connect storm.
 WARMUP_CLIENTS = 20
@@ -69,6 +72,7 @@ class Settings:
     drain_stall_s: float = 10.0
     settle_s: float = 1.0
     source_addresses: list[str] = field(default_factory=lambda: list(SOURCE_ADDRESSES))
+    frappe_ctx_sizes: list[int] = field(default_factory=lambda: [200, 1000])
     report_from: Path | None = None
 
 
@@ -82,6 +86,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--rate", type=float, help="fixed fan-out rate, deliveries/s (default 20000)")
     p.add_argument("--user-rate", type=float, help="fixed per-user-room rate, events/s (5000)")
     p.add_argument("--seconds", type=float, help="length of each fixed and flat-out phase")
+    p.add_argument(
+        "--frappe-ctx",
+        metavar="SIZES",
+        help="concurrent frappe_context batches after the gsocket cases (default 200,1000; "
+        "20 with --quick; 0 for none)",
+    )
     p.add_argument(
         "--report",
         type=Path,
@@ -108,6 +118,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         st.user_rate = a.user_rate
     if a.seconds:
         st.fixed_seconds = st.flat_seconds = a.seconds
+    if a.quick:
+        st.frappe_ctx_sizes = [20]
+    if a.frappe_ctx is not None:
+        st.frappe_ctx_sizes = [int(v) for v in a.frappe_ctx.split(",") if int(v or 0) > 0]
     return st
 
 
@@ -179,10 +193,19 @@ def write_config(bench: Path, socketio_port: int, redis_port: int, web_port: int
     (bench / "sites" / "common_site_config.json").write_text(json.dumps(config, indent=1))
 
 
-def server_argv(server: str, bench: Path) -> list[str]:
+def server_argv(server: str, bench: Path, port: int) -> list[str]:
     if server == "node":
         return ["node", str(BENCH_ROOT / "baseline_node" / "server.js"), "--bench", str(bench)]
-    return [sys.executable, "-m", "gsocket", "serve", "--bench", str(bench)]
+    return [sys.executable, "-m", "gsocket", "serve", "--bench", str(bench), "--port", str(port)]
+
+
+def servers_for(st: Settings, n: int, fd_hard: int) -> list[str]:
+    """The servers of one size: those asked for, plus ``gsocket2`` when one process cannot
+    hold ``n`` sockets here (the only way to hold 20 000 clients under a 20 000 limit)."""
+    servers = list(st.servers)
+    if "gsocket" in servers and "gsocket2" not in servers and n > fd_hard - processes.FD_RESERVE:
+        servers.append("gsocket2")
+    return servers
 
 
 def user_room(index: int) -> str:
@@ -225,7 +248,8 @@ class Case:
         self.st = run.settings
         self.server = server
         self.n_requested = n_requested
-        self.n = min(n_requested, run.fd_hard - processes.FD_RESERVE)
+        self.count = 2 if server == "gsocket2" else 1
+        self.n = min(n_requested, self.count * (run.fd_hard - processes.FD_RESERVE))
         self.result: dict[str, Any] = {
             "type": "case",
             "server": server,
@@ -237,7 +261,8 @@ class Case:
                 f"the hard RLIMIT_NOFILE of this machine is {run.fd_hard} and cannot be "
                 f"raised here, so one server process cannot hold {n_requested} sockets"
             )
-        self.proc: processes.Child | None = None
+        self.proc: processes.Child | processes.Group | None = None
+        self.ports: list[int] = []
         self.lg: Loadgen | None = None
         self.probe_seq = 0
         self.connected = 0
@@ -281,24 +306,28 @@ class Case:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start_server(self) -> None:
-        port = processes.free_port()
-        self.port = port
-        write_config(self.run.bench, port, self.run.redis_port, self.run.web_port)
+        self.ports = [processes.free_port() for _ in range(self.count)]
+        write_config(self.run.bench, self.ports[0], self.run.redis_port, self.run.web_port)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        self.proc = processes.start(
-            f"{self.server}-{self.n_requested}",
-            server_argv(self.server, self.run.bench),
-            self.run.log_dir,
-            cwd=self.run.bench / "sites",
-            env=env,
-        )
+        children = [
+            processes.start(
+                f"{self.server}-{self.n_requested}" + (f"-{i}" if self.count > 1 else ""),
+                server_argv(self.server, self.run.bench, port),
+                self.run.log_dir,
+                cwd=self.run.bench / "sites",
+                env=env,
+            )
+            for i, port in enumerate(self.ports)
+        ]
+        self.proc = children[0] if self.count == 1 else processes.Group(children)
 
         def ready() -> bool:
             assert self.proc is not None
             if not self.proc.alive():
                 raise RuntimeError(f"{self.server} exited at start:\n{self.proc.log_tail()}")
-            return processes.healthy(port) and self.run.publisher.subscribers() >= 1
+            healthy = all(processes.healthy(port) for port in self.ports)
+            return healthy and self.run.publisher.subscribers() >= self.count
 
         processes.wait_until(ready, 60, what=f"{self.server} /health and its Redis subscription")
 
@@ -402,10 +431,12 @@ class Case:
         self.lg.call("disconnect")
 
     def connection_args(self) -> dict[str, Any]:
+        urls = [f"http://127.0.0.1:{port}" for port in self.ports]
         return {
-            "url": f"http://127.0.0.1:{self.port}",
+            "url": urls[0],
+            "urls": urls,
             "site": SITE,
-            "origin": f"http://127.0.0.1:{self.port}",
+            "origin": urls[0],
             "timeout_ms": int(self.st.connect_timeout_s * 1000),
             "local_addresses": self.st.source_addresses,
         }
@@ -567,8 +598,9 @@ def rewrite_report(jsonl: Path, results_dir: Path) -> int:
     lines = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     run_info = next(line for line in lines if line["type"] == "run")
     cases = [line for line in lines if line["type"] == "case"]
+    batches = [line for line in lines if line["type"] == "frappe_ctx_concurrency"]
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "latest.md").write_text(report.markdown(run_info, cases) + "\n")
+    (results_dir / "latest.md").write_text(report.markdown(run_info, cases, batches) + "\n")
     log.info("rewrote %s from %s", results_dir / "latest.md", jsonl)
     return 0
 
@@ -608,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         with jsonl.open("w") as f:
             f.write(json.dumps(run_info) + "\n")
             for n in st.sizes:
-                for server in st.servers:
+                for server in servers_for(st, n, run.fd_hard):
                     case = Case(run, server, n).execute()
                     case["loadavg_after"] = processes.loadavg()
                     cases.append(case)
@@ -620,10 +652,31 @@ def main(argv: list[str] | None = None) -> int:
         if run is not None:
             run.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    md = report.markdown(run_info, cases)
+    batches = concurrent_frappe_contexts(st, jsonl) if "gsocket" in st.servers else []
+    md = report.markdown(run_info, cases, batches)
     (st.results_dir / "latest.md").write_text(md + "\n")
     log.info("results: %s and %s", jsonl, st.results_dir / "latest.md")
-    return 1 if any(c.get("error") for c in cases) else 0
+    return 1 if any(c.get("error") for c in [*cases, *batches]) else 0
+
+
+def concurrent_frappe_contexts(st: Settings, jsonl: Path) -> list[dict[str, Any]]:
+    """The frappe_context scenario (benchmarks/frappe_ctx_concurrency.py), appended to the
+    results; it starts its own MariaDB, so a failure there is recorded, not raised, and the
+    socket cases' report is still written."""
+    from frappe_ctx_concurrency import run as run_batches
+
+    batches: list[dict[str, Any]] = []
+    for size in st.frappe_ctx_sizes:
+        log.info("frappe_context concurrency: %d events", size)
+        try:
+            (batch,) = run_batches([size], jsonl)
+        except Exception as e:  # noqa: BLE001 - recorded in the results instead
+            log.exception("frappe_context concurrency with %d events failed", size)
+            batch = {"type": "frappe_ctx_concurrency", "size": size, "error": repr(e)}
+            with jsonl.open("a") as f:
+                f.write(json.dumps(batch) + "\n")
+        batches.append(batch)
+    return batches
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Behaviour only, never timing: the machine is shared, so throughput and latency numbers are
 not asserted; what is asserted is that the run writes its reports, every client connects,
-the auth and permission calls really happen, and every published event is delivered exactly
-once.
+the auth and permission calls really happen, every published event is delivered exactly
+once, and every event of the small frappe_context batch is acknowledged by its handler, with
+every context's database connection closed and the batch faster than its events one after
+another.
 """
 
 from __future__ import annotations
@@ -71,7 +73,18 @@ def test_quick_benchmark_run_delivers_everything(tmp_path: Path) -> None:
     assert [(c["server"], c["n"]) for c in cases] == [("node", 200), ("gsocket", 200)]
     for case in cases:
         check_case(case)
+    (batch,) = [line for line in lines if line["type"] == "frappe_ctx_concurrency"]
+    assert batch["size"] == 20 and "error" not in batch
+    assert batch["acks_ok"] == 20 and batch["acks_failed"] == batch["acks_missing"] == 0
+    assert batch["wall_s"] < 20 * batch["query_s"], batch["wall_s"]
+    assert batch["db_connections_left"] == 0 and batch["server_log_problems"] == 0
+    assert batch["sequential"]["run_ms"] > 0
 
     report = (results / "latest.md").read_text()
-    for heading in ("## Connect storm", "## Fan-out as fast as possible", "## Memory and holding"):
+    for heading in (
+        "## Connect storm",
+        "## Fan-out as fast as possible",
+        "## Memory and holding",
+        "## frappe_context concurrency",
+    ):
         assert heading in report

@@ -153,6 +153,32 @@ class Child:
             self.proc.wait(timeout)
 
 
+@dataclass
+class Group:
+    """Several children measured as one server: CPU and RSS summed, alive while all are."""
+
+    children: list[Child]
+
+    def alive(self) -> bool:
+        return all(c.alive() for c in self.children)
+
+    def cpu(self) -> float:
+        return sum(c.cpu() for c in self.children)
+
+    def rss(self) -> int:
+        return sum(c.rss() for c in self.children)
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(f"[{c.name}]\n{c.log_tail(lines)}" for c in self.children)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for c in self.children:
+            if c.alive():
+                c.proc.send_signal(signal.SIGTERM)
+        for c in self.children:
+            c.stop(timeout)
+
+
 def start(
     name: str,
     argv: Sequence[str],

@@ -107,6 +107,21 @@ def ratios(cases: Iterable[Case]) -> list[dict[str, Any]]:
                     "ok": held(gs),
                 }
             )
+        pair = by_key.get(("gsocket2", n))
+        if pair:
+            out.append(
+                {
+                    "n": n,
+                    "target": "held_without_errors_two_processes",
+                    "title": f"{pair.get('n', n)} websocket clients held without errors "
+                    "by two gsocket processes",
+                    "node": None,
+                    "gsocket": held(pair),
+                    "ratio": None,
+                    "bound": "yes",
+                    "ok": held(pair),
+                }
+            )
     return out
 
 
@@ -202,9 +217,11 @@ def _revision(machine: dict[str, Any]) -> str:
     return f" gsocket at {machine['gsocket_revision']}{dirty}."
 
 
-def markdown(run: dict[str, Any], cases: list[Case]) -> str:
-    """The latest.md report: settings, one table per scenario, ratios against targets."""
-    cases = sorted(cases, key=lambda c: (c["n_requested"], c["server"] != "node"))
+def markdown(run: dict[str, Any], cases: list[Case], batches: Iterable[Case] = ()) -> str:
+    """The latest.md report: settings, one table per scenario, ratios against targets, and
+    the frappe_context batches (``benchmarks/frappe_ctx_concurrency.py``) when run."""
+    order = {"node": 0, "gsocket": 1, "gsocket2": 2}
+    cases = sorted(cases, key=lambda c: (c["n_requested"], order.get(c["server"], 3)))
     s = run["settings"]
     m = run["machine"]
     out = [
@@ -313,7 +330,13 @@ def markdown(run: dict[str, Any], cases: list[Case]) -> str:
             f"Note: {c['server']} size {c['n_requested']} ran with {c['n']} clients: "
             f"{c.get('n_note', '')}"
         )
-    if capped:
+    if any(c["server"] == "gsocket2" for c in cases):
+        out.append(
+            "Note: gsocket2 is two gsocket processes on two ports, the load generator's "
+            "workers split between them as an nginx upstream would split clients; its CPU "
+            "and RSS are the two processes' sums."
+        )
+    if capped or any(c["server"] == "gsocket2" for c in cases):
         out.append("")
     rat = ratios(cases)
     out += ["## gsocket / node against the targets", ""]
@@ -334,4 +357,55 @@ def markdown(run: dict[str, Any], cases: list[Case]) -> str:
             for r in rat
         ],
     )
+    out += _frappe_ctx(list(batches))
     return "\n".join(out)
+
+
+def _frappe_ctx(batches: list[Case]) -> list[str]:
+    """Concurrent ``frappe_context=True`` events, each holding ``SELECT SLEEP(0.2)``."""
+    if not batches:
+        return []
+    rows = []
+    for b in batches:
+        if b.get("error"):
+            rows.append([_fmt(b["size"]), "failed: " + str(b["error"])[:80]])
+            continue
+        lat = b.get("latency_ms") or {}
+        rows.append(
+            [
+                _fmt(b["size"]),
+                f"{b['acks_ok']} / {b['acks_failed']} / {b['acks_missing']}",
+                _fmt(b["wall_s"], 3),
+                _fmt(b["wall_over_query"], 2),
+                _fmt(b["overhead_per_event_ms"], 2),
+                _fmt(b["server_cpu_per_event_ms"], 2),
+                _fmt((b.get("sequential") or {}).get("run_ms"), 2),
+                f"{_fmt(lat.get('p50'), 0)} / {_fmt(lat.get('p99'), 0)}",
+                _fmt(b["db_max_used_connections"]),
+                _fmt(b["db_connections_left"]),
+            ]
+        )
+    return [
+        "",
+        "## frappe_context concurrency",
+        "",
+        "N events at once from python-socketio clients, each a `frappe_context=True` handler "
+        "running `SELECT SLEEP(0.2)` on a private MariaDB (Frappe-shaped fake, "
+        "tests/fake_frappe); see benchmarks/FRAPPE_CTX.md.",
+        "",
+        *_table(
+            [
+                "events",
+                "acks ok / failed / missing",
+                "wall s",
+                "wall / 0.2 s",
+                "overhead ms/event",
+                "server CPU ms/event",
+                "sequential open+close ms",
+                "latency p50 / p99 ms",
+                "max DB connections",
+                "DB connections left",
+            ],
+            rows,
+        ),
+    ]

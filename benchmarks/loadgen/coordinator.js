@@ -102,6 +102,12 @@ function maxOf(values) {
 	return v.length ? Math.max(...v) : null;
 }
 
+// A server of several processes (run.py's gsocket2) is given one URL each: worker w talks to
+// urls[w % urls.length], as an nginx upstream would split the clients.
+function urlOf(cmd, w) {
+	return cmd.urls && cmd.urls.length ? cmd.urls[w % cmd.urls.length] : cmd.url;
+}
+
 const commands = {
 	async connect(cmd) {
 		const per = Math.ceil(cmd.n / workers.length);
@@ -110,7 +116,7 @@ const commands = {
 		const replies = failed(
 			await broadcast((w) => ({
 				cmd: "connect",
-				url: cmd.url,
+				url: urlOf(cmd, w),
 				site: cmd.site,
 				origin: cmd.origin,
 				event: cmd.event,
@@ -138,7 +144,7 @@ const commands = {
 		const replies = failed(
 			await broadcast((w) => ({
 				cmd: "warmup",
-				url: cmd.url,
+				url: urlOf(cmd, w),
 				site: cmd.site,
 				origin: cmd.origin,
 				timeout_ms: cmd.timeout_ms,
