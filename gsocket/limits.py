@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import io
 import logging
 import socket as pysocket
@@ -36,6 +37,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import gevent
+from gevent._tracer import GreenletTracer
 from geventwebsocket.exceptions import WebSocketError
 from geventwebsocket.handler import WebSocketHandler
 
@@ -509,6 +511,12 @@ def watch_event_loop(max_blocking: float, report: Callable[[str], None] | None =
     the hub to be logged once it runs again, because logging takes gevent locks that a native
     thread must not touch.
 
+    A loop turn can also be long without any greenlet misbehaving: 10 000 sockets ready at
+    once (a disconnect storm) are all served in one turn.  The watch tells the two apart by
+    gevent's count of greenlet switches (its C tracer, about 0.1 µs a switch): no switch in
+    the last ``max_blocking`` seconds is a stall (an error, once per stall); switches mean a
+    saturated loop (a warning, once per turn: too much work at once, nothing stuck).
+
     :param max_blocking: seconds without a loop turn that count as a stall.
     :param report: called in the hub with each log line (defaults to ``log.error``).
     :returns: ``True`` when the watch was started by this call.
@@ -522,38 +530,57 @@ def watch_event_loop(max_blocking: float, report: Callable[[str], None] | None =
         _watch_started = True
     hub = gevent.get_hub()
     emit = report or (lambda line: log.error("%s", line))
+    saturated = report or (lambda line: log.warning("%s", line))
     turns = [0]
     period = max_blocking / 4
 
     def turn() -> None:
         turns[0] += 1
 
+    tracer = GreenletTracer()
     timer = hub.loop.timer(0, period)
     timer.ref = False
     timer.start(turn)
     native_sleep = monkey.get_original("time", "sleep")
 
     def watch() -> None:
-        seen, since, reported = turns[0], time.monotonic(), False
+        seen, since = turns[0], time.monotonic()
+        stuck_reported = saturation_reported = False
+        looks: collections.deque[int] = collections.deque(maxlen=4)
         while True:
             native_sleep(period)
             now = time.monotonic()
             if turns[0] != seen:
-                seen, since, reported = turns[0], now, False
+                seen, since = turns[0], now
+                stuck_reported = saturation_reported = False
+                looks.clear()
                 continue
-            if reported or now - since < max_blocking:
-                continue
-            reported = True
             frame = sys._current_frames().get(hub.thread_ident)
+            looks.append(tracer.greenlet_switch_counter)
+            if now - since < max_blocking:
+                continue
+            stuck = len(looks) == looks.maxlen and len(set(looks)) == 1
+            if stuck_reported or (not stuck and saturation_reported):
+                continue
             stack = traceback.extract_stack(frame, limit=12)[-3:] if frame is not None else []
             where = " <- ".join(
                 f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(stack)
             )
-            line = (
-                f"the event loop was blocked for more than {max_blocking:.2f} s "
-                f"(every socket stalled meanwhile): {where or 'unknown code'}"
-            )
-            hub.loop.run_callback_threadsafe(emit, line)
+            if stuck:
+                stuck_reported = True
+                line = (
+                    f"the event loop was blocked for more than {max_blocking:.2f} s "
+                    f"(every socket stalled meanwhile): {where or 'unknown code'}"
+                )
+                hub.loop.run_callback_threadsafe(emit, line)
+            else:
+                saturation_reported = True
+                line = (
+                    f"the event loop fell behind by more than {max_blocking:.2f} s: many "
+                    f"greenlets ran in one turn (too much work at once, nothing stuck), "
+                    f"last at {where or 'unknown code'}"
+                )
+                hub.loop.run_callback_threadsafe(saturated, line)
 
     monkey.get_original("_thread", "start_new_thread")(watch, ())
     return True

@@ -4,7 +4,10 @@ a departed client held stays behind.  The 50 000-cycle run is ``python -m script
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import requests
@@ -85,3 +88,53 @@ def test_churn_leaves_nothing_behind(probed):
     assert after["pending_connect"] == after["pending_disconnect"] == 0
     assert after["guard_addresses"] == after["guard_buckets"] == after["guard_websockets"] == 0
     assert after["rss"] - before["rss"] < 4 * MIB, (before["rss"], after["rss"])
+
+
+REPO = Path(__file__).resolve().parent.parent
+STALL_SCRIPT = """
+from gevent import monkey
+monkey.patch_all()
+import socket, sys, time, gevent
+from gsocket.limits import watch_event_loop
+lines = []
+watch_event_loop(0.2, report=lines.append)
+
+def busy(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+def wait_for_lines(count):
+    deadline = time.monotonic() + 5
+    while len(lines) < count and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+
+gevent.sleep(0.1)
+busy(0.7)  # one greenlet holds the loop: a stall
+wait_for_lines(1)
+pairs = [socket.socketpair() for _ in range(300)]
+readers = [gevent.spawn(lambda s: (s.recv(1), busy(0.003)), a) for a, _ in pairs]
+gevent.sleep(0.1)  # every reader waiting
+for _, b in pairs:
+    b.send(b"x")  # all 300 ready in the same loop turn: about 0.9 s of work, nothing stuck
+gevent.joinall(readers)
+wait_for_lines(2)
+print("\\n".join(lines))
+"""
+
+
+def test_stall_watch_tells_a_stuck_greenlet_from_a_saturated_loop():
+    """A greenlet that never yields is an error naming it; a turn that is long because
+    hundreds of sockets were ready at once (a disconnect storm) is a warning, not a stall."""
+    out = subprocess.run(
+        [sys.executable, "-c", STALL_SCRIPT],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    assert len(out) >= 2, out
+    assert out[0].startswith("the event loop was blocked for more than 0.20 s"), out
+    assert "in busy" in out[0]
+    assert out[1].startswith("the event loop fell behind by more than 0.20 s: many greenlets"), out
