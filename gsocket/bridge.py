@@ -28,6 +28,7 @@ import redis
 from gsocket import resp
 from gsocket.metrics import Metrics
 from gsocket.server import Server
+from gsocket.transport import next_loop_turn
 
 log = logging.getLogger("gsocket.bridge")
 
@@ -223,14 +224,14 @@ class Bridge:
                 writes += written
             if messages == BATCH or writes >= WRITES_PER_TURN:
                 flush()
-                gevent.sleep(0)
+                next_loop_turn()
                 self._yielded = time.monotonic()
                 messages = writes = 0
         flush()
         if delivered:
             self.metrics.bridged.inc("delivered", amount=delivered)
         if time.monotonic() - self._yielded > YIELD_EVERY:
-            gevent.sleep(0)
+            next_loop_turn()
             self._yielded = time.monotonic()
 
     def _run(self) -> None:

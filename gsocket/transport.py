@@ -74,6 +74,17 @@ of a websocket): what clients send over a websocket is small, and a desk's reque
 take two reads instead of one."""
 
 
+def next_loop_turn() -> None:
+    """Let the event loop poll every socket and run its timers before going on.
+
+    ``gevent.sleep(0)`` only lets the greenlets that are ready run, and gevent looks at the
+    clock every 50 of them: the bridge yielding that way between 50 ms batches (flat-out
+    fan-out) kept the loop from reading any other socket for seconds.  A positive sleep
+    resumes after the loop's next poll.
+    """
+    gevent.sleep(0.000001)
+
+
 def frame(payload: bytes, opcode: int = TEXT) -> bytes:
     """Return an unmasked, unfragmented websocket frame (RFC 6455 section 5.2)."""
     n = len(payload)
@@ -538,7 +549,7 @@ class Transport:
         self._dirty = []
         for start in range(0, len(dirty), FLUSH_STEP):
             if start:
-                gevent.sleep(0)
+                next_loop_turn()
             self._flush_wires(dirty[start : start + FLUSH_STEP])
 
     @staticmethod
