@@ -82,6 +82,8 @@ def read_headers(rfile: BinaryIO, *args: Any) -> RequestHeaders:
         if lines > MAX_HEADERS:
             return RequestHeaders([], f"more than {MAX_HEADERS} header lines")
         line = raw.decode("iso-8859-1").rstrip("\r\n")
+        if not line:
+            return RequestHeaders([], "malformed header line")
         if line[0] in " \t":
             if not fields:
                 return RequestHeaders([], "continuation line before the first header")

@@ -62,6 +62,7 @@ def test_malformed_blocks_get_a_status_instead_of_lost_headers():
         b"Host : a\r\n\r\n",
         b"Bad Name: a\r\n\r\n",
         b": empty name\r\n\r\n",
+        b"Host: a\r\n\r\r\n\r\n",
         b" folded first\r\n\r\n",
         b"X: " + b"a" * 70_000 + b"\r\n\r\n",
         b"".join(b"H%d: v\r\n" % i for i in range(MAX_HEADERS + 1)) + b"\r\n",
