@@ -7,6 +7,7 @@ with gevent before this module is imported.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -30,6 +31,21 @@ log = logging.getLogger("gsocket.cli")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 #: Seconds a child of ``serve --handover`` waits for its bridge before it reports ready anyway.
 READY_SUBSCRIBE_WAIT = 3.0
+#: Allocations between the cyclic collector's youngest collections (Python's default: 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_collector() -> None:
+    """Run Python's cyclic collector less often in a server that holds 10 000 connections.
+
+    With the default thresholds a full collection came every ~1 000 connects of a storm and
+    walked every live object (0.1-0.4 s each, a million objects at 10 000 clients): about a
+    third of a connect's CPU, and a stall of every socket each time.  Fourteen times fewer
+    young collections also mean fourteen times fewer full ones; garbage without cycles is
+    still freed at once by reference counting.
+    """
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def setup_logging(level: str) -> None:
@@ -56,6 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         scale_out=args.scale_out,
     )
     setup_logging(config.log_level)
+    tune_collector()
     if args.handover:
         from gsocket.handover import Master
 

@@ -548,3 +548,19 @@ def test_bridge_writes_and_yields_after_enough_frames_not_only_enough_messages()
     assert others_ran_after == [3]
     assert bridge.metrics.bridged.value("delivered") == 7
     assert bridge.metrics.bridged.value("malformed") == 1
+
+
+def test_serve_runs_the_cyclic_collector_less_often():
+    """A full collection walked a million objects every ~1 000 connects of a 10 000-client
+    storm; the server raises the young threshold and keeps the older generations' ratios."""
+    import gc
+
+    from gsocket.cli import GC_YOUNG_THRESHOLD, tune_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, before[1], before[2])
+        assert GC_YOUNG_THRESHOLD > 10 * 700
+    finally:
+        gc.set_threshold(*before)
