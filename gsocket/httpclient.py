@@ -323,19 +323,27 @@ class Pool:
         return conn.sock.recv(65536)
 
     def _read_head(self, conn: _Connection, deadline: float) -> bytes:
+        return self._read_until(conn, deadline, b"\r\n\r\n", "answer headers", stale=True)
+
+    def _read_until(
+        self, conn: _Connection, deadline: float, sep: bytes, what: str, stale: bool = False
+    ) -> bytes:
+        """Read up to ``sep`` (returned without it, consumed); ``what`` names the part in the
+        error when it grows past :data:`MAX_HEADER_BYTES`.  With ``stale``, a connection that
+        closes before sending anything is a kept-alive one the web process had closed."""
         buf = conn.buf
         first = True
         while True:
-            end = buf.find(b"\r\n\r\n")
+            end = buf.find(sep)
             if end >= 0:
-                head = bytes(buf[:end])
-                del buf[: end + 4]
-                return head
+                part = bytes(buf[:end])
+                del buf[: end + len(sep)]
+                return part
             if len(buf) > MAX_HEADER_BYTES:
-                raise HTTPFailure("answer headers too long")
+                raise HTTPFailure(f"{what} too long")
             data = self._recv(conn, deadline)
             if not data:
-                if first and not buf:
+                if stale and first and not buf:
                     raise _Stale
                 raise HTTPFailure("connection closed in the middle of the answer")
             first = False
@@ -353,19 +361,7 @@ class Pool:
         return body
 
     def _read_line(self, conn: _Connection, deadline: float) -> bytes:
-        buf = conn.buf
-        while True:
-            end = buf.find(b"\r\n")
-            if end >= 0:
-                line = bytes(buf[:end])
-                del buf[: end + 2]
-                return line
-            if len(buf) > MAX_HEADER_BYTES:
-                raise HTTPFailure("chunk header too long")
-            data = self._recv(conn, deadline)
-            if not data:
-                raise HTTPFailure("connection closed in the middle of the answer")
-            buf += data
+        return self._read_until(conn, deadline, b"\r\n", "chunk header")
 
     def _read_chunked(self, conn: _Connection, deadline: float) -> bytes:
         chunks = []
