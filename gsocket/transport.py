@@ -531,26 +531,25 @@ class Transport:
 
     def flush(self) -> None:
         """Hand every pending frame to the kernel now (one ``send`` per connection)."""
-        self._scheduled = False
-        dirty = self._dirty
-        if not dirty:
-            return
-        self._dirty = []
-        self._flush_wires(dirty)
+        self._flush_wires(self._take_dirty())
 
     def flush_in_steps(self) -> None:
         """:meth:`flush` from a greenlet (never a loop callback), letting the others run after
         every :data:`FLUSH_STEP` connections.  A wire written to meanwhile keeps its frames
         in order: it is either still in this flush's list or marked for the next one."""
-        self._scheduled = False
-        dirty = self._dirty
-        if not dirty:
-            return
-        self._dirty = []
+        dirty = self._take_dirty()
         for start in range(0, len(dirty), FLUSH_STEP):
             if start:
                 next_loop_turn()
             self._flush_wires(dirty[start : start + FLUSH_STEP])
+
+    def _take_dirty(self) -> list[Wire]:
+        """The wires marked since the last flush; the next write marks its wire anew."""
+        self._scheduled = False
+        dirty = self._dirty
+        if dirty:
+            self._dirty = []
+        return dirty
 
     @staticmethod
     def _flush_wires(wires: list[Wire]) -> None:
