@@ -145,6 +145,10 @@ class Child:
         if not self.alive():
             return
         self.proc.send_signal(signal.SIGTERM)
+        self.wait_stopped(timeout)
+
+    def wait_stopped(self, timeout: float) -> None:
+        """Wait for the exit a SIGTERM asked for; kill the child if it does not come."""
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -176,7 +180,7 @@ class Group:
             if c.alive():
                 c.proc.send_signal(signal.SIGTERM)
         for c in self.children:
-            c.stop(timeout)
+            c.wait_stopped(timeout)  # not stop(): a second SIGTERM cuts gsocket's drain short
 
 
 def start(
