@@ -208,7 +208,7 @@ def create_app(
     register_core_handlers(registry, redis_client, config.developer_mode)
     if load_app_handlers:
         install_frappe_realtime(registry)
-        load_handlers(read_apps(config.apps_txt), config.bench_path / "apps")
+        load_handlers(read_apps(config.apps_txt), config.bench_path / "apps", registry)
 
     authenticator = Authenticator(config, web, _installed_apps_resolver(frappe_ctx))
     in_flight = InFlight()
