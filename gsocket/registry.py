@@ -71,8 +71,7 @@ def owner_from_module(fn: Callable[..., Any]) -> str:
     target: Any = fn
     while isinstance(target, functools.partial):
         target = target.func
-    module = getattr(target, "__module__", None) or getattr(type(target), "__module__", "")
-    return (module or "").partition(".")[0]
+    return (getattr(target, "__module__", None) or "").partition(".")[0]
 
 
 @dataclass(frozen=True)
