@@ -58,15 +58,25 @@ def _make_importable(app: str, apps_path: Path) -> bool:
     return False
 
 
-def load_handlers(apps: list[str], apps_path: Path, registry: Registry = realtime) -> list[str]:
+def _installed_registry() -> Registry:
+    """The registry handler modules will register into: the one at ``frappe.realtime``."""
+    module = sys.modules.get("frappe.realtime")
+    installed = getattr(module, "realtime", None)
+    return installed if isinstance(installed, Registry) else realtime
+
+
+def load_handlers(apps: list[str], apps_path: Path, registry: Registry | None = None) -> list[str]:
     """Import ``<app>.realtime.handlers`` for every app that has one.
 
     :param apps: app names, in ``apps.txt`` order.
     :param apps_path: the bench's ``apps`` folder, used for apps the environment cannot import.
-    :param registry: the registry the handlers register into (whose owner tag is set).
+    :param registry: the registry the handlers register into (whose owner tag is set);
+        by default the one :func:`gsocket.frappe_shim.install_frappe_realtime` put at
+        ``frappe.realtime.realtime``.
     :returns: the modules imported.
     :raises StartupError: when an app's handlers module raises on import.
     """
+    registry = registry if registry is not None else _installed_registry()
     loaded: list[str] = []
     for app in apps:
         if app in SERVED_BY_GSOCKET:
