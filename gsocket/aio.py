@@ -119,15 +119,25 @@ class AsyncRunner:
             worker.kill(block=False)
             raise
 
-    def close(self) -> None:
-        """Stop the loop and its greenlet (tests and shutdown)."""
+    def close(self, timeout: float = 1.0) -> None:
+        """At shutdown, after the drain: cancel what handlers left running, stop the loop.
+
+        :param timeout: seconds the cancelled tasks get to run their ``finally`` blocks.
+        """
         if self._loop is None:
             return
         loop, self._loop = self._loop, None
-        loop.call_soon_threadsafe(loop.stop)
+
+        def cancel_and_stop() -> None:
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+            loop.call_soon(loop.stop)
+
+        loop.call_soon_threadsafe(cancel_and_stop)
         if self._greenlet is not None:
-            self._greenlet.join(timeout=5)
-        loop.close()
+            self._greenlet.join(timeout)
+        if not loop.is_running():
+            loop.close()
 
 
 async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:

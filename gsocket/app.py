@@ -147,6 +147,7 @@ class App:
         timeout = self.config.drain_timeout if timeout is None else timeout
         self.draining = True
         drain(self.server, self.in_flight, timeout, self._stop_accepting)
+        self.server.dispatcher.aio.close()
         self.bridge.stop()
         with gevent.Timeout(1.0, False):
             self.server.shutdown()

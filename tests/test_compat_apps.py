@@ -9,6 +9,7 @@ app and handlers wrapped by decorators.  Each runs here on a real gsocket with r
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -149,6 +150,16 @@ class TestAsyncApp:
         assert "was never awaited" not in gsock.log()
         client.emit("async_state", "still", "alive")
         assert client.wait_for("async_state") == ("alive",)
+
+    def test_shutdown_cancels_what_async_handlers_left_running(self, gsock, clients):
+        client = connect(clients, gsock, "sid-admin")
+        client.emit("async_background")
+        client.wait_for("async_background_started")
+        client.disconnect()
+        assert gsock.stop(signal.SIGTERM) == 0
+        log = gsock.log()
+        assert "background task of compat_async ended" in log
+        assert "Traceback" not in log and "destroyed but it is pending" not in log
 
 
 class TestMixedApp:

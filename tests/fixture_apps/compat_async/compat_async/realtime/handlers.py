@@ -115,3 +115,19 @@ async def async_slow(socket: Socket) -> None:
 async def async_raise(socket: Socket) -> None:
     await asyncio.sleep(0)
     raise ValueError("async handler failed on purpose")
+
+
+background: set = set()
+
+
+@realtime.on("async_background")
+async def async_background(socket: Socket) -> None:
+    async def remind_later() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            print("background task of compat_async ended", flush=True)
+
+    task = asyncio.create_task(remind_later())
+    background.add(task)
+    await socket.emit("async_background_started")
