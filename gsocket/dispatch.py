@@ -143,6 +143,8 @@ class Dispatcher:
 
     def _sendable(self, handler: Handler, socket: Socket, result: Any) -> bool:
         """Whether ``result`` can be sent as an ack (JSON, with bytes as binary attachments)."""
+        if isinstance(result, str | int | float):
+            return True
         try:
             json.dumps(result, default=_bytes_only)
         except (TypeError, ValueError) as e:
