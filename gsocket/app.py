@@ -147,6 +147,7 @@ class App:
         timeout = self.config.drain_timeout if timeout is None else timeout
         self.draining = True
         drain(self.server, self.in_flight, timeout, self._stop_accepting)
+        self.server.dispatcher.aio.close()
         self.bridge.stop()
         with gevent.Timeout(1.0, False):
             self.server.shutdown()
@@ -208,7 +209,7 @@ def create_app(
     register_core_handlers(registry, redis_client, config.developer_mode)
     if load_app_handlers:
         install_frappe_realtime(registry)
-        load_handlers(read_apps(config.apps_txt), config.bench_path / "apps")
+        load_handlers(read_apps(config.apps_txt), config.bench_path / "apps", registry)
 
     authenticator = Authenticator(config, web, _installed_apps_resolver(frappe_ctx))
     in_flight = InFlight()

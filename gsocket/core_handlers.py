@@ -5,6 +5,13 @@ document and task rooms (checked with the web process where the Node server chec
 "who is viewing this form" bookkeeping, ``ping`` and, in developer mode, ``open_in_editor``.
 Keeping them in the same registry as app handlers gives one dispatch path with one set of
 rules for argument checks, Guest gating and errors.
+
+Guests are treated as the Node server treats them, which has no Guest rule of its own: task
+and progress rooms are open to them (a website visitor follows the job they started), and
+their doctype and document subscriptions go through the same permission check as everyone's,
+so the web process decides.  The documents a socket has open are kept in its state under
+``subscribed_documents`` as ``[doctype, name]`` pairs, where Frappe keeps them, so an app's
+handler can read them with ``socket.get("subscribed_documents")``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from gsocket.socket import Socket
 log = logging.getLogger("gsocket.core_handlers")
 
 OWNER = "frappe"
+
+OPEN_DOCS = "subscribed_documents"
+"""Socket state key of the forms a socket has open, as Frappe names it."""
 
 
 def join_default_rooms(socket: Socket) -> None:
@@ -98,23 +108,27 @@ def doc_open(socket: Socket, doctype: str, name: str) -> None:
     if not socket.has_permission(doctype, name):
         return
     socket.join(open_doc_room(doctype, name))
-    socket.open_docs.add((doctype, name))
+    pair = [doctype, name]
+    open_docs = socket.get(OPEN_DOCS) or []
+    if pair not in open_docs:
+        socket.set(OPEN_DOCS, [*open_docs, pair])
     notify_viewers(socket, doctype, name, skip_if_alone=True)
 
 
 def doc_close(socket: Socket, doctype: str, name: str) -> None:
     """Record that this socket closed the form (only that one), and tell the other viewers."""
     socket.leave(open_doc_room(doctype, name))
-    socket.open_docs.discard((doctype, name))
+    open_docs = socket.get(OPEN_DOCS) or []
+    socket.set(OPEN_DOCS, [pair for pair in open_docs if pair != [doctype, name]])
     notify_viewers(socket, doctype, name, skip_if_alone=False)
 
 
 def close_open_docs(socket: Socket) -> None:
     """On disconnect: tell the viewers of every form this socket still had open."""
-    for doctype, name in sorted(socket.open_docs):
+    for doctype, name in socket.get(OPEN_DOCS) or []:
         socket.leave(open_doc_room(doctype, name))
         notify_viewers(socket, doctype, name, skip_if_alone=False)
-    socket.open_docs.clear()
+    socket.set(OPEN_DOCS, [])
 
 
 def task_subscribe(socket: Socket, task_id: str) -> None:
@@ -149,16 +163,19 @@ def register_core_handlers(
     :param redis_client: Redis client of ``redis_queue``.
     :param developer_mode: whether ``open_in_editor`` is served.
     """
-    registry.add("ping", ping, OWNER, allow_guest=True)
-    registry.add("doctype_subscribe", doctype_subscribe, OWNER)
-    registry.add("doctype_unsubscribe", doctype_unsubscribe, OWNER)
-    registry.add("doc_subscribe", doc_subscribe, OWNER)
-    registry.add("doc_unsubscribe", doc_unsubscribe, OWNER)
-    registry.add("doc_open", doc_open, OWNER)
-    registry.add("doc_close", doc_close, OWNER)
-    registry.add("task_subscribe", task_subscribe, OWNER)
-    registry.add("task_unsubscribe", task_unsubscribe, OWNER)
-    registry.add("progress_subscribe", task_subscribe, OWNER)
-    registry.add("disconnect", close_open_docs, OWNER, allow_guest=True)
+    for event, handler in (
+        ("ping", ping),
+        ("doctype_subscribe", doctype_subscribe),
+        ("doctype_unsubscribe", doctype_unsubscribe),
+        ("doc_subscribe", doc_subscribe),
+        ("doc_unsubscribe", doc_unsubscribe),
+        ("doc_open", doc_open),
+        ("doc_close", doc_close),
+        ("task_subscribe", task_subscribe),
+        ("task_unsubscribe", task_unsubscribe),
+        ("progress_subscribe", task_subscribe),
+        ("disconnect", close_open_docs),
+    ):
+        registry.add(event, handler, OWNER, allow_guest=True)
     if developer_mode:
         registry.add("open_in_editor", make_open_in_editor(redis_client), OWNER)

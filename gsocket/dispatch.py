@@ -5,20 +5,29 @@ alike, so the rules are the same for all: a handler runs only on sites that have
 installed, Guests run only ``allow_guest`` handlers, a payload that does not fit the handler's
 signature runs nothing, and a handler that raises or hangs is logged and ended without
 touching the socket or the other handlers of the event.
+
+Plain ``def`` handlers run in the event's greenlet with the blocking :class:`Socket`;
+``async def`` handlers run on the process's asyncio loop (:mod:`gsocket.aio`) with an
+:class:`AsyncSocket`, while the event's greenlet waits, so limits, acks and error handling are
+the same for both.  The first non-``None`` return value is the ack; one that cannot be sent as
+JSON is logged (once per handler) and acked empty instead of failing in the transport.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import time
 from typing import Any
 
 import gevent
 
+from gsocket.aio import AsyncRunner
 from gsocket.frappe_ctx import FrappeContext, FrappeUnavailable
 from gsocket.metrics import Metrics
 from gsocket.registry import Handler, Registry
-from gsocket.socket import Socket
+from gsocket.socket import AsyncSocket, Socket
 
 log = logging.getLogger("gsocket.dispatch")
 
@@ -51,6 +60,8 @@ class Dispatcher:
         self.frappe_ctx = frappe_ctx
         self.metrics = metrics
         self.handler_timeout = handler_timeout
+        self.aio = AsyncRunner()
+        self._warned: set[tuple[int, str]] = set()
 
     def dispatch(self, socket: Socket, event: str, args: tuple[Any, ...]) -> Any:
         """Run every applicable handler of ``event`` for ``socket``, first to last.
@@ -83,7 +94,7 @@ class Dispatcher:
                 )
                 continue
             result = self._run(handler, socket, args)
-            if ack is None and result is not None:
+            if ack is None and result is not None and self._sendable(handler, socket, result):
                 ack = result
         return ack
 
@@ -102,9 +113,22 @@ class Dispatcher:
         timeout = gevent.Timeout(self.handler_timeout or None, HandlerTimeout)
         timeout.start()
         try:
+            if handler.is_async:
+                return self.aio.run(handler.fn(AsyncSocket(socket, self.aio.offload), *args))
             if handler.frappe_context:
-                return self.frappe_ctx.run(socket.site, socket.user, handler.fn, socket, *args)
-            return handler.fn(socket, *args)
+                result = self.frappe_ctx.run(socket.site, socket.user, handler.fn, socket, *args)
+            else:
+                result = handler.fn(socket, *args)
+            if inspect.isawaitable(result):
+                self._warn_once(
+                    handler,
+                    socket,
+                    "is a plain function that returned an awaitable; it ran on the asyncio loop "
+                    "with the blocking Socket (make the wrapper 'async def' or use "
+                    "functools.wraps so that it gets the awaitable one)",
+                )
+                result = self.aio.run(result)
+            return result
         except HandlerTimeout:
             limit = f"ended after its {self.handler_timeout:.1f} s time limit"
             self._failed(handler, socket, limit)
@@ -116,6 +140,34 @@ class Dispatcher:
             timeout.close()
             self.metrics.handler_seconds.observe(handler.event, value=time.perf_counter() - started)
         return None
+
+    def _sendable(self, handler: Handler, socket: Socket, result: Any) -> bool:
+        """Whether ``result`` can be sent as an ack (JSON, with bytes as binary attachments)."""
+        if isinstance(result, str | int | float):
+            return True
+        try:
+            json.dumps(result, default=_bytes_only)
+        except (TypeError, ValueError) as e:
+            self._warn_once(handler, socket, f"returned a value that is not JSON, acked empty: {e}")
+            return False
+        return True
+
+    def _warn_once(self, handler: Handler, socket: Socket, what: str) -> None:
+        """Log a handler's mistake the first time only: it repeats on every event."""
+        key = (id(handler), what.partition(":")[0])
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        log.warning(
+            "handler %s for event %r (app %s) on site %s user %s sid %s %s",
+            handler.qualname,
+            handler.event,
+            handler.app,
+            socket.site,
+            socket.user,
+            socket.sid,
+            what,
+        )
 
     def _failed(self, handler: Handler, socket: Socket, what: str, exc_info: bool = False) -> None:
         """Count and log a handler that did not finish, with everything needed to find it."""
@@ -131,3 +183,10 @@ class Dispatcher:
             what,
             exc_info=exc_info,
         )
+
+
+def _bytes_only(value: Any) -> Any:
+    """JSON fallback that accepts what Socket.IO sends as binary attachments, nothing else."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return None
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -12,6 +12,13 @@ Where Frappe takes the site and the current user from the request (``frappe.loca
 ``frappe.session.user``), a :class:`Publisher` is told them once: the site is the message's
 ``namespace``, the session user is where ``msgprint`` and ``publish_progress`` go when no other
 target is given (``Administrator`` by default, the user of a script or scheduler job).
+
+Inside Frappe's own processes (web, workers, console) the named helpers the documentation
+shows, ``from frappe.realtime import publish_to_user, ...``, exist only in newer Frappe.  The
+module-level functions :data:`FRAPPE_HELPERS` are those helpers for older Frappe: each is a thin
+call of ``frappe.publish_realtime``, so the site, ``after_commit`` and the task come from
+Frappe as for any other publish.  :mod:`gsocket.frappe_hook` adds them to ``frappe.realtime``
+where it lacks them; where Frappe has its own, Frappe's stay.
 """
 
 from __future__ import annotations
@@ -243,6 +250,82 @@ class Publisher:
     def publish_to_room(self, room: str, event: str, message: Any = None) -> int:
         """Publish to any room, e.g. one a custom handler joined (``project:PROJ-0001``)."""
         return self.publish_realtime(event, message, room=room)
+
+
+def _frappe() -> Any:
+    import frappe
+
+    return frappe
+
+
+def publish_to_user(
+    user: str, event: str, message: Any = None, *, after_commit: bool = False
+) -> None:
+    """Publish to every socket of ``user`` (room ``user:<user>``) of the current site."""
+    _frappe().publish_realtime(event, message, user=user, after_commit=after_commit)
+
+
+def publish_to_doc(
+    doctype: str, docname: str, event: str, message: Any = None, *, after_commit: bool = False
+) -> None:
+    """Publish to a document's subscribers (room ``doc:<doctype>/<docname>``)."""
+    _frappe().publish_realtime(
+        event, message, doctype=doctype, docname=docname, after_commit=after_commit
+    )
+
+
+def publish_to_doctype(
+    doctype: str, event: str, message: Any = None, *, after_commit: bool = False
+) -> None:
+    """Publish to a DocType's list watchers (room ``doctype:<doctype>``)."""
+    _frappe().publish_realtime(
+        event, message, room=doctype_room(doctype), doctype=doctype, after_commit=after_commit
+    )
+
+
+def publish_task_progress(task_id: str, message: Any = None, *, after_commit: bool = False) -> None:
+    """Publish ``task_progress`` for a background task (room ``task_progress:<task_id>``)."""
+    _frappe().publish_realtime(message=message, task_id=task_id, after_commit=after_commit)
+
+
+def publish_to_website(event: str, message: Any = None, *, after_commit: bool = False) -> None:
+    """Publish to every socket of the current site, Guests included (room ``website``)."""
+    _frappe().publish_realtime(event, message, room=WEBSITE, after_commit=after_commit)
+
+
+def publish_to_all(event: str, message: Any = None, *, after_commit: bool = False) -> None:
+    """Publish to the System Users of the current site (room ``all``)."""
+    _frappe().publish_realtime(event, message, room=ALL, after_commit=after_commit)
+
+
+def publish_to_room(
+    room: str, event: str, message: Any = None, *, after_commit: bool = False
+) -> None:
+    """Publish to any room of the current site, e.g. one a handler joined."""
+    _frappe().publish_realtime(event, message, room=room, after_commit=after_commit)
+
+
+FRAPPE_HELPERS = {
+    fn.__name__: fn
+    for fn in (
+        publish_to_user,
+        publish_to_doc,
+        publish_to_doctype,
+        publish_task_progress,
+        publish_to_website,
+        publish_to_all,
+        publish_to_room,
+    )
+}
+"""The named helpers of Frappe's documentation, for Frappe versions that lack them."""
+
+
+def add_frappe_helpers(module: Any) -> list[str]:
+    """Set every helper ``module`` (``frappe.realtime``) lacks on it; return the names added."""
+    added = [name for name in FRAPPE_HELPERS if not hasattr(module, name)]
+    for name in added:
+        setattr(module, name, FRAPPE_HELPERS[name])
+    return added
 
 
 def publish_command(

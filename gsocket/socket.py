@@ -7,6 +7,7 @@ transient state on it, dropped at disconnect.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from gsocket.auth import Identity
@@ -23,14 +24,13 @@ class Socket:
     :param identity: who connected, as established at connect.
     """
 
-    __slots__ = ("_server", "sid", "identity", "_state", "open_docs")
+    __slots__ = ("_server", "sid", "identity", "_state")
 
     def __init__(self, server: Server, sid: str, identity: Identity) -> None:
         self._server = server
         self.sid = sid
         self.identity = identity
         self._state: dict[str, Any] = {}
-        self.open_docs: set[tuple[str, str]] = set()
 
     @property
     def site(self) -> str:
@@ -130,3 +130,101 @@ class Socket:
 
     def __repr__(self) -> str:
         return f"<Socket {self.sid} site={self.site} user={self.user}>"
+
+
+SyncSocket = Socket
+"""The name Frappe's asyncio server gives the blocking socket of plain ``def`` handlers.
+
+On gsocket every plain handler gets that socket, so the two names are one class.
+"""
+
+Offload = Callable[..., Awaitable[Any]]
+"""Runs a blocking callable away from the asyncio loop and awaits it:
+``await offload(fn, *args)``."""
+
+
+class AsyncSocket:
+    """What an ``async def`` handler receives: the :class:`Socket` API, awaitable.
+
+    The actions (``join``, ``leave``, ``emit``, ``set``, ``has_permission``, ``user_of``) are
+    coroutines, as on Frappe's asyncio server, so a handler written for it runs unchanged;
+    reads (identity, ``get``, ``participants``, ``rooms``) are plain.  Room and emit calls
+    complete without waiting (they only queue packets); ``has_permission``, an HTTP call to the
+    web process, runs through ``offload`` so that it never blocks the loop other async
+    handlers share.
+
+    :param sync: the blocking socket behind it (a :class:`Socket`, or a
+        :class:`gsocket.testing.FakeSocket` in an app author's test).
+    :param offload: how blocking calls are run (:meth:`gsocket.aio.AsyncRunner.offload`).
+    """
+
+    __slots__ = ("sync", "_offload")
+
+    def __init__(self, sync: Any, offload: Offload) -> None:
+        self.sync = sync
+        self._offload = offload
+
+    @property
+    def sid(self) -> str:
+        """Socket.IO session id."""
+        return self.sync.sid
+
+    @property
+    def site(self) -> str:
+        """The site this socket is on."""
+        return self.sync.site
+
+    @property
+    def user(self) -> str:
+        """The user, ``"Guest"`` for anonymous visitors."""
+        return self.sync.user
+
+    @property
+    def user_type(self) -> str:
+        """The user's type, e.g. ``"System User"``."""
+        return self.sync.user_type
+
+    @property
+    def installed_apps(self) -> list[str]:
+        """Apps installed on this socket's site."""
+        return list(self.sync.installed_apps)
+
+    @property
+    def rooms(self) -> list[str]:
+        """Rooms this socket is in."""
+        return sorted(self.sync.rooms)
+
+    async def join(self, room: str) -> None:
+        """Add this socket to ``room`` of its site."""
+        self.sync.join(room)
+
+    async def leave(self, room: str) -> None:
+        """Remove this socket from ``room``."""
+        self.sync.leave(room)
+
+    async def emit(self, event: str, data: Any = None, room: str | None = None) -> None:
+        """Emit ``event`` to ``room`` of this site, or to this client alone."""
+        self.sync.emit(event, data, room)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Read transient per-socket state."""
+        return self.sync.get(key, default)
+
+    async def set(self, key: str, value: Any) -> None:
+        """Keep transient per-socket state until disconnect."""
+        self.sync.set(key, value)
+
+    async def has_permission(self, doctype: str, name: str | None = None) -> bool:
+        """Ask the web process whether this socket's user may read; see :class:`Socket`."""
+        return await self._offload(self.sync.has_permission, doctype, name)
+
+    def participants(self, room: str) -> list[str]:
+        """Sids of this site's sockets in ``room``."""
+        return self.sync.participants(room)
+
+    async def user_of(self, sid: str) -> str | None:
+        """The user of another socket of this site, or ``None``."""
+        return self.sync.user_of(sid)
+
+    def __repr__(self) -> str:
+        return f"<AsyncSocket {self.sid} site={self.site} user={self.user}>"

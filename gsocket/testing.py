@@ -3,11 +3,15 @@
 ``@realtime.on`` returns the handler unchanged, so a test can call it directly; what it needs
 is a socket that records what the handler did (rooms joined, events emitted, state kept) and
 answers permission checks from a table, without a server, Redis or a web process.
+:func:`call` runs a handler as gsocket does, ``async def`` ones included, so one test works for
+both kinds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +86,32 @@ class FakeSocket:
     def events(self, name: str) -> Iterable[Emitted]:
         """The recorded emits of event ``name``."""
         return [e for e in self.emitted if e.event == name]
+
+
+async def _direct(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+def call(handler: Callable[..., Any], socket: FakeSocket, *args: Any) -> Any:
+    """Run ``handler(socket, *args)`` as gsocket would and return its result.
+
+    A plain handler gets ``socket`` itself; an ``async def`` handler gets the awaitable view
+    of it (:class:`gsocket.socket.AsyncSocket`) and runs on a fresh asyncio loop, so
+    ``await socket.join(...)`` and ``asyncio`` calls work in the test as on the server.
+    """
+    from gsocket.registry import is_async_callable
+    from gsocket.socket import AsyncSocket
+
+    if is_async_callable(handler):
+        return asyncio.run(_awaited(handler(AsyncSocket(socket, _direct), *args)))
+    result = handler(socket, *args)
+    if inspect.isawaitable(result):
+        return asyncio.run(_awaited(result))
+    return result
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def install_registry() -> None:

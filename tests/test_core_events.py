@@ -89,13 +89,29 @@ class TestSubscriptions:
         assert not received_after_publish(redis_client, client, "task_progress:job-1")
         assert web.calls_to("frappe.realtime.has_permission") == []
 
-    def test_guest_subscriptions_are_ignored_silently(self, gsocket, web, clients, redis_client):
-        web.permissions.add(("Guest", "ToDo", None))
+    def test_guests_follow_tasks_and_subscribe_through_the_permission_check(
+        self, gsocket, web, clients, redis_client
+    ):
+        # As the Node server: no Guest rule of its own. A website visitor follows the job it
+        # started; doctype and document rooms are the web process's call, as for everyone.
         guest = connect(clients, gsocket, "Guest")
-        guest.call("doctype_subscribe", "ToDo")
         guest.call("task_subscribe", "job-1")
+        guest.call("progress_subscribe", "job-2")
+        assert received_after_publish(redis_client, guest, "task_progress:job-1")
+        assert received_after_publish(redis_client, guest, "task_progress:job-2")
+        guest.call("task_unsubscribe", "job-1")
+        assert not received_after_publish(redis_client, guest, "task_progress:job-1")
+
+        guest.call("doctype_subscribe", "ToDo")
+        guest.call("doc_subscribe", "Note", "N-1")
         assert not received_after_publish(redis_client, guest, "doctype:ToDo")
-        assert web.calls_to("frappe.realtime.has_permission") == []
+        assert not received_after_publish(redis_client, guest, "doc:Note/N-1")
+        asked = [c["args"] for c in web.calls_to("frappe.realtime.has_permission")]
+        assert [a["doctype"] for a in asked] == ["ToDo", "Note"] and asked[1]["name"] == "N-1"
+
+        web.permissions.add(("Guest", "Web Page", None))
+        guest.call("doctype_subscribe", "Web Page")
+        assert received_after_publish(redis_client, guest, "doctype:Web Page")
         assert "Traceback" not in gsocket.log()
 
     def test_permission_check_failing_is_a_no(self, gsocket, web, clients, redis_client):

@@ -80,7 +80,6 @@ class TestArgumentsAndErrors:
         [
             ((), "missing a required argument"),
             (("a", "b"), "too many positional arguments"),
-            ((5,), "argument 'text' must be str, got int"),
         ],
     )
     def test_wrong_arguments_run_nothing_and_say_so(self, gsock, clients, args, problem):
@@ -89,6 +88,13 @@ class TestArgumentsAndErrors:
         line = gsock.wait_for_log(r"event 'alpha_echo' \(app alpha\).*wrong arguments.*").group(0)
         assert f"site {SITE}" in line and "user jane@example.com" in line and problem in line
         assert "Traceback" not in gsock.log()
+
+    def test_values_pass_as_they_come_unless_the_handler_asks_for_type_checks(self, gsock, clients):
+        client = connect(clients, gsock, "sid-admin")
+        assert client.call("alpha_echo", 5)["text"] == 5  # as Frappe: annotations are not checked
+        assert client.call("alpha_count", "3") is None  # check_types=True
+        line = gsock.wait_for_log(r"event 'alpha_count' \(app alpha\).*wrong arguments.*").group(0)
+        assert "argument 'n' must be int, got str" in line
 
     def test_numbers_are_checked_by_kind(self, gsock, clients):
         client = connect(clients, gsock, "sid-admin")

@@ -32,7 +32,7 @@ def alpha_echo(socket: Socket, text: str) -> dict[str, Any]:
     }
 
 
-@realtime.on("alpha_count")
+@realtime.on("alpha_count", check_types=True)
 def alpha_count(socket: Socket, n: int, ratio: float = 1.0) -> float:
     return n * ratio
 
