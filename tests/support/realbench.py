@@ -163,7 +163,11 @@ class RealBench:
 
     @classmethod
     def acquire(cls, version: str) -> RealBench:
-        """Build (or reuse) the bench of ``version``, start it on free ports, install gsocket.
+        """Build (or reuse) the bench of ``version``, install gsocket, start it on free ports.
+
+        gsocket is installed before the web process starts, as an operator installs it and
+        then restarts the bench: a Python process reads the ``.pth`` file that gives
+        ``frappe.realtime`` the publish helpers only when it starts.
 
         :raises AssertionError: the build or a start failed (with the end of its log).
         """
@@ -184,8 +188,11 @@ class RealBench:
         bench._take_lock()
         try:
             bench._stop_leftovers()
-            bench._run([str(SHARED_FRAPPE / "build-bench"), version, str(path)], "build")
+            bench._run(
+                [str(SHARED_FRAPPE / "build-bench"), version, str(path)], "build", NO_START="1"
+            )
             bench.install_gsocket()
+            bench._run([str(SHARED_FRAPPE / "bench" / "start.sh"), "web"], "web")
         except BaseException:
             bench.release()
             raise
@@ -217,11 +224,15 @@ class RealBench:
             **{k: str(v) for k, v in self.ports.items()},
         }
 
-    def _run(self, cmd: list[str], what: str) -> None:
+    def _run(self, cmd: list[str], what: str, **env: str) -> None:
         log_path = self.path.parent / f"{self.path.name}-{what}.log"
         with log_path.open("w") as log:
             done = subprocess.run(
-                cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT
+                cmd,
+                env={**self.env, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=BUILD_TIMEOUT,
             )
         if done.returncode != 0:
             tail = log_path.read_text(errors="replace").splitlines()[-40:]
