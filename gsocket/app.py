@@ -222,7 +222,10 @@ def create_app(
         web,
         metrics,
         client_manager=make_client_manager(config) if config.scale_out else None,
+        connect_timeout=config.connect_timeout,
         max_http_buffer_size=config.limits.max_message_bytes,
+        ping_interval=config.ping_interval,
+        ping_timeout=config.ping_timeout,
     )
     bridge = Bridge(server, config.redis_url, metrics)
     return App(config, registry, metrics, redis_client, web, frappe_ctx, server, bridge, in_flight)

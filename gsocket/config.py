@@ -23,6 +23,9 @@ DEFAULT_REDIS_QUEUE = "redis://127.0.0.1:11000"
 # Channels of redis_queue that Frappe itself uses; the scale-out channel must be another one.
 RESERVED_CHANNELS = frozenset({"events", "open_in_editor"})
 
+# gsocket settings of the Engine.IO and Socket.IO protocols, in seconds (Node's are in ms).
+ENGINE = ("ping_interval", "ping_timeout", "connect_timeout")
+
 
 class ConfigError(Exception):
     """The bench configuration cannot be used; the message says what to fix."""
@@ -73,6 +76,11 @@ class Config:
     :param scale_out: share rooms with the other gsocket processes of the bench through
         python-socketio's Redis manager on ``redis_url``.
     :param scale_out_channel: Redis channel of that manager; never Frappe's ``events``.
+    :param ping_interval: seconds between a client's PONG and the next PING (Engine.IO's
+        ``pingInterval``; fractions are kept, to the millisecond).
+    :param ping_timeout: seconds a client has to answer a PING before it is closed.
+    :param connect_timeout: seconds a client may stay connected without joining a site's
+        namespace (Socket.IO's ``connectTimeout``).
     """
 
     bench_path: Path
@@ -92,6 +100,9 @@ class Config:
     reuse_port: bool = False
     scale_out: bool = False
     scale_out_channel: str = "gsocket"
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    connect_timeout: float = 45.0
 
     @property
     def sites_path(self) -> Path:
@@ -169,8 +180,12 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         webserver_port = int(conf.get("webserver_port") or 8000)
         web_timeout = float(ours.get("web_timeout", 5.0))
         drain_timeout = float(ours.get("drain_timeout", 5.0))
+        engine = {k: float(ours.get(k, Config.__dataclass_fields__[k].default)) for k in ENGINE}
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad port or timeout in common_site_config.json: {e}") from None
+    for key, seconds in engine.items():
+        if not seconds > 0:
+            raise ConfigError(f"gsocket.{key} must be a positive number of seconds")
     proxies = ours.get("trusted_proxies")
     if proxies is not None and not (
         isinstance(proxies, list) and all(isinstance(p, str) for p in proxies)
@@ -203,4 +218,5 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         reuse_port=_as_bool(ours.get("reuse_port", False)),
         scale_out=_as_bool(ours.get("scale_out", False)),
         scale_out_channel=channel,
+        **engine,
     )
