@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 
+from gsocket import __version__
 from gsocket.config import ConfigError, load_config
 from gsocket.errors import StartupError
 
@@ -187,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every ``gsocket`` command."""
     parser = argparse.ArgumentParser(
         prog="gsocket", description="A gevent socket.io server for Frappe benches."
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"gsocket {__version__} (frappe-gsocket, Python {sys.version.split()[0]})",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
