@@ -22,14 +22,13 @@ import gevent
 from gsocket import __version__
 from gsocket.config import ConfigError, load_config
 from gsocket.errors import StartupError
+from gsocket.logs import LOG_FORMAT, LOG_FORMATS, setup_logging
 
 if TYPE_CHECKING:
     from gsocket.app import App
 
 log = logging.getLogger("gsocket.cli")
 
-# The process id tells the parent and the children of ``serve --handover`` apart.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 #: Seconds a child of ``serve --handover`` waits for its bridge before it reports ready anyway.
 READY_SUBSCRIBE_WAIT = 3.0
 #: Allocations between the cyclic collector's youngest collections (Python's default: 700).
@@ -49,30 +48,18 @@ def tune_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
-def setup_logging(level: str) -> None:
-    """Send gsocket's log lines to stderr (supervisord collects them into the bench's logs/).
-
-    Records leave out the thread: under gevent every greenlet is a thread to ``threading``,
-    and naming it made each log line build a dummy thread object for its greenlet (kept for
-    the life of a connection's greenlet).  The format never showed it.
-    """
-    logging.logThreads = False
-    logging.logMultiprocessing = False
-    logging.basicConfig(format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("gsocket").setLevel(level.upper())
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a bench until SIGTERM or SIGINT (with ``--handover``, through a parent process)."""
     config = load_config(args.bench).with_overrides(
         port=args.port,
         host=args.host,
         log_level=args.log_level,
+        log_format=args.log_format,
         drain_timeout=args.drain_timeout,
         reuse_port=args.reuse_port,
         scale_out=args.scale_out,
     )
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     tune_collector()
     if args.handover:
         from gsocket.handover import Master
@@ -201,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="override socketio_port")
     serve.add_argument("--host", help="address to bind (default 0.0.0.0)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="text (default) or json: one JSON object a line"
+    )
     serve.add_argument(
         "--drain-timeout", type=float, help="override gsocket.drain_timeout (seconds)"
     )

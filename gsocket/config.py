@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gsocket.logs import LOG_FORMATS
+
 log = logging.getLogger("gsocket.config")
 
 DEFAULT_REDIS_QUEUE = "redis://127.0.0.1:11000"
@@ -65,6 +67,7 @@ class Config:
         ``None`` means "only loopback", the safe default when nginx runs on the same machine.
     :param web_timeout: seconds for one call to the web process.
     :param log_level: logging level name.
+    :param log_format: ``text``, or ``json`` for one JSON object per line (log shippers).
     :param limits: per-client protective bounds.
     :param drain_timeout: seconds a stopping server grants to closing its clients and to the
         handlers still running; supervisord's ``stopwaitsecs`` must exceed it.
@@ -87,6 +90,7 @@ class Config:
     trusted_proxies: tuple[str, ...] | None = None
     web_timeout: float = 5.0
     log_level: str = "INFO"
+    log_format: str = "text"
     limits: Limits = field(default_factory=Limits)
     drain_timeout: float = 5.0
     reuse_port: bool = False
@@ -176,6 +180,9 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         isinstance(proxies, list) and all(isinstance(p, str) for p in proxies)
     ):
         raise ConfigError("gsocket.trusted_proxies must be a list of addresses")
+    log_format = str(ours.get("log_format", "text")).lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"gsocket.log_format must be one of {', '.join(LOG_FORMATS)}")
     if drain_timeout < 0:
         raise ConfigError("gsocket.drain_timeout must not be negative")
     channel = str(ours.get("scale_out_channel", "gsocket"))
@@ -198,6 +205,7 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         trusted_proxies=tuple(proxies) if proxies is not None else None,
         web_timeout=web_timeout,
         log_level=str(ours.get("log_level", "INFO")).upper(),
+        log_format=log_format,
         limits=_limits(ours.get("limits")),
         drain_timeout=drain_timeout,
         reuse_port=_as_bool(ours.get("reuse_port", False)),
