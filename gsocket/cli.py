@@ -117,11 +117,32 @@ def _report_ready(app: App, ready_fd: int) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """Check a bench for everything gsocket needs; non-zero exit when a check fails."""
-    from gsocket.doctor import run_doctor
-
+    """Check a bench for everything gsocket needs, or (``--url``) the path a browser takes to
+    it; non-zero exit when a check fails."""
     # Verdict lines go to stdout; the modules' own warnings would only repeat them.
     setup_logging("ERROR")
+    if args.url:
+        from gsocket.doctor_url import Target, run_url_doctor
+
+        try:
+            target = Target(
+                args.url,
+                site=args.site,
+                resolve=args.resolve,
+                ca_bundle=args.ca_bundle,
+                sid=args.sid,
+                token=args.token,
+                timeout=args.timeout,
+            )
+        except ValueError as e:
+            print(f"gsocket doctor: {e}", file=sys.stderr)
+            return 2
+        return run_url_doctor(target, bench=args.bench)
+    if not args.bench:
+        print("gsocket doctor: give --bench PATH, --url URL, or both", file=sys.stderr)
+        return 2
+    from gsocket.doctor import run_doctor
+
     bench = os.path.abspath(args.bench)
     sites = os.path.join(bench, "sites")
     if os.path.isdir(sites):
@@ -215,8 +236,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
-    doctor = commands.add_parser("doctor", help="check a bench for everything gsocket needs")
-    doctor.add_argument("--bench", required=True, help="the bench folder")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check a bench for everything gsocket needs, or the path a browser takes to it",
+        description="With --bench: check the bench from the inside (configuration, Redis, web "
+        "process, handlers). With --url: walk the path a browser takes through the proxy "
+        "(gsocket reports what arrived at its end) and name the hop that changed what; with "
+        "both, the published-event check uses the bench's Redis.",
+    )
+    doctor.add_argument("--bench", help="the bench folder")
+    doctor.add_argument(
+        "--url", help="the site's URL as users open it, e.g. https://erp.example.com"
+    )
+    doctor.add_argument("--site", help="the site (namespace) expected; default: the URL's host")
+    doctor.add_argument("--sid", help="connect with this sid cookie instead of as Guest")
+    doctor.add_argument("--token", help="connect with Authorization: token API_KEY:API_SECRET")
+    doctor.add_argument(
+        "--resolve", metavar="ADDRESS", help="connect there instead of the URL host's address"
+    )
+    doctor.add_argument("--ca-bundle", help="trust this CA file for the URL's certificate")
+    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds per step (5)")
     doctor.set_defaults(func=cmd_doctor)
 
     setup = commands.add_parser("setup", help="run gsocket in place of the Node realtime process")
