@@ -206,3 +206,33 @@ server {
     fail = _lines(result, "FAIL")["redirect"]
     assert "answers 301" in fail and "https://site1.local/socket.io/gsocket-doctor" in fail
     assert "run the doctor with --url https://site1.local" in fail
+
+
+def test_an_untrusted_proxy_and_a_user_session(tmp_path, start_gsocket):
+    served = start_gsocket(conf={"gsocket": {"trusted_proxies": ["10.0.0.0/8"]}})
+    nginx = _nginx(tmp_path, served.port)
+    try:
+        result = _doctor(f"http://site1.local:{nginx.port}", "--sid", "sid-admin")
+    finally:
+        nginx.stop()
+    fail = _lines(result, "FAIL")
+    # The Origin is site1.local too, so the site still resolves right, from the Origin; the
+    # doctor says the header was ignored only when that changes the site.  Here it does not:
+    assert "site" not in fail, result.stdout
+    assert "ignored" in _lines(result, "OK")["site"]
+    assert "(sid cookie)" in _lines(result, "OK")["connect"]
+    assert result.returncode == 0, result.stdout
+
+
+def test_an_untrusted_proxy_naming_a_mapped_site(tmp_path, start_gsocket):
+    served = start_gsocket(conf={"gsocket": {"trusted_proxies": ["10.0.0.0/8"]}})
+    conf = BENCH_TEMPLATE.replace("server_name site1.local;", "server_name erp.example;")
+    nginx = _nginx(tmp_path, served.port, conf)
+    try:
+        result = _doctor(f"http://erp.example:{nginx.port}", "--site", SITE)
+    finally:
+        nginx.stop()
+    assert result.returncode == 1, result.stdout
+    fail = _lines(result, "FAIL")["site"]
+    assert "arrives from 127.0.0.1, which gsocket does not trust" in fail, fail
+    assert "gsocket.trusted_proxies" in fail
