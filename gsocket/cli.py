@@ -279,8 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
         "redis-server, install it (apt-get install redis-server, brew install redis) or pass "
         "--redis-url of a scratch Redis.",
     )
-    demo.add_argument("--web-port", type=int, default=8000, help="port of the page (8000)")
-    demo.add_argument("--socketio-port", type=int, default=9000, help="port of gsocket (9000)")
+    demo.add_argument(
+        "--web-port", type=int, help="port of the page (default 8000, or a free one if taken)"
+    )
+    demo.add_argument(
+        "--socketio-port", type=int, help="port of gsocket (default 9000, or a free one if taken)"
+    )
     demo.add_argument("--redis-url", help="use this running Redis instead of redis-server")
     demo.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     demo.set_defaults(func=cmd_demo)
