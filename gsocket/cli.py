@@ -59,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reuse_port=args.reuse_port,
         scale_out=args.scale_out,
     )
-    setup_logging(config.log_level, config.log_format)
+    setup_logging(config.log_level, config.log_format, split=True)
     tune_collector()
     if args.handover:
         from gsocket.handover import Master

@@ -48,8 +48,24 @@ class JsonLinesFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def setup_logging(level: str, log_format: str = "text") -> None:
+class _Below(logging.Filter):
+    """Passes records under a level: the stdout half of a split."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
+
+
+def setup_logging(level: str, log_format: str = "text", split: bool = False) -> None:
     """Send every log record once to stderr, at ``level`` for gsocket's own loggers.
+
+    With ``split`` (``gsocket serve``), records under WARNING go to stdout instead, as the
+    Node process wrote its ordinary output to stdout and its errors to stderr: supervisord
+    then keeps warnings and errors in ``logs/gsocket.error.log`` next to ``logs/gsocket.log``,
+    where bench operators look for them.
 
     Records leave out the thread: under gevent every greenlet is a thread to ``threading``,
     and naming it made each log line build a dummy thread object for its greenlet (kept for
@@ -60,12 +76,17 @@ def setup_logging(level: str, log_format: str = "text") -> None:
     """
     logging.logThreads = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonLinesFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    logging.basicConfig(handlers=[handler], force=True)
+    formatter = JsonLinesFormatter() if log_format == "json" else logging.Formatter(LOG_FORMAT)
+    errors = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [errors]
+    if split:
+        errors.setLevel(logging.WARNING)
+        ordinary = logging.StreamHandler(sys.stdout)
+        ordinary.addFilter(_Below(logging.WARNING))
+        handlers.append(ordinary)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    logging.basicConfig(handlers=handlers, force=True)
     logging.getLogger("gsocket").setLevel(level.upper())
     for name in LIBRARY_LOGGERS:
         library = logging.getLogger(name)
