@@ -205,7 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve a bench's realtime traffic")
-    serve.add_argument("--bench", required=True, help="the bench folder (holds sites/ and apps/)")
+    serve.add_argument(
+        "--bench",
+        default=os.environ.get("FRAPPE_BENCH_ROOT"),
+        required="FRAPPE_BENCH_ROOT" not in os.environ,
+        help="the bench folder (holds sites/ and apps/); default: $FRAPPE_BENCH_ROOT",
+    )
     serve.add_argument("--port", type=int, help="override socketio_port")
     serve.add_argument("--host", help="address to bind (default 0.0.0.0)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")

@@ -67,6 +67,8 @@ BENCH_OVERRIDES = (
     "FRAPPE_SOCKETIO_PORT",
     "FRAPPE_SOCKETIO_UDS",
     "FRAPPE_SITE",
+    "GSOCKET_HOST",
+    "GSOCKET_TRUSTED_PROXIES",
 )
 
 
@@ -191,13 +193,21 @@ class Child:
 
     :param name: how log lines name it.
     :param args: the command.
-    :param env: its environment (its output goes to the demo's terminal).
+    :param env: its environment.
+
+    Its output goes to the demo's stderr, with the demo's own log lines: the demo's stdout
+    holds only what it prints for the user (the URL, the ports), though ``gsocket serve``
+    writes its INFO lines to stdout.
     """
 
     def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         self.name = name
         self.proc = subprocess.Popen(
-            args, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            args,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr.fileno(),
+            preexec_fn=_die_with_parent,
         )
         self.expected_exit = False
 
