@@ -83,6 +83,10 @@ class GsocketProcess:
 
     module = "gsocket"
     """The module run with ``python -m``; a subclass may run a wrapper of the same CLI."""
+    python = sys.executable
+    """The interpreter; a real bench's subclass runs the bench's own, with gsocket installed."""
+    pythonpath = True
+    """Whether this checkout goes first on ``PYTHONPATH`` (not for an installed gsocket)."""
 
     @property
     def url(self) -> str:
@@ -92,9 +96,14 @@ class GsocketProcess:
     def start(self, wait: bool = True, timeout: float = 20.0) -> GsocketProcess:
         """Start the process; with ``wait``, return once ``/health`` answers 200."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        if self.pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
+            )
+        else:
+            env.pop("PYTHONPATH", None)
         cmd = [
-            sys.executable,
+            self.python,
             "-m",
             self.module,
             "serve",
