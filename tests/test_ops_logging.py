@@ -145,3 +145,19 @@ def test_a_bad_log_format_is_a_config_error(start_gsocket):
     proc = start_gsocket(conf={"gsocket": {"log_format": "xml"}}, wait=False)
     assert proc.proc.wait(timeout=20) == 2
     assert "gsocket.log_format must be one of text, json" in proc.log()
+
+
+def test_explain_names_the_credential_kind_never_its_value(tmp_path):
+    from gsocket.auth import Authenticator, Refused
+    from gsocket.config import Config
+
+    config = Config(bench_path=tmp_path, webserver_host="10.1.2.3", webserver_port=8000)
+    auth = Authenticator(config, web=None, installed_apps_of=lambda site: ("frappe",))
+    environ = {"HTTP_AUTHORIZATION": "token k3y:s3cret", "HTTP_HOST": "site1.local"}
+    line = auth.explain(Refused("unauthorized", "Unauthorized"), "/site1.local", environ)
+    assert line == (
+        "the web process at 'http://10.1.2.3:8000' does not accept this Authorization header"
+    )
+    environ = {"HTTP_COOKIE": "sid=abcdef; x=1", "HTTP_ORIGIN": "http://a.example" * 20}
+    line = auth.explain(Refused("invalid_origin", "Invalid origin"), "/a.example", environ)
+    assert "abcdef" not in line and "...(cut)" in line
