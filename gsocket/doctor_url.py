@@ -48,6 +48,7 @@ WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_RESPONSE = 1 << 20
 PROBE_EVENT = "gsocket_doctor_probe"
 
+HOST_FIX = 'in nginx\'s "location /socket.io": proxy_set_header Host $host;'
 UPGRADE_FIX = (
     'in nginx\'s "location /socket.io": proxy_http_version 1.1; '
     "proxy_set_header Upgrade $http_upgrade; "
@@ -438,33 +439,35 @@ class UrlDoctor:
     def check_headers(self, arrival: dict[str, Any]) -> Iterator[Verdict]:
         """Compare what arrived with what was sent: Host, Origin, the site, X-Forwarded-For."""
         got = arrival["headers"]
-        sent_host = self.target.host
-        host = hostname_of(got.get("Host"))
-        if host != sent_host:
+        host, origin = got.get("Host"), got.get("Origin")
+        host_changed = hostname_of(host) != self.target.host
+        if arrival["origin_matches_host"]:
+            if host_changed:
+                yield Verdict(
+                    "warn",
+                    "Host",
+                    f"the browser sent Host {self.target.netloc!r}, gsocket received {host!r} "
+                    f"(and a matching Origin): a hop rewrites both; {HOST_FIX} keeps the Host",
+                )
+            changed = "" if origin == self.target.origin else f" (sent: {self.target.origin!r})"
+            yield Verdict("ok", "Origin", f"arrives as {origin!r}{changed}, on the Host's host")
+        elif origin is not None and hostname_of(origin) == self.target.host and host_changed:
             yield Verdict(
-                "warn",
+                "fail",
                 "Host",
-                f"the browser sent Host {self.target.netloc!r}, gsocket received "
-                f"{got.get('Host')!r}: a hop rewrites Host (nginx: proxy_set_header Host "
-                "$host; keeps it)",
+                f"the browser sent Host {self.target.netloc!r}; a hop replaced it by {host!r}, "
+                f"which is not the Origin's host, so every connection is refused (\"Invalid "
+                f'origin"); fix {HOST_FIX}',
             )
-        origin = got.get("Origin")
-        if not arrival["origin_matches_host"]:
+        else:
             what = "dropped it" if origin is None else f"replaced it by {origin!r}"
             yield Verdict(
                 "fail",
                 "Origin",
                 f"the browser sent Origin {self.target.origin!r}; a hop {what}, whose host "
-                f"is not the Host {got.get('Host')!r}, so every connection is refused "
+                f"is not the Host {host!r}, so every connection is refused "
                 f'("Invalid origin"); fix {ORIGIN_FIX}',
             )
-        else:
-            changed = (
-                ""
-                if origin == self.target.origin
-                else f" (the browser sent {self.target.origin!r})"
-            )
-            yield Verdict("ok", "Origin", f"arrives as {origin!r}{changed}, on the Host's host")
         yield self._site_verdict(arrival)
         if not got.get("X-Forwarded-For"):
             yield Verdict(

@@ -236,3 +236,18 @@ def test_an_untrusted_proxy_naming_a_mapped_site(tmp_path, start_gsocket):
     fail = _lines(result, "FAIL")["site"]
     assert "arrives from 127.0.0.1, which gsocket does not trust" in fail, fail
     assert "gsocket.trusted_proxies" in fail
+
+
+def test_a_rewritten_host_is_named(tmp_path, served):
+    # Without "proxy_set_header Host $host;" nginx sends the upstream's name as Host.
+    conf = BENCH_TEMPLATE.replace("proxy_set_header Host $host;", "")
+    nginx = _nginx(tmp_path, served.port, conf)
+    try:
+        result = _doctor(f"http://site1.local:{nginx.port}")
+    finally:
+        nginx.stop()
+    assert result.returncode == 1, result.stdout
+    fail = _lines(result, "FAIL")
+    assert "a hop replaced it by 'bench-socketio-server'" in fail["Host"], result.stdout
+    assert "proxy_set_header Host $host;" in fail["Host"]
+    assert "Origin" not in fail
