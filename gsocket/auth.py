@@ -11,7 +11,6 @@ CONNECT_ERROR.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +21,6 @@ from werkzeug.http import parse_cookie
 from gsocket.config import Config
 from gsocket.sites import hostname_of, origin_matches_host, resolve_site, resolve_site_from
 from gsocket.webclient import Credential, Unauthorized, WebClient, WebUnavailable
-
-log = logging.getLogger("gsocket.auth")
 
 #: Characters of a header value quoted in a log line: enough to recognise it, and a client's
 #: 64 KiB header does not become a 64 KiB log line.
