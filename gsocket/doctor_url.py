@@ -193,11 +193,13 @@ def request(
     path: str,
     body: bytes = b"",
     upgrade: bool = False,
+    step: str = "reach",
 ) -> Answer:
     """Send one request with the browser's headers and read its answer.
 
     :param upgrade: ask for a websocket; a ``101`` answer keeps the connection open in
         :attr:`Answer.conn`.
+    :param step: the check a broken answer is reported under.
     """
     headers = target.browser_headers()
     key = ""
@@ -226,13 +228,13 @@ def request(
         if upgrade and status == 101:
             expected = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
             if answer_headers.get("sec-websocket-accept") != expected:
-                raise HttpFailure("websocket", "the 101 answer's Sec-WebSocket-Accept is wrong")
+                raise HttpFailure(step, "the 101 answer's Sec-WebSocket-Accept is wrong")
             handed_over = True
             return Answer(status, reason, answer_headers, b"", WebSocket(sock, reader))
         return Answer(status, reason, answer_headers, reader.body(answer_headers))
     except (OSError, ValueError) as e:
         raise HttpFailure(
-            "reach", f"{method} {path} got no complete HTTP answer from the proxy: {e}"
+            step, f"{method} {path} got no complete HTTP answer from the proxy: {e}"
         ) from None
     finally:
         if not handed_over:
@@ -516,7 +518,7 @@ class UrlDoctor:
 
     def check_upgrade(self) -> Verdict:
         """A websocket upgrade reaches gsocket, or the answer says which headers were lost."""
-        answer = request(self.target, "GET", DOCTOR_PATH, upgrade=True)
+        answer = request(self.target, "GET", DOCTOR_PATH, upgrade=True, step="websocket")
         if answer.conn is not None:
             try:
                 report = _json(answer.conn.receive().encode())
@@ -550,7 +552,7 @@ class UrlDoctor:
     def check_session(self) -> Iterator[Verdict]:
         """Handshake, namespace connect, upgrade of the session, a published event back."""
         base = "/socket.io/?EIO=4&transport=polling"
-        answer = request(self.target, "GET", f"{base}&t=doctor")
+        answer = request(self.target, "GET", f"{base}&t=doctor", step="handshake")
         packets = _packets(answer.body.decode(errors="replace")) if answer.status == 200 else []
         if not packets or not packets[0].startswith("0{"):
             yield Verdict(
@@ -564,7 +566,7 @@ class UrlDoctor:
         yield Verdict("ok", "handshake", "Engine.IO handshake over long-polling")
         session = f"{base}&sid={eio_sid}"
         namespace = f"/{self.site}"
-        posted = request(self.target, "POST", session, f"40{namespace},".encode())
+        posted = request(self.target, "POST", session, f"40{namespace},".encode(), step="connect")
         if posted.status != 200:
             yield Verdict("fail", "connect", f"POST of the CONNECT answered HTTP {posted.status}")
             return
@@ -596,19 +598,19 @@ class UrlDoctor:
     def _poll_until(self, session: str, *prefixes: str) -> str | None:
         deadline = time.monotonic() + self.target.timeout
         while time.monotonic() < deadline:
-            answer = request(self.target, "GET", session)
+            answer = request(self.target, "GET", session, step="connect")
             if answer.status != 200:
                 return None
             for packet in _packets(answer.body.decode(errors="replace")):
                 if packet == "2":
-                    request(self.target, "POST", session, b"3")
+                    request(self.target, "POST", session, b"3", step="connect")
                 elif packet.startswith(prefixes):
                     return packet
         return None
 
     def _upgrade_session(self, eio_sid: str) -> tuple[Verdict, WebSocket | None]:
         path = f"/socket.io/?EIO=4&transport=websocket&sid={eio_sid}"
-        answer = request(self.target, "GET", path, upgrade=True)
+        answer = request(self.target, "GET", path, upgrade=True, step="upgrade")
         conn = answer.conn
         if conn is None:
             return (
@@ -680,7 +682,7 @@ class UrlDoctor:
                 if conn is not None:
                     packets = [conn.receive()]
                 else:
-                    answer = request(self.target, "GET", session)
+                    answer = request(self.target, "GET", session, step="published event")
                     packets = _packets(answer.body.decode(errors="replace"))
             except (OSError, ValueError, HttpFailure):
                 return False
