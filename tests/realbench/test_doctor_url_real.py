@@ -71,3 +71,32 @@ def test_doctor_walks_bench_nginx_to_a_real_bench(
     assert f"OK    connect: /{SITE} accepts the connection (sid cookie)" in result.stdout
     assert "OK    published event: came back over the websocket" in result.stdout
     assert sid not in result.stdout and sid not in served.log()
+
+
+def test_doctor_names_the_node_process_still_on_the_port(
+    tmp_path: Path, real_bench: RealBench
+) -> None:
+    """The switch half done: nginx still reaches Frappe's own Node realtime server."""
+    node = real_bench.node_realtime().start()
+    try:
+        conf = (
+            TEMPLATE.replace("@WEB@", str(real_bench.ports["WEB_PORT"]))
+            .replace("@GSOCKET@", str(node.port))
+            .replace("@SITE@", SITE)
+        )
+        nginx = Nginx(tmp_path / "nginx", conf).start()
+        try:
+            result = subprocess.run(
+                [str(real_bench.python), "-m", "gsocket", "doctor",
+                 "--url", f"http://{SITE}:{nginx.port}", "--resolve", "127.0.0.1"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+            )  # fmt: skip
+        finally:
+            nginx.stop()
+    finally:
+        node.stop()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "a Socket.IO server answers that is not gsocket" in result.stdout, result.stdout
