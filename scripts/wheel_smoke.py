@@ -127,6 +127,15 @@ def main(venv: Path) -> None:
             doctor.returncode == 1 and "OK    redis" in doctor.stdout,
             "gsocket doctor runs (Redis OK, the missing web process FAILs)",
         )
+        url_doctor = subprocess.run(
+            [script, "doctor", "--url", base, "--site", SITE, "--bench", str(bench)],
+            capture_output=True,
+            text=True,
+        )
+        check(
+            url_doctor.returncode == 1 and "OK    reach:" in url_doctor.stdout,
+            "gsocket doctor --url reaches gsocket's report of what arrived",
+        )
         server.send_signal(signal.SIGTERM)
         check(server.wait(timeout=20) == 0, "gsocket serve exits 0 on SIGTERM")
         server = None
