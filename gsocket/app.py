@@ -19,6 +19,7 @@ import redis
 import socketio
 from gevent.pywsgi import WSGIServer
 
+from gsocket.arrival import DOCTOR_PATH, serve_arrival
 from gsocket.auth import Authenticator
 from gsocket.bridge import Bridge
 from gsocket.config import Config
@@ -88,7 +89,8 @@ class App:
         return 503, {"status": "unavailable", "reason": self.bridge.reason, **body}
 
     def wsgi(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        """The WSGI application: ``/health``, ``/metrics``, and Socket.IO under ``/socket.io/``."""
+        """The WSGI application: ``/health``, ``/metrics``, Socket.IO under ``/socket.io/``, and
+        what arrived for ``gsocket doctor --url`` (:mod:`gsocket.arrival`)."""
         path = environ.get("PATH_INFO", "")
         if path == "/health":
             status, body = self.health()
@@ -99,6 +101,8 @@ class App:
                 [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
             )
             return [payload]
+        if path == DOCTOR_PATH:
+            return serve_arrival(environ, start_response, self.config)
         if path == "/metrics":
             payload = self.metrics.render().encode()
             start_response(

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gsocket.logs import LOG_FORMATS
+
 log = logging.getLogger("gsocket.config")
 
 DEFAULT_REDIS_QUEUE = "redis://127.0.0.1:11000"
@@ -68,6 +70,7 @@ class Config:
         ``None`` means "only loopback", the safe default when nginx runs on the same machine.
     :param web_timeout: seconds for one call to the web process.
     :param log_level: logging level name.
+    :param log_format: ``text``, or ``json`` for one JSON object per line (log shippers).
     :param limits: per-client protective bounds.
     :param drain_timeout: seconds a stopping server grants to closing its clients and to the
         handlers still running; supervisord's ``stopwaitsecs`` must exceed it.
@@ -95,6 +98,7 @@ class Config:
     trusted_proxies: tuple[str, ...] | None = None
     web_timeout: float = 5.0
     log_level: str = "INFO"
+    log_format: str = "text"
     limits: Limits = field(default_factory=Limits)
     drain_timeout: float = 5.0
     reuse_port: bool = False
@@ -157,7 +161,10 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
     """Read a bench's realtime configuration.
 
     :param bench_path: the bench folder holding ``sites/common_site_config.json``.
-    :param env: environment to read ``FRAPPE_*`` overrides from (``os.environ`` by default).
+    :param env: environment to read overrides from (``os.environ`` by default): the Node
+        process's ``FRAPPE_*`` ones, and ``GSOCKET_HOST``, ``GSOCKET_TRUSTED_PROXIES``
+        (comma-separated), ``GSOCKET_LOG_LEVEL``, ``GSOCKET_LOG_FORMAT``, so that a container
+        (frappe_docker's ``websocket`` service) is configured by its environment alone.
     :raises ConfigError: when the file is missing, unreadable or holds a bad value.
     """
     env = os.environ if env is None else env
@@ -187,10 +194,15 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         if not seconds > 0:
             raise ConfigError(f"gsocket.{key} must be a positive number of seconds")
     proxies = ours.get("trusted_proxies")
+    if env.get("GSOCKET_TRUSTED_PROXIES") is not None:
+        proxies = [p.strip() for p in env["GSOCKET_TRUSTED_PROXIES"].split(",") if p.strip()]
     if proxies is not None and not (
         isinstance(proxies, list) and all(isinstance(p, str) for p in proxies)
     ):
         raise ConfigError("gsocket.trusted_proxies must be a list of addresses")
+    log_format = str(env.get("GSOCKET_LOG_FORMAT") or ours.get("log_format", "text")).lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"gsocket.log_format must be one of {', '.join(LOG_FORMATS)}")
     if drain_timeout < 0:
         raise ConfigError("gsocket.drain_timeout must not be negative")
     channel = str(ours.get("scale_out_channel", "gsocket"))
@@ -204,7 +216,7 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         bench_path=bench,
         port=port,
         uds=env.get("FRAPPE_SOCKETIO_UDS") or conf.get("socketio_uds") or None,
-        host=str(ours.get("host", "0.0.0.0")),
+        host=str(env.get("GSOCKET_HOST") or ours.get("host", "0.0.0.0")),
         redis_url=str(redis_url),
         default_site=env.get("FRAPPE_SITE") or conf.get("default_site") or None,
         webserver_port=webserver_port,
@@ -212,7 +224,8 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         developer_mode=_as_bool(conf.get("developer_mode", False)),
         trusted_proxies=tuple(proxies) if proxies is not None else None,
         web_timeout=web_timeout,
-        log_level=str(ours.get("log_level", "INFO")).upper(),
+        log_level=str(env.get("GSOCKET_LOG_LEVEL") or ours.get("log_level", "INFO")).upper(),
+        log_format=log_format,
         limits=_limits(ours.get("limits")),
         drain_timeout=drain_timeout,
         reuse_port=_as_bool(ours.get("reuse_port", False)),

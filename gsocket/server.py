@@ -144,11 +144,12 @@ class Server(socketio.Server):
             identity = self.authenticator.authenticate(namespace, environ)
         except Refused as refusal:
             self.metrics.refusals.inc(refusal.reason)
-            log.info(
-                "refused connection to %s from %s: %s (session %s)",
+            log.warning(
+                "refused connection to %s from %s: %s: %s (session %s)",
                 namespace,
                 peer,
                 refusal.reason,
+                self.authenticator.explain(refusal, namespace, environ),
                 eio_sid,
             )
             self._send_connect_error(eio_sid, namespace, refusal.message)
