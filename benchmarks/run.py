@@ -566,6 +566,12 @@ class Case:
         web_after = processes.webstub_counts(self.web_port)
         sub_use = self.usage(sub_before, sub_after)
         log.info("  desk mix: %d clients in all their rooms", ready["clients_ready"])
+        if ready["clients_ready"] < self.connected:
+            # measured anyway: what the missing joins cost shows up as lost deliveries
+            log.warning(
+                "  desk mix: %d clients never got into all their rooms",
+                self.connected - ready["clients_ready"],
+            )
         plan = schedule(mix, self.n, self.st.mix_seconds)
         rate = len(plan.kinds) / self.st.mix_seconds
         churn = mix.reconnect_pct / 100 * self.n
