@@ -113,3 +113,97 @@ def test_quick_benchmark_run_delivers_everything(tmp_path: Path) -> None:
         "## frappe_context concurrency",
     ):
         assert heading in report
+
+
+def _harness():
+    """benchmarks/harness as run.py imports it (benchmarks/ is a folder of scripts)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from harness import mix, report
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return mix, report
+
+
+def _case(server: str, us_per_event: float, lost: int = 0) -> dict:
+    clean = {"lost": lost, "duplicates": 0, "misrouted": 0}
+    return {
+        "server": server,
+        "n_requested": 1000,
+        "n": 1000,
+        "connect": {"failed": 0, "server_us_per_connect": 500.0},
+        "held": {"connected_at_end": 1000, "disconnects": {}},
+        "user_fixed": {**clean, "server_us_per_event": us_per_event},
+        "mix": {**clean, "reconnect_failed": 0, "server_cores": 0.2},
+    }
+
+
+def test_goals_are_judged_on_medians_against_the_faster_node() -> None:
+    """One outlying round moves neither server's figure, and the Node that did better on a
+    figure is the reference for it; one lost message in one round fails the clean goal."""
+    _, report = _harness()
+    cases = [
+        *(_case("node-v15", us) for us in (50.0, 60.0, 100.0)),
+        *(_case("node-develop", us) for us in (40.0, 45.0, 200.0)),
+        *(_case("node-imitation", us) for us in (1.0, 1.0, 1.0)),  # never the reference
+        _case("gsocket", 20.0),
+        _case("gsocket", 22.0, lost=1),
+        _case("gsocket", 90.0),
+    ]
+    goals = {g["goal"]: g for g in report.goals(cases)}
+    per_user = goals["cpu_per_user_event"]
+    assert (per_user["node"], per_user["node_median"], per_user["gsocket_median"]) == (
+        "node-develop",
+        45.0,
+        22.0,
+    )
+    assert per_user["ratio"] == pytest.approx(22 / 45) and per_user["ok"] is True
+    assert goals["mix_cpu"]["ratio"] == pytest.approx(1.0) and goals["mix_cpu"]["ok"] is False
+    assert goals["clean"]["ok"] is False
+    md = report.markdown(
+        {
+            "started": "t",
+            "command": "c",
+            "settings": {
+                "rate": 1,
+                "fixed_seconds": 1,
+                "flat_seconds": 1,
+                "window": 1,
+                "workers": 1,
+                "connect_concurrency": 1,
+            },
+            "machine": {
+                "cpus": 2,
+                "cpu_model": "x",
+                "memory_gib": 1.0,
+                "kernel": "k",
+                "node": "v20",
+                "python": "3",
+                "socket_io_client": "4",
+                "redis": "r",
+                "loadavg_start": [0, 0, 0],
+            },
+        },
+        cases,
+    )
+    # the scenario tables give the median and the spread of the rounds
+    assert "| node-develop | 1 000 | 3/3 | — | — | 45.0 (40.0–200.0) |" in md
+    assert "| 1 000 | CPU per event to a per-user room | node-develop | 45.0 | 22.0 | 0.49 |" in md
+
+
+def test_desk_mix_rates_and_schedule() -> None:
+    """The mix scales with the users, keeps its kinds' shares and walks every room in turn."""
+    mix, _ = _harness()
+    m = mix.Mix.parse("list_update=300,reconnect_pct=2")
+    assert (m.list_update, m.doc_update, m.reconnect_pct) == (300.0, 50.0, 2.0)
+    with pytest.raises(ValueError):
+        mix.Mix.parse("list_updates=1")
+    plan = mix.schedule(mix.Mix(), 2000, 2.0)
+    counts = {k: plan.kinds.count(k) for k in "ldug"}
+    assert counts == {"l": 800, "d": 200, "u": 400, "g": 80}
+    layout = mix.Mix().layout(2000)
+    assert (layout["doctypes"], layout["docs"]) == (200, 400)
+    lists = [x for k, x in zip(plan.kinds, plan.targets, strict=True) if k == "l"]
+    assert sorted(set(lists)) == list(range(200))
+    first = plan.target(plan.kinds.index("d"))
+    assert (first.room, first.event, first.x) == ("doc:Task/T0", "doc_update", 0)
