@@ -411,8 +411,8 @@ function subscribeMix(socket, g) {
  * that none reloads twice before the others did.
  */
 function startChurn(tr, rate) {
-	const churn = { rate, cursor: 0, due: 0, inflight: 0, done: 0, failed: 0, errors: {}, hist: hist.create() };
-	churn.idle = null;
+	// idle: called when the last reconnect in flight settles, once churn_stop waits for it
+	const churn = { cursor: 0, due: 0, inflight: 0, done: 0, failed: 0, errors: {}, hist: hist.create(), idle: null };
 	let last = hist.nowUs();
 	const settle = () => {
 		churn.inflight -= 1;
