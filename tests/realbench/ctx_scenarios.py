@@ -316,7 +316,35 @@ def many(a: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-SCENARIOS = {"isolation": isolation, "rollback": rollback, "paths": paths, "many": many}
+def installed_apps(a: dict[str, Any]) -> dict[str, Any]:
+    """Each site's installed apps as gsocket learns them on v15: from the site's database,
+    one lookup shared by concurrent callers, cached per site."""
+    import gevent
+
+    from gsocket.frappe_ctx import FrappeContext
+
+    ctx = FrappeContext(".")
+    answers: dict[str, Any] = {}
+    for site in a["sites"]:
+        before = CALLS["init"]
+        callers = [gevent.spawn(ctx.installed_apps, site) for _ in range(5)]
+        gevent.joinall(callers, timeout=60)
+        answers[site] = {
+            "apps": [g.value for g in callers],
+            "lookups": CALLS["init"] - before,
+        }
+    before = CALLS["init"]
+    ctx.installed_apps(a["sites"][0])
+    return {"sites": answers, "cached_lookups": CALLS["init"] - before}
+
+
+SCENARIOS = {
+    "isolation": isolation,
+    "rollback": rollback,
+    "paths": paths,
+    "many": many,
+    "installed_apps": installed_apps,
+}
 
 
 def main() -> None:

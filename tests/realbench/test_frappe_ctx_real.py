@@ -176,6 +176,17 @@ def rtscope_gsocket(ctx_bench: RealBench) -> Iterator[GsocketProcess]:
     proc.kill()
 
 
+def test_installed_apps_are_read_from_each_site_once_and_cached(
+    ctx_bench: RealBench, rtscope_gsocket: GsocketProcess
+) -> None:
+    """What gsocket does for v15 sites (their get_user_info does not say), on both versions."""
+    r = scenario(ctx_bench, "installed_apps", {"sites": [SITE, SITE2]})
+    here, there = r["sites"][SITE], r["sites"][SITE2]
+    assert here["apps"] == [["frappe", "rtscope"]] * 5 and here["lookups"] == 1
+    assert there["apps"] == [["frappe"]] * 5 and there["lookups"] == 1
+    assert r["cached_lookups"] == 0
+
+
 def connect(bench: RealBench, proc: GsocketProcess, site: str, user: str) -> PyClient:
     sid = bench.login(user, site=site)
     return PyClient().connect(proc.url, f"/{site}", bench.desk_headers(site, sid))
@@ -204,6 +215,14 @@ def test_app_handlers_run_only_on_the_site_the_app_is_installed_on(
     finally:
         here.disconnect()
         there.disconnect()
+    # Where gsocket learnt it: develop's get_user_info names the site's apps; v15's does not,
+    # so there the list came from the site's database (the test above).
+    for site, expected in ((SITE, True), (SITE2, False)):
+        info = ctx_bench.web("GET", "/api/method/frappe.realtime.get_user_info", site).json()
+        if ctx_bench.version == "v15":
+            assert "installed_apps" not in info["message"]
+        else:
+            assert ("rtscope" in info["message"]["installed_apps"]) is expected
 
 
 def test_orm_writes_commit_and_a_raising_handler_rolls_back(
