@@ -57,7 +57,7 @@ REDIS_MISSING = (
     "(Debian/Ubuntu: sudo apt-get install redis-server; Fedora: sudo dnf install redis; "
     "macOS: brew install redis), or run one yourself (for example "
     "docker run --rm -p 6379:6379 redis:7) and pass --redis-url redis://127.0.0.1:6379. "
-    "The demo only publishes on the channel 'events' and sets the key socketio_auth_secret: "
+    "The demo only publishes on the channel 'events' (and reads the key socketio_auth_secret): "
     "do not point it at a production bench's Redis."
 )
 
