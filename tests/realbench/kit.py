@@ -209,7 +209,9 @@ class PyConn:
             self.client.connect(url, f"/{site}", headers, timeout=30)
         except socketio.exceptions.ConnectionError:
             found = self.client.events("connect_error")
-            return found[0][0]["message"] if found and found[0] else "(no message)"
+            data = found[0][0] if found and found[0] else None
+            # a refusal carries {"message": ...}; a failure below Socket.IO, a plain string
+            return data["message"] if isinstance(data, dict) else f"(not refused: {data})"
         return None
 
     def emit(self, event: str, *args: Any) -> None:

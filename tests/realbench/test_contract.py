@@ -128,7 +128,9 @@ def test_saves_reach_doctype_and_doc_rooms(
 def test_denied_subscriptions_do_not_join(
     lane: Lane, real_gsocket: GsocketProcess, conns: Conns
 ) -> None:
-    """A 403 from the real web process (doctype and document) leaves the socket out."""
+    """A 403 from the real web process (doctype and document) leaves the socket out, and a
+    document that does not exist (develop answers 404) is a no for that one check only: the
+    next check of the site still asks ``has_permission``."""
     start = lane.taps[SITE].mark()
     plain = connected(conns, real_gsocket, lane.user_headers(lane.plain))
     plain.emit("doctype_subscribe", "Role")
@@ -136,9 +138,13 @@ def test_denied_subscriptions_do_not_join(
     plain.emit("doc_open", "ToDo", lane.todo)
     answers = permission_calls(lane, lane.plain, start, 3)
     assert [c.status for c in answers] == [403, 403, 403], answers
+    plain.emit("doc_subscribe", "ToDo", "no-such-todo")
+    missing = permission_calls(lane, lane.plain, start, 4)[-1]
+    assert missing.status == 404, missing
     plain.emit("doctype_subscribe", "ToDo")  # allowed: the control
     lane.publisher.wait_in_room(SITE, "doctype:ToDo", plain)
-    for room in ("doctype:Role", f"doc:ToDo/{lane.todo}", f"open_doc:ToDo/{lane.todo}"):
+    rooms = ("doctype:Role", f"doc:ToDo/{lane.todo}", f"open_doc:ToDo/{lane.todo}")
+    for room in (*rooms, "doc:ToDo/no-such-todo"):
         lane.publisher.publish(SITE, room, "leak", {"room": room})
     lane.publisher.settle(SITE, (plain, lane.plain))
     assert "leak" not in names(plain)

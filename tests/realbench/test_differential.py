@@ -15,6 +15,8 @@ difference is asserted explicitly:
   of a Guest (the contract);
 - Node's ``doc_close`` forgets every form the socket had open (its filter returns nothing), so
   on disconnect the viewers of the other forms are not told; gsocket tells them;
+- an empty ``message`` from ``get_user_info``: v15's Node connects a socket of user
+  ``undefined`` and develop's Node process dies of it; gsocket refuses it;
 - a web process that never answers: Node waits for ever (no timeout), gsocket refuses or
   denies after its ``web_timeout``; both end in "not connected" / "not joined".
 """
@@ -132,6 +134,7 @@ def test_refusals_match_node(sides: dict[str, Side], lane: Lane, conns: Callable
             (SITE, side.headers(None, Cookie="theme=dark")),
             (SITE, side.headers(None, Cookie="theme=dark", Authorization="token no:no")),
             (SITE, side.headers(None, Authorization=lane.token)),
+            (SITE, side.headers(None, Cookie="sid=no-such-session")),  # Frappe: Guest
         ]
         return [conns().connect(side.url, site, headers) for site, headers in cases]
 
@@ -149,6 +152,7 @@ def test_refusals_match_node(sides: dict[str, Side], lane: Lane, conns: Callable
     assert node[4] is not None and node[4].startswith("Unauthorized: ")
     assert ours[4] is not None and ours[4].startswith("Unauthorized: ")
     assert (node[5], ours[5]) == ("No cookie transmitted.", None)  # token clients: documented
+    assert node[6] is ours[6] is None
 
 
 def test_same_script_same_events(
@@ -168,6 +172,7 @@ def test_same_script_same_events(
     marks = {s: sides[s].tap.mark() for s in SERVERS}
     desk.emit("doctype_subscribe", "ToDo")
     desk.emit("doc_subscribe", "ToDo", lane.todo)
+    desk.emit("doc_subscribe", "ToDo", "")  # v15's Node asks nothing; develop's asks name=""
     desk.emit("task_subscribe", "diff-1")
     desk.emit("progress_subscribe", "diff-2")
     plain.emit("doctype_subscribe", "Role")
@@ -183,6 +188,9 @@ def test_same_script_same_events(
     ):
         publisher.wait_in_room(SITE, room, *(p.on[s] for p in pairs for s in SERVERS))
     publisher.wait_in_room(SITE, "task_progress:diff-guest", guest.on["node"])
+    develop = lane.bench.version == "develop"
+    if develop:
+        publisher.wait_in_room(SITE, "doc:ToDo/", *desk.on.values())
     for s in SERVERS:  # plain's two denials have been answered on both sides
         assert [c.status for c in denials(sides[s].tap, lane.sids[lane.plain], marks[s])] == [
             403,
@@ -194,6 +202,7 @@ def test_same_script_same_events(
         f"""
 frappe.publish_realtime("ev_user", {{"n": 1}}, user={lane.desk!r})
 frappe.publish_realtime("ev_doc", {{"n": 2}}, doctype="ToDo", docname={lane.todo!r})
+frappe.publish_realtime("ev_empty_doc", {{"n": 0}}, room="doc:ToDo/")
 frappe.publish_realtime("ev_website", {{"n": 3}}, room="website")
 frappe.publish_realtime("ev_all", {{"n": 4}})
 frappe.publish_realtime("ev_role", {{"n": 5}}, room="doctype:Role")
@@ -243,6 +252,7 @@ frappe.publish_realtime("ev_after_commit", {{"n": 6}}, user={lane.desk!r}, after
     assert [n for n, _ in desk.transcript("gsocket")] == [
         "ev_user",
         "ev_doc",
+        *(["ev_empty_doc"] if develop else []),
         "ev_website",
         "ev_all",
         "progress",
@@ -327,3 +337,27 @@ def test_web_faults_end_in_node_decisions(sides: dict[str, Side], lane: Lane) ->
                 name,
                 answers,
             )
+
+
+def test_empty_user_info_is_refused_where_node_takes_it(
+    real_bench: RealBench, lane: Lane, real_gsocket: GsocketProcess, taps: dict[str, WebTap]
+) -> None:
+    """``{"message": {}}`` from ``get_user_info``: v15's Node connects a socket of user
+    ``undefined``, develop's Node dies of it (``installed_apps`` undefined); gsocket refuses.
+    A Node server of its own, so the others of the session live on."""
+    node = real_bench.node_realtime().start()
+    try:
+        empty = Fault(200, '{"message": {}}', "application/json")
+        answers = {}
+        for name, url in (("node", node.url), ("gsocket", real_gsocket.url)):
+            side = Side(name, url, taps[name], lane)
+            side.tap.faults["get_user_info"] = empty
+            conn = PyConn()
+            answers[name] = conn.connect(url, SITE, side.headers(lane.desk))
+            if answers[name] is None and real_bench.version == "develop":
+                assert node.proc is not None and node.proc.wait(10) != 0
+            conn.close()
+        assert answers["node"] is None
+        assert (answers["gsocket"] or "").startswith("Unauthorized: ")
+    finally:
+        node.stop()
