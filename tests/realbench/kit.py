@@ -144,18 +144,27 @@ class WebTap:
         with self._cond:
             return len(self.calls)
 
-    def wait_calls(
-        self, method: str, count: int = 1, start: int = 0, timeout: float = 20.0
+    def wait_matching(
+        self, predicate: Callable[[Call], bool], count: int = 1, start: int = 0
     ) -> list[Call]:
-        """Wait until ``count`` calls of ``method`` were answered since index ``start``."""
+        """Wait until ``count`` answered calls since index ``start`` match ``predicate``."""
 
         def found() -> list[Call]:
-            return [c for c in self.calls[start:] if c.method == method]
+            return [c for c in self.calls[start:] if predicate(c)]
 
         with self._cond:
-            if not self._cond.wait_for(lambda: len(found()) >= count, timeout=timeout):
-                raise AssertionError(f"{count} {method} call(s) not made; calls: {self.calls}")
+            if not self._cond.wait_for(lambda: len(found()) >= count, timeout=20.0):
+                raise AssertionError(f"{count} call(s) not made; calls: {self.calls[start:]}")
             return found()
+
+    def wait_calls(self, method: str, count: int = 1, start: int = 0) -> list[Call]:
+        """Wait until ``count`` calls of ``method`` were answered since index ``start``."""
+        return self.wait_matching(lambda c: c.method == method, count, start)
+
+
+def made_for(call: Call, sid: str) -> bool:
+    """Whether ``call`` carried ``sid`` (as a cookie, or as v15's Node does, in the query)."""
+    return sid in f"{call.cookie} {call.args.get('sid')}"
 
 
 class Conn(Protocol):

@@ -30,7 +30,16 @@ from typing import Any
 import pytest
 
 from tests.realbench.conftest import Lane
-from tests.realbench.kit import Call, Conn, Fault, PyConn, WebTap, names, wait_received
+from tests.realbench.kit import (
+    Call,
+    Conn,
+    Fault,
+    PyConn,
+    WebTap,
+    made_for,
+    names,
+    wait_received,
+)
 from tests.support.bench import GsocketProcess
 from tests.support.realbench import SITE, NodeRealtime, RealBench
 
@@ -105,19 +114,10 @@ class Pair:
 
 def denials(tap: WebTap, sid: str, start: int, count: int = 2) -> list[Call]:
     """Wait for ``count`` permission answers (not "no such method") to ``sid``'s socket."""
-
-    def found() -> list[Call]:
-        return [
-            c
-            for c in tap.calls[start:]
-            if c.method in ("has_permission", "can_subscribe_doc", "can_subscribe_doctype")
-            and c.status != 417
-            and sid in f"{c.cookie} {c.args.get('sid')}"
-        ]
-
-    with tap._cond:
-        assert tap._cond.wait_for(lambda: len(found()) >= count, timeout=20), tap.calls[start:]
-        return found()
+    methods = ("has_permission", "can_subscribe_doc", "can_subscribe_doctype")
+    return tap.wait_matching(
+        lambda c: c.method in methods and c.status != 417 and made_for(c, sid), count, start
+    )
 
 
 def permission_method(lane: Lane) -> str:
@@ -280,6 +280,7 @@ FAULTS = {
     "html_502": Fault(502, "<html><body><h1>502 Bad Gateway</h1></body></html>"),
     "json_500": Fault(500, '{"exc_type": "Exception", "exception": "boom"}', "application/json"),
     "json_403": Fault(403, '{"exc_type": "PermissionError"}', "application/json"),
+    "json_417": Fault(417, '{"exc_type": "ValidationError"}', "application/json"),
     "html_200": Fault(200, "<html><body>Login</body></html>"),
     "hang": Fault(None, hang=6.0),
 }
