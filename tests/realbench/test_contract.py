@@ -9,6 +9,7 @@ channel and one socket keep their order.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -114,6 +115,41 @@ def test_saves_reach_doctype_and_doc_rooms(
 
     doc_ref = {"doctype": "ToDo", "name": doc["name"], "user": "Administrator"}
     wait_received(desk, "list_update", lambda a: updates() == 2)
+
+    desk.emit("doc_unsubscribe", "ToDo", doc["name"])
+    desk.emit("doctype_unsubscribe", "ToDo")
+    desk.emit("task_subscribe", "after-unsubscribe")  # handled after both: no web call
+    lane.publisher.wait_in_room(SITE, "task_progress:after-unsubscribe", desk)
+    before = len(desk.received())
+    rest(lane, "PUT", f"/api/resource/ToDo/{doc['name']}", json={"description": "unheard"})
+    lane.publisher.settle(SITE, (desk, lane.desk))  # published after the save's events
+    assert names(desk)[before:] == [], desk.received()[before:]
+
+
+def test_open_in_editor_only_in_developer_mode(
+    lane: Lane,
+    real_gsocket: GsocketProcess,
+    bench_gsocket: Callable[..., GsocketProcess],
+    conns: Conns,
+) -> None:
+    """``open_in_editor`` reaches the bench's Redis channel in developer mode only (Node's
+    server forwards it always)."""
+    listener = lane.publisher.redis.pubsub()
+    listener.subscribe("open_in_editor")
+    assert listener.get_message(timeout=5)["type"] == "subscribe"
+    with lane.bench.common_site_config_changed(developer_mode=1):
+        developer = bench_gsocket()
+    for server, expected in ((real_gsocket, None), (developer, {"file": "x.js", "line": 3})):
+        conn = connected(conns, server, lane.user_headers(lane.desk))
+        conn.emit("open_in_editor", {"file": "x.js", "line": 3})
+        conn.emit("ping")  # handled after it
+        wait_received(conn, "pong")
+        lane.publisher.redis.publish("open_in_editor", json.dumps(None))  # the end marker
+        message = listener.get_message(timeout=10)
+        while message is not None and message["type"] != "message":
+            message = listener.get_message(timeout=10)
+        assert message is not None and json.loads(message["data"]) == expected
+    listener.close()
 
 
 def test_denied_subscriptions_do_not_join(
