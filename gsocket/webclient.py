@@ -244,15 +244,17 @@ class WebClient:
     def _lacks_has_permission(response: requests.Response | httpclient.Response) -> bool:
         """Whether the web process answered that it has no ``frappe.realtime.has_permission``.
 
-        v14/v15 answer 417 "... has no attribute 'has_permission'".  A 404 is only that when
-        it is not Frappe's DoesNotExistError: develop answers 404 for a document or doctype
-        that does not exist (a deleted document's form), and taking that for a missing method
-        would send every later check of the site to endpoints develop does not have.
+        v14/v15 answer 417 "... has no attribute 'has_permission'" (the attribute is named:
+        an app's permission hook failing with some other AttributeError is not that).  A 404
+        is only that when it is not Frappe's DoesNotExistError: develop answers 404 for a
+        document or doctype that does not exist (a deleted document's form), and taking that
+        for a missing method would send every later check of the site to endpoints develop
+        does not have.
         """
         if response.status_code < 400:
             return False
         text = response.text
-        if "has no attribute" in text:
+        if "has no attribute 'has_permission'" in text:
             return True
         return response.status_code == 404 and "DoesNotExistError" not in text
 
