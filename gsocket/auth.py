@@ -83,6 +83,19 @@ def credential_from(environ: Mapping[str, Any]) -> Credential | None:
     return None
 
 
+def no_credentials_message(environ: Mapping[str, Any]) -> str:
+    """The Node server's words for a client that presented no credential.
+
+    Node refuses every handshake without a ``Cookie`` header with ``No cookie transmitted.``,
+    even one that carries an ``Authorization`` header; gsocket accepts those token clients
+    (the user documentation promises them), so it says Node's words only when neither is
+    there, and Node's other words for a ``Cookie`` header without ``sid``.
+    """
+    if not environ.get("HTTP_COOKIE"):
+        return "No cookie transmitted."
+    return "No authentication method used. Use cookie or authorization header."
+
+
 class Authenticator:
     """Runs the connection checks for one server.
 
@@ -125,15 +138,12 @@ class Authenticator:
             raise Refused("invalid_origin", "Invalid origin")
         credential = credential_from(environ)
         if credential is None:
-            raise Refused(
-                "no_credentials",
-                "No authentication method used. Use cookie or authorization header.",
-            )
+            raise Refused("no_credentials", no_credentials_message(environ))
         web_url = self.web_url(environ)
         try:
             info = self.web.get_user_info(web_url, site, credential)
-        except Unauthorized:
-            raise Refused("unauthorized", "Unauthorized") from None
+        except Unauthorized as e:
+            raise Refused("unauthorized", f"Unauthorized: {e}") from None
         except WebUnavailable:
             raise Refused(
                 "web_unavailable", "Unauthorized: the web process is unavailable"

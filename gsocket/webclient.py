@@ -198,25 +198,31 @@ class WebClient:
     ) -> bool:
         """Ask whether ``credential`` may read a document (``name``) or a whole doctype.
 
-        Newer Frappe answers ``frappe.realtime.has_permission``; v14/v15 only have
-        ``can_subscribe_doc``/``can_subscribe_doctype``.  The first 404/417 from the new
-        endpoint switches that web process to the old ones for good.  Anything but a clear
-        yes — an error, a timeout, garbage — is a no.
+        The decisions are those of the Node server of the Frappe version that answers:
+
+        - newer Frappe (develop, v16) has ``frappe.realtime.has_permission(doctype, name)``
+          with ``name`` required; its Node server sends ``name=""`` for a whole doctype
+          (Frappe then checks the doctype), and allows exactly when the JSON answer's
+          ``message`` is truthy.  A 403, a 500, an HTML page or a timeout is a no.
+        - v14/v15 only have ``can_subscribe_doc(doctype, docname)`` and
+          ``can_subscribe_doctype(doctype)``; their Node server allows on HTTP 200 and on
+          nothing else, and asks nothing (a no) when the doctype or the docname is empty.
+
+        The first answer saying that the new endpoint does not exist switches that web process
+        to the old ones for good.
         """
         key = f"{base_url}|{site}"
         try:
             if key not in self._legacy_permission:
-                params = {"doctype": doctype}
-                if name is not None:
-                    params["name"] = name
+                params = {"doctype": doctype, "name": name or ""}
                 response = self._get(HAS_PERMISSION, base_url, site, credential, params)
-                if response.status_code in (404, 417) or (
-                    response.status_code >= 400 and "has no attribute" in response.text
-                ):
+                if self._lacks_has_permission(response):
                     log.info("web process of %s has no has_permission; using can_subscribe_*", site)
                     self._legacy_permission.add(key)
                 else:
-                    return response.status_code == 200 and bool(self._message(response))
+                    return self._allowed(response)
+            if not doctype or (name is not None and not name):
+                return False
             if name is None:
                 response = self._get(
                     CAN_SUBSCRIBE_DOCTYPE, base_url, site, credential, {"doctype": doctype}
@@ -233,3 +239,36 @@ class WebClient:
         except WebUnavailable as e:
             log.warning("permission check for %s on %s failed: %s", doctype, site, e)
             return False
+
+    @staticmethod
+    def _lacks_has_permission(response: requests.Response | httpclient.Response) -> bool:
+        """Whether the web process answered that it has no ``frappe.realtime.has_permission``.
+
+        v14/v15 answer 417 "... has no attribute 'has_permission'" (the attribute is named:
+        an app's permission hook failing with some other AttributeError is not that).  A 404
+        is only that when it is not Frappe's DoesNotExistError: develop answers 404 for a
+        document or doctype that does not exist (a deleted document's form), and taking that
+        for a missing method would send every later check of the site to endpoints develop
+        does not have.
+        """
+        if response.status_code < 400:
+            return False
+        text = response.text
+        if "has no attribute 'has_permission'" in text:
+            return True
+        return response.status_code == 404 and "DoesNotExistError" not in text
+
+    @staticmethod
+    def _allowed(response: requests.Response | httpclient.Response) -> bool:
+        """A ``has_permission`` answer is a yes when its JSON ``message`` is truthy.
+
+        Only a 200 carries ``message`` from Frappe (its error answers never do), and an answer
+        that is not JSON (a proxy's HTML error page) is a no, as it is for the Node server.
+        """
+        if response.status_code != 200:
+            return False
+        try:
+            body = response.json()
+        except ValueError:
+            return False
+        return isinstance(body, dict) and bool(body.get("message"))
