@@ -7,6 +7,12 @@ Frappe v16 (``has_permission``, socket secret, ``installed_apps``) or v15
 (``can_subscribe_*``, no secret, no ``installed_apps``), and can misbehave on purpose
 (down, slow, garbage) to test gsocket's error paths.
 
+Like Frappe, it believes a ``sid`` cookie before an ``Authorization`` header (a token is only
+looked at when the cookie gives no session) and sets ``sid`` on every answer: the session it
+served, a new one for a token, ``Guest`` otherwise.  A client that keeps cookies between calls
+made for different users would so carry one user's session into another's call; the tests
+of gsocket's calls rely on that to catch it.
+
 It runs in a thread of the test process (which is not gevent-patched) on a threaded WSGI
 server, so one slow request never holds up the others.
 """
@@ -81,6 +87,7 @@ class WebStub:
         # does not exist on the installed version; some deployments turn that into 404.
         self.missing_method_status: int = 404
         self.calls: list[dict[str, Any]] = []
+        self._minted = 0
         self._calls_cond = threading.Condition()
         self._stopping = threading.Event()
         self._server: BaseWSGIServer | None = None
@@ -183,6 +190,8 @@ class WebStub:
     def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = Request(environ)
         response = self._respond(request)
+        if request.path.startswith(METHOD_PREFIX):
+            response.set_cookie("sid", self._session(request)[1], path="/", httponly=True)
         return response(environ, start_response)
 
     def _record(self, request: Request) -> dict[str, Any]:
@@ -253,18 +262,34 @@ class WebStub:
         exc_type = "DoesNotExistError" if status == 404 else "ValidationError"
         return _frappe_error(exc_type, text, status)
 
-    def _user(self, request: Request) -> str:
-        """Resolve the caller like Frappe: Authorization, else sid cookie, else sid arg.
+    def _session(self, request: Request) -> tuple[str, str]:
+        """Resolve the caller like Frappe: ``(user, sid)``.
 
-        An unknown credential is not an error in Frappe: the session falls back to Guest.
+        The session of the ``sid`` cookie (or ``sid`` argument) first; only when that gives
+        Guest, the ``Authorization`` token, which opens a session of its own.  An unknown
+        credential is not an error in Frappe: the session falls back to Guest.  Resolved
+        once per request (the answer's cookie names the same session).
         """
-        auth = request.headers.get("Authorization")
-        if auth:
-            return self.tokens.get(auth, GUEST)
+        known = request.environ.get("webstub.session")
+        if known is None:
+            known = request.environ["webstub.session"] = self._resolve(request)
+        return known
+
+    def _resolve(self, request: Request) -> tuple[str, str]:
         sid = _sid_cookie(request.headers.get("Cookie")) or request.args.get("sid")
-        if not sid or sid == GUEST:
-            return GUEST
-        return self.sessions.get(sid, GUEST)
+        if sid and sid != GUEST and sid in self.sessions:
+            return self.sessions[sid], sid
+        user = self.tokens.get(request.headers.get("Authorization") or "", GUEST)
+        if user == GUEST:
+            return GUEST, GUEST
+        with self._calls_cond:
+            self._minted += 1
+            sid = f"sid-token-{self._minted}"
+            self.sessions[sid] = user
+        return user, sid
+
+    def _user(self, request: Request) -> str:
+        return self._session(request)[0]
 
     def _user_type(self, user: str) -> str:
         if user == GUEST:
