@@ -25,7 +25,8 @@ import pytest
 import socketio
 
 from gsocket import httpclient
-from gsocket.config import ConfigError
+from gsocket.auth import Authenticator, Refused
+from gsocket.config import ConfigError, load_config
 from gsocket.metrics import Metrics
 from gsocket.secret import SocketSecret
 from gsocket.webclient import WebClient
@@ -275,3 +276,123 @@ def test_with_nothing_configured_the_system_store_is_what_is_trusted():
     assert context.cert_store_stats() == system.cert_store_stats()
     with pytest.raises(ConfigError, match="CA certificates for https cannot be loaded"):
         WebClient(SocketSecret(None), Metrics(), ca_file="/nonexistent/ca.pem")  # type: ignore[arg-type]
+
+
+_REDIRECTS = """
+  server {
+    listen @LISTEN@;
+    ssl_certificate @CERT@;
+    ssl_certificate_key @KEY@;
+    default_type application/json;
+    location = /x { return 200 '{"message": "$http_cookie|$http_authorization"}'; }
+    location = /temporary { return 302 /x; }
+    location = /down { return 301 http://127.0.0.1:@PORT@/x; }
+    location = /away { return 302 https://localhost:@PORT@/x; }
+    location = /loop { return 307 /loop; }
+  }
+"""
+
+
+@pytest.fixture
+def redirecting(tmp_path: Path) -> Iterator[tuple[Nginx, httpclient.Pool]]:
+    """A TLS nginx answering with redirects of every kind, and a pool that trusts it."""
+    with Nginx(tmp_path / "redirecting", _REDIRECTS, tls=True) as nginx:
+        assert nginx.cert is not None
+        pool = httpclient.Pool(5, tls=httpclient.tls_context(str(nginx.cert), env={}))
+        yield nginx, pool
+        pool.close()
+
+
+def test_redirects_carry_the_callers_headers_and_only_those(redirecting):
+    nginx, pool = redirecting
+    for headers, seen in (
+        ({"Cookie": "sid=a"}, "sid=a|"),
+        ({"Authorization": "token k:s"}, "|token k:s"),
+        ({"Cookie": "sid=b"}, "sid=b|"),
+    ):
+        answer = pool.get(nginx.url + "/temporary", None, headers)
+        assert (answer.status_code, answer.json()) == (200, {"message": seen})
+    # a temporary redirect is followed every time, never remembered
+    assert nginx.access_log.read_text().count("GET /temporary ") == 3
+
+
+@pytest.mark.parametrize(
+    ("path", "refusal"),
+    [
+        ("/down", "from https to http refused"),
+        ("/away", r"to another host \(localhost\) refused"),
+        ("/loop", "more than 5 redirects"),
+    ],
+)
+def test_redirects_that_would_leak_a_credential_are_refused(redirecting, path, refusal):
+    nginx, pool = redirecting
+    with pytest.raises(httpclient.HTTPFailure, match=refusal):
+        pool.get(nginx.url + path, None, {"Cookie": "sid=a"})
+    assert "GET /x " not in nginx.access_log.read_text()
+
+
+def test_header_values_cannot_add_lines(redirecting):
+    nginx, pool = redirecting
+    with pytest.raises(httpclient.HTTPFailure, match="line break"):
+        pool.get(nginx.url + "/x", None, {"Cookie": "sid=a\r\nAuthorization: token x:y"})
+
+
+@pytest.mark.parametrize(
+    ("setting", "url"),
+    [
+        ("erp.example.com", "http://erp.example.com:8123"),
+        ("10.0.0.2:8001", "http://10.0.0.2:8001"),
+        ("[::1]", "http://[::1]:8123"),
+        ("[::1]:8001", "http://[::1]:8001"),
+        ("https://erp.example.com", "https://erp.example.com"),
+        ("https://erp.example.com/", "https://erp.example.com"),
+        ("http://erp.example.com:8001", "http://erp.example.com:8001"),
+        ("https://app.frappe.cloud", "https://app.frappe.cloud"),
+    ],
+)
+def test_webserver_host_as_host_host_port_or_url(tmp_path, setting, url):
+    conf = {"webserver_host": setting, "webserver_port": 8123}
+    config = load_config(make_bench(tmp_path, conf))
+    assert config.web_url == url
+    auth = Authenticator(config, None, lambda site: ())  # type: ignore[arg-type]
+    assert auth.web_url({"HTTP_ORIGIN": "https://desk.example"}) == url
+
+
+@pytest.mark.parametrize(
+    "setting", ["ftp://erp.example.com", "https://", "erp.example.com/path", "::1", "https://u:p@x"]
+)
+def test_a_webserver_host_that_is_none_of_those_stops_the_start(tmp_path, setting):
+    with pytest.raises(ConfigError, match="must be a host, host:port or a URL"):
+        load_config(make_bench(tmp_path, {"webserver_host": setting}))
+
+
+@pytest.mark.parametrize(
+    ("origin", "developer_mode", "url"),
+    [
+        ("https://site1.example", False, "https://site1.example"),
+        ("http://site1.example:8080", False, "http://site1.example:8080"),
+        ("http://site1.example:8080", True, "http://site1.example:8000"),
+        ("http://[::1]:8080", True, "http://[::1]:8000"),
+    ],
+)
+def test_without_webserver_host_the_origin_is_the_web_url(tmp_path, origin, developer_mode, url):
+    config = load_config(make_bench(tmp_path, {"developer_mode": developer_mode}))
+    auth = Authenticator(config, None, lambda site: ())  # type: ignore[arg-type]
+    assert auth.web_url({"HTTP_ORIGIN": origin}) == url
+    for bad in ("http://127.0.0.1:47039,http://127.0.0.1", "null", "file:///x", "http://h/p"):
+        with pytest.raises(Refused, match="must be one http"):
+            auth.web_url({"HTTP_ORIGIN": bad})
+
+
+def test_a_client_sending_two_origins_is_refused_clearly(start_gsocket, clients):
+    """python-socketio's websocket-only client sends its own Origin besides the caller's;
+    without ``webserver_host`` there is no single web URL to call, and the client is told."""
+    proc = start_gsocket(conf={"webserver_host": None})
+    client = clients(["websocket"])
+    headers = {"Origin": "http://127.0.0.1", "Cookie": "sid=sid-admin"}
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        client.connect(proc.url, "/127.0.0.1", headers)
+    message = client.wait_for("connect_error")[0]
+    assert "Invalid origin: the Origin header must be one http(s) origin" in str(message)
+    proc.wait_for_log("refused connection to /127.0.0.1 from 127.0.0.1: invalid_origin")
+    assert "malformed" not in proc.log() and "Traceback" not in proc.log()
