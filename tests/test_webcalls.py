@@ -9,11 +9,16 @@ socket became from what it receives, and what each call to the web process carri
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import random
 import shutil
+import socket
+import socketserver
 import ssl
 import subprocess
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +99,8 @@ def front(
     :param trust: how gsocket is told to trust the self-signed certificate: one of
         :data:`TRUSTS`, or ``None`` for not at all.
     :param tls_names: host names of the certificate (127.0.0.1 is always one).
+    :param settings: more keys of gsocket's ``gsocket`` setting.
+    :param env: more environment variables of the gsocket process.
     """
     made: list[Front] = []
 
@@ -101,14 +108,16 @@ def front(
         webserver_host: str | None = None,
         trust: str | None = "ca_file",
         tls_names: tuple[str, ...] = ("localhost",),
+        settings: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
     ) -> Front:
         root = tmp_path / f"front{len(made)}"
         port = free_port()
         tls = site_front(root / "tls", users.port, port, SITE, tls_names)
         assert tls.cert is not None
         redirect = https_redirect(root / "redirect", tls.port)
-        ours: dict[str, Any] = {}
-        env: dict[str, str] = {}
+        ours: dict[str, Any] = dict(settings or {})
+        env = dict(env or {})
         if trust == "ca_file":
             ours["ca_file"] = str(tls.cert)
         elif trust == "SSL_CERT_DIR":
@@ -396,3 +405,86 @@ def test_a_client_sending_two_origins_is_refused_clearly(start_gsocket, clients)
     assert "Invalid origin: the Origin header must be one http(s) origin" in str(message)
     proc.wait_for_log("refused connection to /127.0.0.1 from 127.0.0.1: invalid_origin")
     assert "malformed" not in proc.log() and "Traceback" not in proc.log()
+
+
+class TunnelProxy:
+    """An http proxy that only opens tunnels (``CONNECT``), noting each one's target."""
+
+    def __init__(self) -> None:
+        self.tunnels: list[str] = []
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = self.request.recv(4096)
+                    if not data:
+                        return
+                    head += data
+                method, target = head.split(b" ", 2)[:2]
+                if method != b"CONNECT":
+                    self.request.sendall(b"HTTP/1.1 405 Not Allowed\r\n\r\n")
+                    return
+                proxy.tunnels.append(target.decode())
+                host, port = target.decode().rsplit(":", 1)
+                upstream = socket.create_connection((host, int(port)))
+                self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                pipe = threading.Thread(target=_pump, args=(upstream, self.request), daemon=True)
+                pipe.start()
+                _pump(self.request, upstream)
+                pipe.join(5)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def tunnel_proxy() -> Iterator[TunnelProxy]:
+    proxy = TunnelProxy()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_environment_proxies_only_when_the_operator_asks(front, tunnel_proxy, asked):
+    proxy_env = {"https_proxy": tunnel_proxy.url, "no_proxy": "", "NO_PROXY": ""}
+    stack = front(
+        webserver_host="https://localhost:{tls}",
+        settings={"web_proxy_from_env": asked},
+        env=proxy_env,
+    )
+    client = connect_through(stack, {"Cookie": "sid=sid-admin"})
+    client.call("doctype_subscribe", "ToDo")
+    client.disconnect()
+    expected = [f"localhost:{stack.tls.port}"] if asked else []
+    assert tunnel_proxy.tunnels == expected  # one tunnel, reused by the pool for both calls
+
+
+def test_proxies_of_the_environment():
+    env = {"HTTPS_PROXY": "http://u%40x:p@proxy.example:3128", "no_proxy": "localhost,.internal"}
+    proxies = httpclient.Proxies(env)
+    auth = "Basic " + base64.b64encode(b"u@x:p").decode()
+    assert proxies.for_target("https", "erp.example.com", 443) == ("proxy.example", 3128, auth)
+    assert proxies.for_target("https", "localhost", 443) is None
+    assert proxies.for_target("https", "erp.internal", 443) is None
+    assert proxies.for_target("http", "erp.example.com", 80) is None
+    with pytest.raises(httpclient.HTTPFailure, match="only http:// proxies"):
+        httpclient.Proxies({"http_proxy": "socks5://p:1080"}).for_target("http", "x", 80)
