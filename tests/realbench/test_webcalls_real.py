@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+import socketio
 
 from tests.support.bench import GsocketProcess
 from tests.support.ports import free_port
@@ -105,7 +106,13 @@ def test_each_socket_gets_its_own_real_user_over_tls(
 
     def connect(entry: tuple[str, dict[str, str]]) -> tuple[str, PyClient]:
         client = PyClient(ssl_verify=False)
-        client.connect(tls.url, f"/{SITE}", dict(entry[1]), timeout=30)
+        try:
+            client.connect(tls.url, f"/{SITE}", dict(entry[1]), timeout=30)
+        except socketio.exceptions.ConnectionError as e:
+            raise AssertionError(
+                f"{entry[0]} could not connect ({e}); it got {client.received}; "
+                f"gsocket's log:\n{proc.log()[-3000:]}\nnginx:\n{tls.log_text()[-2000:]}"
+            ) from None
         return entry[0], client
 
     with ThreadPoolExecutor(max_workers=8) as pool:
