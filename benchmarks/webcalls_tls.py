@@ -16,7 +16,7 @@ Clients:
   ``ssl`` under gevent, pooled keep-alive connections);
 - ``requests https``: requests made as lean and safe as it goes: one ``Session`` whose cookie
   jar refuses every cookie, no environment, the same CA file, a pool of the same size;
-- the same two over plain http to the stand-in directly, for reference.
+- the same two over plain http (through the same nginx, without TLS), for reference.
 """
 
 # ruff: noqa: E402 - gevent must patch the stdlib before anything else is imported
@@ -61,8 +61,7 @@ FRONT = """
   upstream web { server 127.0.0.1:@WEB_PORT@; keepalive 64; }
   server {
     listen @LISTEN@;
-    ssl_certificate @CERT@;
-    ssl_certificate_key @KEY@;
+    @TLS@
     location / {
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -127,11 +126,14 @@ def main() -> None:
     assert stub.stdout is not None
     web_port = int(stub.stdout.readline())
     with tempfile.TemporaryDirectory() as tmp:
-        front = Nginx(Path(tmp), FRONT.replace("@WEB_PORT@", str(web_port)), tls=True)
-        with front:
+        conf = FRONT.replace("@WEB_PORT@", str(web_port))
+        tls = "ssl_certificate @CERT@; ssl_certificate_key @KEY@;"
+        front = Nginx(Path(tmp) / "tls", conf.replace("@TLS@", tls), tls=True)
+        plain_front = Nginx(Path(tmp) / "plain", conf.replace("@TLS@", ""))
+        with front, plain_front:
             wait_for_port(front.port)
             ca = str(front.cert)
-            plain = f"http://127.0.0.1:{web_port}{METHOD}"
+            plain = f"{plain_front.url}{METHOD}"
             secure = f"{front.url}{METHOD}"
             print(f"{args.calls} get_user_info calls, {args.concurrency} at a time")
             print(f"{'client':<20} {'CPU µs/call':>12} {'wall µs/call':>13}")
