@@ -171,7 +171,13 @@ class _Connection:
         self.buf = bytearray()
 
     def alive(self) -> bool:
-        """An idle connection has nothing to read; EOF or stray bytes mean it is unusable."""
+        """An idle connection has nothing to read; EOF or stray bytes mean it is unusable.
+
+        Stray bytes (kept past the last answer, decrypted and waiting in TLS, or in the
+        kernel) would be read as the next caller's answer: the connection is dropped instead.
+        """
+        if self.buf or (isinstance(self.sock, gssl.SSLSocket) and self.sock.pending()):
+            return False
         try:
             return not self.sock._sock.recv(1, pysocket.MSG_PEEK)
         except BlockingIOError:
@@ -462,6 +468,8 @@ class Pool:
             sock.settimeout(_remaining(deadline))
             sock.sendall(request)
             head = self._read_head(conn, deadline)
+            while _interim(head):  # "100 Continue" and the like precede the answer
+                head = self._read_until(conn, deadline, b"\r\n\r\n", "answer headers")
         except _Stale:
             raise
         except TimeoutError:
@@ -615,6 +623,12 @@ def _check_redirect(source: _Target, target: _Target) -> None:
 
 class _Stale(Exception):
     """A pooled connection turned out closed before any answer: retry on a new one."""
+
+
+def _interim(head: bytes) -> bool:
+    """Whether an answer head is an interim 1xx one (not ``101``, which ends HTTP)."""
+    status = head[9:13]
+    return head.startswith(b"HTTP/1.") and status[:1] == b"1" and status[:3] != b"101"
 
 
 def _remaining(deadline: float) -> float:

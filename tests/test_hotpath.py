@@ -395,6 +395,18 @@ def test_http_retries_once_on_a_connection_the_server_closed(canned):
     pool.close()
 
 
+def test_http_bytes_past_an_answer_never_become_the_next_callers_answer(canned):
+    """An answer longer than it said, or an interim 100 before it, leaves nothing on a pooled
+    connection for the next call (which may be another user's) to read."""
+    forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+    server = canned([_ok(b"one") + forged, b"HTTP/1.1 100 Continue\r\n\r\n" + _ok(b"two")])
+    pool = httpclient.Pool(timeout=5)
+    assert pool.get(server.url + "/", None, {"Cookie": "sid=a"}).content == b"one"
+    assert pool.get(server.url + "/", None, {"Cookie": "sid=b"}).content == b"two"
+    assert server.connections == 2
+    pool.close()
+
+
 def test_http_time_limit_and_failures(canned):
     silent = canned([None])
     pool = httpclient.Pool(timeout=0.5)
