@@ -18,6 +18,7 @@ import socket
 import socketserver
 import ssl
 import subprocess
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -35,7 +36,7 @@ from gsocket.config import ConfigError, load_config
 from gsocket.metrics import Metrics
 from gsocket.secret import SocketSecret
 from gsocket.webclient import WebClient
-from tests.support.bench import GsocketProcess, make_bench
+from tests.support.bench import GsocketProcess, make_bench, wait_until
 from tests.support.nginx import Nginx
 from tests.support.ports import free_port
 from tests.support.pyclient import PyClient
@@ -101,8 +102,10 @@ def front(
     :param tls_names: host names of the certificate (127.0.0.1 is always one).
     :param settings: more keys of gsocket's ``gsocket`` setting.
     :param env: more environment variables of the gsocket process.
+    :param uds: gsocket listens on a Unix socket (``socketio_uds``) behind nginx.
     """
     made: list[Front] = []
+    folders: list[Path] = []
 
     def start(
         webserver_host: str | None = None,
@@ -110,10 +113,15 @@ def front(
         tls_names: tuple[str, ...] = ("localhost",),
         settings: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        uds: bool = False,
     ) -> Front:
         root = tmp_path / f"front{len(made)}"
         port = free_port()
-        tls = site_front(root / "tls", users.port, port, SITE, tls_names)
+        # a short path: Unix socket paths are limited to 107 bytes
+        listen = Path(tempfile.mkdtemp(prefix="gs12-")) / "rt.sock" if uds else None
+        if listen is not None:
+            folders.append(listen.parent)
+        tls = site_front(root / "tls", users.port, listen or port, SITE, tls_names)
         assert tls.cert is not None
         redirect = https_redirect(root / "redirect", tls.port)
         ours: dict[str, Any] = dict(settings or {})
@@ -132,12 +140,17 @@ def front(
         if webserver_host is not None:
             webserver_host = webserver_host.format(tls=tls.port, redirect=redirect.url)
         conf = {"redis_queue": redis_server.url, "webserver_host": webserver_host, "gsocket": ours}
+        if listen is not None:
+            conf["socketio_uds"] = str(listen)
         bench = make_bench(root, conf, sites=(SITE,))
         stack = Front(tls, redirect, GsocketProcess(bench, port=port, env=env))
         made.append(stack)
         tls.start()
         redirect.start()
-        stack.gsocket.start()
+        stack.gsocket.start(wait=listen is None)
+        if listen is not None:
+            stack.gsocket.wait_for_log("subscribed to Redis channel", timeout=20)
+            wait_until(listen.exists, 10, stack.gsocket.log)
         return stack
 
     yield start
@@ -145,6 +158,8 @@ def front(
         stack.gsocket.kill()
         stack.tls.stop()
         stack.redirect.stop()
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def connect_through(front: Front, headers: dict[str, str], **kwargs: Any) -> PyClient:
@@ -199,13 +214,14 @@ def assert_identities(
     return clients
 
 
-@pytest.mark.parametrize("path", ["desk", "redirect"])
+@pytest.mark.parametrize("path", ["desk", "redirect", "uds"])
 def test_each_socket_gets_its_own_identity_over_tls_concurrently(front, users, redis_client, path):
     """The issue's replay scenario: cookie sessions, tokens and Guests interleaved at once.
     ``desk``: no ``webserver_host``, gsocket calls back the desk's Origin ``https://...``
     through nginx; ``redirect``: ``webserver_host`` is an http URL that nginx redirects to
-    https, as a site that forces https does."""
-    stack = front(webserver_host="{redirect}" if path == "redirect" else None)
+    https, as a site that forces https does; ``uds``: the desk's path with gsocket on a Unix
+    socket behind nginx (``socketio_uds``)."""
+    stack = front(webserver_host="{redirect}" if path == "redirect" else None, uds=path == "uds")
     clients = assert_identities(stack, users, redis_client)
     for _, client in clients:
         client.disconnect()

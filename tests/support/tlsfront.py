@@ -17,7 +17,7 @@ from .nginx import Nginx
 
 _SITE_FRONT = """
   upstream web { server 127.0.0.1:@WEB_PORT@; keepalive 16; }
-  upstream realtime { server 127.0.0.1:@REALTIME_PORT@; }
+  upstream realtime { server @REALTIME@; }
   server {
     listen @LISTEN@;
     server_name _;
@@ -56,15 +56,17 @@ _REDIRECT = """
 def site_front(
     folder: Path,
     web_port: int,
-    realtime_port: int,
+    realtime: int | Path,
     site: str,
     tls_names: tuple[str, ...] = ("localhost",),
 ) -> Nginx:
     """A TLS nginx (self-signed, for ``tls_names`` and 127.0.0.1) serving ``site``: socket.io
-    to ``realtime_port``, everything else to the web process on ``web_port``.  Not started."""
+    to ``realtime`` (a loopback port or a Unix socket), everything else to the web process on
+    ``web_port``.  Not started."""
+    upstream = f"unix:{realtime}" if isinstance(realtime, Path) else f"127.0.0.1:{realtime}"
     conf = (
         _SITE_FRONT.replace("@WEB_PORT@", str(web_port))
-        .replace("@REALTIME_PORT@", str(realtime_port))
+        .replace("@REALTIME@", upstream)
         .replace("@SITE@", site)
     )
     return Nginx(folder, conf, tls=True, tls_names=tls_names)
