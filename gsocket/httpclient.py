@@ -251,14 +251,17 @@ class Pool:
         lines = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         if lines.count("\n") != len(headers or ()) or lines.count("\r") != len(headers or ()):
             raise HTTPFailure("a header holds a line break")
+        target = self._target(base)  # parsed once per URL; the query varies per call
+        if query:
+            target = target.with_query(query)
         for _ in range(MAX_REDIRECTS + 1):
-            target = self._target(current)
             response = self._fetch(target, lines)
             location = response.headers.get("location")
             if response.status_code not in REDIRECT_STATUSES or location is None:
                 return response
             following = urljoin(current, location)
-            _check_redirect(target, self._target(following))
+            source, target = target, self._target(following, remember=False)
+            _check_redirect(source, target)
             moved_base, _, moved_query = following.partition("?")
             if response.status_code in PERMANENT_REDIRECTS and moved_query == query:
                 if "?" not in url and len(self._moved) < MAX_REMEMBERED:
@@ -327,7 +330,7 @@ class Pool:
             conn.close()
         return response
 
-    def _target(self, url: str) -> _Target:
+    def _target(self, url: str, remember: bool = True) -> _Target:
         target = self._targets.get(url)
         if target is None:
             try:
@@ -342,7 +345,7 @@ class Pool:
             host_header = shown if port == DEFAULT_PORTS[parts.scheme] else f"{shown}:{port}"
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             target = _Target(parts.scheme, host, port, host_header, path)
-            if len(self._targets) < MAX_REMEMBERED:
+            if remember and len(self._targets) < MAX_REMEMBERED:
                 self._targets[url] = target
         return target
 
@@ -607,6 +610,11 @@ class _Target:
         self.host_header = host_header
         self.path = path
         self.key: _Key = (scheme, host, port)
+
+    def with_query(self, query: str) -> _Target:
+        """The same target with ``query`` added to its path."""
+        sep = "&" if "?" in self.path else "?"
+        return _Target(self.scheme, self.host, self.port, self.host_header, self.path + sep + query)
 
 
 _Key = tuple[str, str, int]
