@@ -504,3 +504,18 @@ def test_proxies_of_the_environment():
     assert proxies.for_target("http", "erp.example.com", 80) is None
     with pytest.raises(httpclient.HTTPFailure, match="only http:// proxies"):
         httpclient.Proxies({"http_proxy": "socks5://p:1080"}).for_target("http", "x", 80)
+
+
+def test_https_settings_are_read_and_checked(tmp_path):
+    bench = make_bench(tmp_path, {})
+    config = load_config(bench)
+    assert (config.ca_file, config.web_proxy_from_env) == (None, False)
+    (bench / "sites" / "ca.pem").write_text("not checked until the client is made")
+    ours = {"ca_file": "ca.pem", "web_proxy_from_env": True}
+    config = load_config(make_bench(tmp_path, {"gsocket": ours}))
+    assert config.ca_file == str(bench / "sites" / "ca.pem")  # relative to sites/
+    assert config.web_proxy_from_env is True
+    with pytest.raises(ConfigError, match="gsocket.ca_file .*missing.pem is not a file"):
+        load_config(make_bench(tmp_path, {"gsocket": {"ca_file": "missing.pem"}}))
+    with pytest.raises(ConfigError, match="CA certificates for https cannot be loaded"):
+        WebClient(SocketSecret(None), Metrics(), ca_file=str(bench / "sites" / "ca.pem"))  # type: ignore[arg-type]
