@@ -2,11 +2,11 @@
 around it.
 
 The same scenario as tests/test_webcalls.py, against the real web process of v15 and develop:
-cookie sessions of three users, an API token and Guests connect at once, in shuffled order,
-through nginx over https, while gsocket calls Frappe back through the same nginx (the desk's
-path, ``Origin: https://...``) or through an http server that redirects to https.  Real Frappe
-sets ``sid`` on its answers and believes a cookie session before a token, so any cookie kept
-between calls would show here as a socket with another user's identity.
+cookie sessions of three users, an API token, an OAuth bearer token and Guests connect at once,
+in shuffled order, through nginx over https, while gsocket calls Frappe back through the same
+nginx (the desk's path, ``Origin: https://...``) or through an http server that redirects to
+https.  Real Frappe sets ``sid`` on its answers and believes a cookie session before a token, so
+any cookie kept between calls would show here as a socket with another user's identity.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from tests.support.tlsfront import https_redirect, site_front
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
-USERS = ("alice@example.com", "bob@example.com", "dave@example.com")
+USERS = ("alice@example.com", "bob@example.com", "dave@example.com", "eve@example.com")
 
 
 @pytest.fixture(scope="module")
 def credentials(real_bench: RealBench) -> list[tuple[str, dict[str, str]]]:
-    """``(user, credential)`` of Administrator, alice and bob (sessions), dave (API token) and
-    a Guest, on the real bench."""
+    """``(user, credential)`` of Administrator, alice and bob (sessions), dave (API token), eve
+    (OAuth bearer token) and a Guest, on the real bench."""
     for user in USERS:
         real_bench.ensure_user(user)
     token = real_bench.in_site(
@@ -50,11 +50,27 @@ user.save(ignore_permissions=True)
 print(f"{user.api_key}:{secret}")
 """,
     ).strip()
+    bearer = real_bench.in_site(
+        SITE,
+        """
+client = frappe.get_doc({"doctype": "OAuth Client", "app_name": "i12", "scopes": "all",
+    "redirect_uris": "http://localhost/cb", "default_redirect_uri": "http://localhost/cb",
+    "grant_type": "Authorization Code", "response_type": "Code", "skip_authorization": 1})
+client.insert(ignore_permissions=True)
+token = frappe.get_doc({"doctype": "OAuth Bearer Token", "client": client.name,
+    "user": "eve@example.com", "access_token": frappe.generate_hash(length=20),
+    "refresh_token": frappe.generate_hash(length=20), "scopes": "all", "expires_in": 3600,
+    "status": "Active"})
+token.insert(ignore_permissions=True)
+print(token.access_token)
+""",
+    ).strip()
     found = [
         ("Administrator", {"Cookie": f"sid={real_bench.login()}"}),
         ("alice@example.com", {"Cookie": f"sid={real_bench.login(USERS[0], ADMIN_PASSWORD)}"}),
         ("bob@example.com", {"Cookie": f"sid={real_bench.login(USERS[1], ADMIN_PASSWORD)}"}),
         ("dave@example.com", {"Authorization": f"token {token}"}),
+        ("eve@example.com", {"Authorization": f"Bearer {bearer}"}),
         ("Guest", {"Cookie": "sid=Guest"}),
     ]
     return found
