@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import requests
 import socketio
 
 
@@ -19,11 +20,21 @@ class PyClient:
 
     :param transports: ``["polling", "websocket"]`` (polling first, then upgrade, like the
         desk) or ``["websocket"]`` (like mobile clients).
+    :param ssl_verify: check the server's certificate (off for a test nginx's self-signed one,
+        where the client's trust is not what is tested).
     """
 
-    def __init__(self, transports: list[str] | None = None) -> None:
+    def __init__(self, transports: list[str] | None = None, ssl_verify: bool = True) -> None:
         self.transports = transports or ["polling", "websocket"]
-        self.client = socketio.Client(reconnection=False)
+        session = None
+        if not ssl_verify:
+            # requests would take REQUESTS_CA_BUNDLE from the environment over verify=False
+            session = requests.Session()
+            session.trust_env = False
+            session.verify = False
+        self.client = socketio.Client(
+            reconnection=False, ssl_verify=ssl_verify, http_session=session
+        )
         self.received: list[tuple[str, str, tuple[Any, ...]]] = []
         self.namespace: str | None = None
         self._cond = threading.Condition()
