@@ -63,7 +63,15 @@ def setup_logging(level: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a bench until SIGTERM or SIGINT (with ``--handover``, through a parent process)."""
-    config = load_config(args.bench).with_overrides(
+    config = load_config(args.bench)
+    if args.process is not None:
+        config = config.for_process(args.process)
+    elif config.processes > 1:
+        raise ConfigError(
+            f"gsocket.processes is {config.processes}: start each with --process K "
+            "(gsocket setup supervisor writes them)"
+        )
+    config = config.with_overrides(
         port=args.port,
         host=args.host,
         log_level=args.log_level,
@@ -209,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const=True,
         help="share rooms with other gsocket processes through Redis (gsocket.scale_out)",
+    )
+    serve.add_argument(
+        "--process",
+        type=int,
+        metavar="K",
+        help="serve process K (0-based) of gsocket.processes, on socketio_port + K",
     )
     serve.add_argument(
         "--handover",

@@ -73,6 +73,12 @@ class Config:
     :param scale_out: share rooms with the other gsocket processes of the bench through
         python-socketio's Redis manager on ``redis_url``.
     :param scale_out_channel: Redis channel of that manager; never Frappe's ``events``.
+    :param processes: how many gsocket processes serve the bench (``gsocket.processes``);
+        above 1 they form a cluster (:mod:`gsocket.cluster`) and each is started with
+        ``--process K``.
+    :param process: which of them this one is (0-based), ``None`` when not started as one.
+    :param presence_ttl: seconds without a heartbeat after which a cluster process counts as
+        dead and the presence of its sockets is removed (``gsocket.presence_ttl``).
     """
 
     bench_path: Path
@@ -92,6 +98,9 @@ class Config:
     reuse_port: bool = False
     scale_out: bool = False
     scale_out_channel: str = "gsocket"
+    processes: int = 1
+    process: int | None = None
+    presence_ttl: float = 15.0
 
     @property
     def sites_path(self) -> Path:
@@ -102,6 +111,29 @@ class Config:
     def apps_txt(self) -> Path:
         """The bench's list of apps, one per line."""
         return self.sites_path / "apps.txt"
+
+    def for_process(self, process: int) -> Config:
+        """Return the configuration of process ``process`` of the bench's ``processes``.
+
+        Process K listens on ``socketio_port + K``, or on ``socketio_uds`` with ``.K``
+        appended (process 0 keeps the bench's own address, so one process is served where
+        the bench always served it); with more than one process the Redis manager is on.
+
+        :raises ConfigError: when ``process`` is not one of ``0 .. processes - 1``.
+        """
+        if not 0 <= process < self.processes:
+            raise ConfigError(
+                f"--process {process} is not one of the bench's gsocket.processes "
+                f"({self.processes}): use 0 to {self.processes - 1}"
+            )
+        uds = f"{self.uds}.{process}" if self.uds and process else self.uds
+        return replace(
+            self,
+            process=process,
+            port=self.port + process,
+            uds=uds,
+            scale_out=self.scale_out or self.processes > 1,
+        )
 
     def with_overrides(self, **changes: Any) -> Config:
         """Return a copy with ``changes`` applied, ignoring ``None`` values (unset CLI flags)."""
@@ -169,6 +201,8 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         webserver_port = int(conf.get("webserver_port") or 8000)
         web_timeout = float(ours.get("web_timeout", 5.0))
         drain_timeout = float(ours.get("drain_timeout", 5.0))
+        processes = int(ours.get("processes", 1))
+        presence_ttl = float(ours.get("presence_ttl", 15.0))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad port or timeout in common_site_config.json: {e}") from None
     proxies = ours.get("trusted_proxies")
@@ -178,6 +212,10 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         raise ConfigError("gsocket.trusted_proxies must be a list of addresses")
     if drain_timeout < 0:
         raise ConfigError("gsocket.drain_timeout must not be negative")
+    if processes < 1:
+        raise ConfigError("gsocket.processes must be 1 or more")
+    if presence_ttl <= 0:
+        raise ConfigError("gsocket.presence_ttl must be positive")
     channel = str(ours.get("scale_out_channel", "gsocket"))
     if channel in RESERVED_CHANNELS or not channel:
         raise ConfigError(
@@ -203,4 +241,6 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         reuse_port=_as_bool(ours.get("reuse_port", False)),
         scale_out=_as_bool(ours.get("scale_out", False)),
         scale_out_channel=channel,
+        processes=processes,
+        presence_ttl=presence_ttl,
     )
