@@ -33,6 +33,7 @@ from typing import Any
 import gevent
 import redis
 from gevent.event import Event
+from gevent.lock import Semaphore
 
 log = logging.getLogger("gsocket.cluster")
 
@@ -74,7 +75,9 @@ class Presence:
     Writes are queued and sent by one greenlet in pipelines (a burst of connects costs a few
     round trips, not one each); this process's own members are always read from its memory,
     so a handler sees its own join at once.  Reads of the other processes' members are one
-    Redis call, filtered of the nodes known dead.
+    Redis call, filtered of the nodes known dead, after this process's queued writes are sent:
+    of two sockets that open one form at once on two processes, the one that reads last then
+    sees both, and tells both.
 
     Keys (``prefix`` is ``<scale_out_channel>:presence:``):
 
@@ -103,6 +106,7 @@ class Presence:
         self._indexed: set[str] = set()
         self._dead: frozenset[str] = frozenset()
         self._wake = Event()
+        self._flushing = Semaphore()
         self._greenlets: list[gevent.Greenlet] = []
 
     # ---- keys ----------------------------------------------------------------------------
@@ -148,7 +152,11 @@ class Presence:
         self._queue("hdel", self._room_key(namespace, room), sid, None, "")
 
     def flush(self) -> None:
-        """Send the queued writes in one pipeline; on failure they stay queued."""
+        """Send the queued writes in one pipeline, in order; on failure they stay queued."""
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         if not self._pending:
             return
         ops, self._pending = self._pending, []
@@ -174,6 +182,7 @@ class Presence:
     def participants(self, namespace: str, room: str) -> list[str]:
         """Sids of the live other processes' sockets in ``room``."""
         try:
+            self.flush()
             entries = self.client.hgetall(self._room_key(namespace, room))
         except redis.RedisError as e:
             log.warning("cannot read the members of %s on other processes: %s", room, e)

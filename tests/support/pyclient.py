@@ -19,11 +19,14 @@ class PyClient:
 
     :param transports: ``["polling", "websocket"]`` (polling first, then upgrade, like the
         desk) or ``["websocket"]`` (like mobile clients).
+    :param reconnection: reconnect when the connection is lost, as the desk does.
     """
 
-    def __init__(self, transports: list[str] | None = None) -> None:
+    def __init__(self, transports: list[str] | None = None, reconnection: bool = False) -> None:
         self.transports = transports or ["polling", "websocket"]
-        self.client = socketio.Client(reconnection=False)
+        self.client = socketio.Client(
+            reconnection=reconnection, reconnection_delay=0.2, reconnection_delay_max=1
+        )
         self.received: list[tuple[str, str, tuple[Any, ...]]] = []
         self.namespace: str | None = None
         self._cond = threading.Condition()
