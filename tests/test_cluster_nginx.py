@@ -31,6 +31,9 @@ SITE = "localhost"  # the Host nginx sees, hence X-Frappe-Site-Name: the clients
 PROCESSES = 3
 PRESENCE_TTL = 2.0
 USERS = {"sid-admin": "Administrator", "sid-jane": "jane@example.com"}
+# python-engineio's websocket takes the Cookie out of the client's headers, so a reconnect
+# would come back as Guest: the desks here authenticate with API tokens instead.
+TOKENS = {f"token {sid}:secret": user for sid, user in USERS.items()}
 
 
 def _free_port_run(count: int) -> int:
@@ -81,6 +84,7 @@ class Cluster:
 @pytest.fixture
 def cluster(tmp_path: Path, redis_server: Any, web: Any) -> Iterator[Cluster]:
     web.sessions.update(USERS)
+    web.tokens.update(TOKENS)
     web.permissions.update({("Administrator", "ToDo", None), ("jane@example.com", "ToDo", None)})
     base = _free_port_run(PROCESSES)
     conf = {
@@ -152,7 +156,7 @@ def desks() -> Iterator[Callable[[str], PyClient]]:
 
 
 def _connect(cluster: Cluster, client: PyClient) -> PyClient:
-    headers = {"Cookie": f"sid={client.user_sid}"}  # type: ignore[attr-defined]
+    headers = {"Authorization": f"token {client.user_sid}:secret"}  # type: ignore[attr-defined]
     return client.connect(cluster.url, f"/{SITE}", headers)
 
 
@@ -284,7 +288,11 @@ def test_kill_9_of_a_process_its_clients_come_back_and_the_others_miss_nothing(
     wait_until(
         lambda: on["0"].client.connected and on["0"].sid not in (None, dead_sid),
         20,
-        "the killed process's client did not reconnect",
+        lambda: (
+            f"the killed process's client did not reconnect: {on['0'].client.connected} "
+            f"{on['0'].sid} {on['0'].received[-5:]}\n"
+            + (cluster.bench / "logs" / "nginx-error.log").read_text()[-3000:]
+        ),
     )
     assert _process_of(on["0"]) in ("1", "2")
     # Its presence is removed once the process misses its heartbeats; the viewers are told.
