@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.support.bench import REPO, GsocketProcess, make_bench, wait_until
+from tests.support.node_client import NodeClient
 from tests.support.ports import free_port, wait_for_port
 from tests.support.pyclient import PyClient
 
@@ -184,6 +185,20 @@ def _spread(cluster: Cluster, desks: Callable[[str], PyClient], count: int) -> l
 
 def test_desks_from_one_address_spread_over_the_processes_without_a_400(cluster, desks):
     upgraded = _spread(cluster, desks, 9)
+    # The desk's own socket.io-client polls a few round trips before its upgrade.
+    with NodeClient() as node:
+        node_sids = []
+        for n in range(6):
+            id = f"desk-{n}"
+            user = "sid-admin" if n % 2 else "sid-jane"
+            node.connect(id, f"{cluster.url}/{SITE}", headers={"Cookie": f"sid={user}"})
+            node_sids.append(node.wait_connected(id, timeout=10)["sid"])
+            node.wait_type(id, "upgrade", timeout=10)
+            seq = node.emit(id, "ops_join", "crew", ack=True)
+            node.wait_for(lambda e, seq=seq: e.get("type") == "ack" and e.get("seq") == seq)
+            node.close(id)
+            node.wait_type(id, "disconnect", timeout=10)
+    assert {sid.split(".", 1)[0] for sid in node_sids} == {"0", "1", "2"}, node_sids
     # Long-polling only (a desk whose websocket is blocked): every request names its session.
     polling = []
     for user_sid in ("sid-admin", "sid-jane", "sid-admin"):
@@ -204,13 +219,15 @@ def test_desks_from_one_address_spread_over_the_processes_without_a_400(cluster,
     for client in upgraded:
         client.disconnect()
     # Upgrades are logged when their websocket closes.
-    wait_until(lambda: cluster.statuses()["101"] == len(upgraded), 10, cluster.statuses)
+    wait_until(
+        lambda: cluster.statuses()["101"] == len(upgraded) + len(node_sids), 10, cluster.statuses
+    )
     assert cluster.statuses()["400"] == 0, cluster.statuses()
     handshakes = cluster.statuses(with_sid=False)
-    assert handshakes == Counter({"200": len(clients)}), handshakes
+    assert handshakes == Counter({"200": len(clients) + len(node_sids)}), handshakes
     # Each polling desk's 3 acknowledged events and its polls went to its own process.
     in_session = cluster.statuses(with_sid=True)
-    assert in_session["200"] >= 6 * len(polling), in_session
+    assert in_session["200"] >= 6 * len(polling) + 2 * len(node_sids), in_session
 
 
 def test_each_publish_reaches_each_socket_once_whichever_process(cluster, desks, redis_client):
