@@ -206,6 +206,7 @@ def join_cluster(server: Server, redis_client: redis.Redis, config: Config) -> N
         f"{config.scale_out_channel}:presence:",
         config.presence_ttl,
         lambda namespace, rooms: announce_lost_viewers(server, namespace, rooms),
+        lambda: ((s.namespace, s.sid, s.user, s.rooms) for s in server.sockets()),
     )
     server.presence = presence
     server.manager.presence = presence

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
@@ -51,6 +51,9 @@ RETRY_SECONDS = 1.0
 
 LostRooms = Callable[[str, list[str]], None]
 """``lost(namespace, rooms)``: sockets of a dead process were removed from these rooms."""
+
+Members = Callable[[], Iterable[tuple[str, str, str, Iterable[str]]]]
+"""``members()``: ``(namespace, sid, user, rooms)`` of every socket of this process."""
 
 
 def node_name(process: int) -> str:
@@ -92,16 +95,26 @@ class Presence:
     :param prefix: key prefix shared by the cluster.
     :param ttl: seconds without a heartbeat after which a node counts as dead.
     :param lost: called after a dead node's sockets were removed from rooms.
+    :param members: this process's sockets and rooms, written again when its entries were
+        lost (Redis restarted empty, or the others took it for dead while Redis was away).
     """
 
     def __init__(
-        self, client: redis.Redis, node: str, prefix: str, ttl: float, lost: LostRooms
+        self,
+        client: redis.Redis,
+        node: str,
+        prefix: str,
+        ttl: float,
+        lost: LostRooms,
+        members: Members,
     ) -> None:
         self.client = client
         self.node = node
         self.prefix = prefix
         self.ttl = ttl
         self.lost = lost
+        self.members = members
+        self._registered = False
         self._pending: list[tuple[str, str, str, str | None, str]] = []
         self._indexed: set[str] = set()
         self._dead: frozenset[str] = frozenset()
@@ -217,10 +230,22 @@ class Presence:
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(self._nodes_key, {self.node: now})
         pipe.zrangebyscore(self._nodes_key, "-inf", now - self.ttl)
-        _, dead = pipe.execute()
+        added, dead = pipe.execute()
+        if added and self._registered:
+            self._write_all_again()
+        self._registered = True
         self._dead = frozenset(node.decode() for node in dead)
         for node in self._dead:
             self._reap(node)
+
+    def _write_all_again(self) -> None:
+        """This node was gone from Redis while it lived: queue its whole presence again."""
+        log.warning("this process's presence was lost from Redis: writing it again")
+        self._indexed.clear()
+        for namespace, sid, user, rooms in self.members():
+            self.connected(namespace, sid, user)
+            for room in rooms:
+                self.joined(namespace, sid, room)
 
     def _reap(self, node: str) -> None:
         """Remove a dead node's entries, once in the cluster (whoever takes the lock)."""

@@ -13,7 +13,8 @@ Two outputs:
 - ``--listen HOST:PORT --output FILE``: a complete ``nginx.conf`` (no ``daemon`` directive:
   the caller runs it in the foreground or not; pid, logs and temporary files under the bench)
   that fronts the bench as bench's own template does: ``/socket.io`` to gsocket with the
-  Upgrade, Connection, X-Frappe-Site-Name, Origin and Host headers, ``/assets`` from
+  Upgrade, Connection, X-Frappe-Site-Name, Origin and Host headers (and X-Forwarded-For, so
+  ``limits.connections_per_ip`` counts clients, not nginx), ``/assets`` from
   ``sites/assets``, each site's public files, and everything else to the web process.
 - without ``--output``: the change to the bench's ``config/nginx.conf`` (``bench setup
   nginx``'s file), shown as a diff, made with ``--apply``; its socketio upstream becomes the
@@ -39,7 +40,8 @@ proxy_set_header Upgrade $http_upgrade;
 proxy_set_header Connection "upgrade";
 proxy_set_header X-Frappe-Site-Name $host;
 proxy_set_header Origin $scheme://$http_host;
-proxy_set_header Host $host;"""
+proxy_set_header Host $host;
+proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"""
 
 NODE_UPSTREAM = re.compile(r"upstream\s+(?P<name>\S+)-socketio-server\s*\{[^}]*\}\n?")
 OUR_BLOCK = re.compile(rf"{re.escape(BEGIN)}\n.*?{re.escape(END)}\n?", re.S)

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -330,3 +331,37 @@ def test_kill_9_of_a_process_its_clients_come_back_and_the_others_miss_nothing(
     after = [a[0]["n"] for a in on["0"].events("tick") if a[0]["n"] >= 20]
     assert after == list(range(20, 30))
     assert cluster.statuses()["400"] == 0
+
+
+def test_a_process_taken_for_dead_writes_its_presence_again(cluster, desks):
+    on = _one_on_each(cluster, desks)
+    on["0"].emit("doc_open", "ToDo", "TD-5")
+    jane_room = "user:jane@example.com"
+    viewer = [[on["0"].sid, "jane@example.com"]]
+
+    def seen_from(k: str, room: str) -> bool:
+        return on["0"].sid in {sid for sid, _ in on[k].call("ops_who", room)}
+
+    wait_until(lambda: seen_from("1", "open_doc:ToDo/TD-5"), 10, "the viewer is not seen")
+    node = cluster.node(0)
+    # Process 0 stalls past presence_ttl (as when Redis was away that long): the others take
+    # it for dead and remove its presence; it comes back with its clients still connected.
+    process = cluster.processes[0].proc
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: any(f"process {node} stopped" in p.log() for p in cluster.processes[1:]),
+            10,
+            "no live process cleaned up after the silent one",
+        )
+        assert not seen_from("2", jane_room)
+    finally:
+        process.send_signal(signal.SIGCONT)
+    cluster.processes[0].wait_for_log("presence was lost from Redis: writing it again")
+    wait_until(lambda: seen_from("2", jane_room), 10, "process 0's socket did not come back")
+    wait_until(
+        lambda: on["1"].call("ops_who", "open_doc:ToDo/TD-5") == viewer,
+        10,
+        "process 0's viewer did not come back",
+    )
