@@ -1,13 +1,17 @@
-"""Run the gsocket benchmarks: one command measures the Node baseline and gsocket.
+"""Run the gsocket benchmarks: Frappe's own Node realtime server (v15 and develop) and gsocket.
 
-    python benchmarks/run.py [--sizes 1000,5000,10000,20000] [--servers node,gsocket] [--quick]
+    python benchmarks/run.py [--sizes 1000,5000,10000] [--pairs 3] [--quick]
+        [--servers node-v15,node-develop,gsocket]
 
-For every size and server a fresh server process is started on a temporary bench-shaped
-folder, with a real redis-server and a fast web stand-in for the auth calls; the load
-generator (benchmarks/loadgen, socket.io-client@4 in several Node workers) then runs the
-scenarios: connect storm, fan-out to one doc: room, per-user rooms, each at a fixed rate
-and as fast as possible. Server CPU and memory come from /proc. Results go to
-RESULTS_DIR/<timestamp>.jsonl and RESULTS_DIR/latest.md (see benchmarks/README.md).
+For every size, the servers run in turn, K times over (node-v15, node-develop, gsocket, then
+again: interleaved, so that a machine's drift hits every server alike), each as a fresh
+process on a temporary bench-shaped folder, with a real redis-server and a fast web
+stand-in answering as that Frappe version's web process does; the load generator
+(benchmarks/loadgen, socket.io-client@4 in several Node workers) then runs the scenarios:
+connect storm, fan-out to one doc: room, per-user rooms, each at a fixed rate and as fast as
+possible, and the desk mix. Server CPU and memory come from /proc. Results go to
+RESULTS_DIR/<timestamp>.jsonl and RESULTS_DIR/latest.md, with medians and spread per server
+(see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -30,24 +34,64 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import processes, report
+from harness import frappe_node, processes, report
 from harness.loadgen import Loadgen
-from harness.publisher import Published, Publisher, events_for
+from harness.mix import Mix, Schedule, schedule
+from harness.publisher import Published, Publisher, Route, Target, events_for
 
 BENCH_ROOT = Path(__file__).resolve().parent
 REPO = BENCH_ROOT.parent
 SITE = "bench.localhost"
 DOCTYPE, DOCNAME = "ToDo", "bench-doc"
 DOC_ROOM = f"doc:{DOCTYPE}/{DOCNAME}"
-SERVERS = ("node", "gsocket", "gsocket2")
-"""``gsocket2``: two gsocket processes, the clients split between them as an nginx upstream
-would; run by itself for the sizes one process cannot hold under this machine's descriptor
-limit (see :func:`servers_for`)."""
+TO_DOC = Target(DOC_ROOM)
+FLAVOURS = ("v15", "develop", "any")
+"""How the web stand-in answers (benchmarks/webstub/server.js): as Frappe v15's web process,
+as develop's, or everything allowed (for the imitation baseline)."""
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server under test: how it is started and which web process it talks to."""
+
+    name: str
+    kind: str  # "frappe-node", "imitation" or "gsocket"
+    flavour: str
+    frappe_version: str | None = None  # "v15" / "develop" for Frappe's own Node
+    processes: int = 1
+
+
+def server_spec(name: str, gsocket_web: str) -> Server:
+    """``node-v15``/``node-develop``: Frappe's own Node server of that archive, unmodified;
+    ``node-imitation``: benchmarks/baseline_node/server.js, our imitation of it (a labelled
+    third row, for continuity with earlier runs); ``gsocket``; ``gsocket2``: two gsocket
+    processes, the clients split between them as an nginx upstream would, run by itself for
+    the sizes one process cannot hold under this machine's descriptor limit
+    (:func:`servers_for`)."""
+    if name in ("node-v15", "node-develop"):
+        version = name.removeprefix("node-")
+        return Server(name, "frappe-node", version, frappe_version=version)
+    if name == "node-imitation":
+        return Server(name, "imitation", "any")
+    if name in ("gsocket", "gsocket2"):
+        return Server(name, "gsocket", gsocket_web, processes=2 if name == "gsocket2" else 1)
+    raise ValueError(name)
+
+
+SERVERS = ("node-v15", "node-develop", "node-imitation", "gsocket", "gsocket2")
+DEFAULT_SERVERS = "node-v15,node-develop,gsocket"
 SOURCE_ADDRESSES = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
 # Throwaway clients per loadgen worker connected before the timed connect storm.
 WARMUP_CLIENTS = 20
 # Fan-out events delivered, unmeasured, before the measured phases (JIT, buffers).
 WARMUP_EVENTS = 50
+AUTH_CALLS = "frappe.realtime.get_user_info"
+# v15 answers the can_subscribe_* pair, develop has_permission
+PERMISSION_CALLS = (
+    "frappe.realtime.has_permission",
+    "frappe.realtime.can_subscribe_doc",
+    "frappe.realtime.can_subscribe_doctype",
+)
 
 log = logging.getLogger("gsocket.bench")
 
@@ -74,12 +118,39 @@ class Settings:
     source_addresses: list[str] = field(default_factory=lambda: list(SOURCE_ADDRESSES))
     frappe_ctx_sizes: list[int] = field(default_factory=lambda: [200, 1000])
     report_from: Path | None = None
+    pairs: int = 3
+    gsocket_web: str = "v15"
+    mix: str = Mix().text()
+    mix_seconds: float = 10.0
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--sizes", help="connected clients per case (default 1000,5000,10000,20000)")
-    p.add_argument("--servers", default="node,gsocket", help="node,gsocket (default both)")
+    p.add_argument("--sizes", help="connected clients per case (default 1000,5000,10000)")
+    p.add_argument(
+        "--servers",
+        default=DEFAULT_SERVERS,
+        help=f"comma-separated, run in this order (default {DEFAULT_SERVERS}; also "
+        "node-imitation, gsocket2)",
+    )
+    p.add_argument(
+        "--pairs",
+        type=int,
+        help="rounds of the servers per size, interleaved (default 3; 1 with --quick)",
+    )
+    p.add_argument(
+        "--gsocket-web",
+        choices=FLAVOURS[:2],
+        default="v15",
+        help="which Frappe version's web process gsocket talks to (default v15)",
+    )
+    p.add_argument(
+        "--mix",
+        default="",
+        help="desk mix, per second per 1000 users (default "
+        f"{Mix().text()}; give only the keys to change)",
+    )
+    p.add_argument("--mix-seconds", type=float, help="length of the desk mix phase (default 10)")
     p.add_argument("--quick", action="store_true", help="smoke run: N=200, short phases")
     p.add_argument("--results-dir", type=Path, default=BENCH_ROOT / "results")
     p.add_argument("--workers", type=int, help="load generator worker processes (default 4)")
@@ -103,13 +174,23 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     for s in servers:
         if s not in SERVERS:
             p.error(f"unknown server {s!r} (choose from {', '.join(SERVERS)})")
-    default_sizes = "200" if a.quick else "1000,5000,10000,20000"
+    default_sizes = "200" if a.quick else "1000,5000,10000"
     sizes = [int(v) for v in (a.sizes or default_sizes).split(",")]
     st = Settings(sizes=sizes, servers=servers, quick=a.quick, results_dir=a.results_dir)
     st.report_from = a.report
+    st.gsocket_web = a.gsocket_web
+    try:
+        st.mix = Mix.parse(a.mix).text()
+    except ValueError as e:
+        p.error(str(e))
     if a.quick:
         st.rate, st.fixed_seconds, st.flat_seconds = 5_000.0, 2.0, 2.0
         st.flat_max_deliveries, st.drain_stall_s, st.settle_s = 100_000, 10.0, 0.2
+        st.pairs, st.mix_seconds = 1, 3.0
+    if a.pairs:
+        st.pairs = a.pairs
+    if a.mix_seconds:
+        st.mix_seconds = a.mix_seconds
     if a.workers:
         st.workers = a.workers
     if a.rate:
@@ -129,7 +210,7 @@ def _command_output(argv: list[str]) -> str:
     return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
 
 
-def machine_facts() -> dict[str, Any]:
+def machine_facts(frappe_nodes: dict[str, frappe_node.FrappeNode]) -> dict[str, Any]:
     """What the numbers were measured on; other helpers may load the machine too."""
     model = ""
     with open("/proc/cpuinfo") as f:
@@ -148,6 +229,14 @@ def machine_facts() -> dict[str, Any]:
 
     redis_version = _command_output(["redis-server", "--version"]).split(" sha=")[0]
     return {
+        "frappe_node": {
+            fn.version: {
+                "archive": fn.archive.name,
+                "frappe_version": fn.frappe_version,
+                "packages": fn.packages,
+            }
+            for fn in frappe_nodes.values()
+        },
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "memory_gib": mem_kib / 2**20,
@@ -183,20 +272,15 @@ def make_bench(root: Path) -> Path:
 
 
 def write_config(bench: Path, socketio_port: int, redis_port: int, web_port: int) -> None:
+    """No ``webserver_host``: every server then takes the web process's URL from the client's
+    Origin, as Frappe's Node servers always do, so all of them make the same calls."""
     config = {
         "socketio_port": socketio_port,
         "redis_queue": f"redis://127.0.0.1:{redis_port}",
-        "webserver_host": "127.0.0.1",
         "webserver_port": web_port,
         "default_site": SITE,
     }
     (bench / "sites" / "common_site_config.json").write_text(json.dumps(config, indent=1))
-
-
-def server_argv(server: str, bench: Path, port: int) -> list[str]:
-    if server == "node":
-        return ["node", str(BENCH_ROOT / "baseline_node" / "server.js"), "--bench", str(bench)]
-    return [sys.executable, "-m", "gsocket", "serve", "--bench", str(bench), "--port", str(port)]
 
 
 def servers_for(st: Settings, n: int, fd_hard: int) -> list[str]:
@@ -213,23 +297,38 @@ def user_room(index: int) -> str:
 
 
 class Run:
-    """Shared parts of one invocation: Redis, the web stand-in, the bench folder."""
+    """Shared parts of one invocation: Redis, the web stand-ins, the bench folder, the
+    extracted Frappe Node servers."""
 
-    def __init__(self, settings: Settings, log_dir: Path, tmp: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_dir: Path,
+        tmp: Path,
+        frappe_nodes: dict[str, frappe_node.FrappeNode],
+    ) -> None:
         self.settings = settings
         self.log_dir = log_dir
         self.bench = make_bench(tmp)
+        self.frappe_nodes = frappe_nodes
         self.fd_hard = processes.raise_fd_limit()
         self._children: list[processes.Child] = []
+        self._webs: dict[str, tuple[processes.Child, int]] = {}
         try:
             self.redis, self.redis_port = processes.start_redis(log_dir)
             self._children.append(self.redis)
-            self.web, self.web_port = processes.start_webstub(BENCH_ROOT, log_dir)
-            self._children.append(self.web)
             self.publisher = Publisher(self.redis_port, SITE)
         except BaseException:
             self._stop_children()
             raise
+
+    def web(self, flavour: str) -> tuple[processes.Child, int]:
+        """The web stand-in answering as FLAVOUR (started on first use, shared after)."""
+        if flavour not in self._webs:
+            child, port = processes.start_webstub(BENCH_ROOT, self.log_dir, flavour)
+            self._children.append(child)
+            self._webs[flavour] = (child, port)
+        return self._webs[flavour]
 
     def _stop_children(self) -> None:
         for child in reversed(self._children):
@@ -243,16 +342,20 @@ class Run:
 class Case:
     """One server at one size: a fresh server and load generator, every scenario."""
 
-    def __init__(self, run: Run, server: str, n_requested: int) -> None:
+    def __init__(self, run: Run, server: str, n_requested: int, round_: int = 1) -> None:
         self.run = run
         self.st = run.settings
         self.server = server
+        self.spec = server_spec(server, self.st.gsocket_web)
         self.n_requested = n_requested
-        self.count = 2 if server == "gsocket2" else 1
+        self.count = self.spec.processes
         self.n = min(n_requested, self.count * (run.fd_hard - processes.FD_RESERVE))
+        self.web, self.web_port = run.web(self.spec.flavour)
         self.result: dict[str, Any] = {
             "type": "case",
             "server": server,
+            "round": round_,
+            "web_flavour": self.spec.flavour,
             "n_requested": n_requested,
             "n": self.n,
         }
@@ -278,7 +381,7 @@ class Case:
             "server_cpu": self.proc.cpu(),
             "server_rss": self.proc.rss(),
             "loadgen_cpu": self.lg.child.cpu(),
-            "web_cpu": self.run.web.cpu(),
+            "web_cpu": self.web.cpu(),
             "redis_cpu": self.run.redis.cpu(),
             "harness_cpu": own.ru_utime + own.ru_stime,
             "machine_busy": busy,
@@ -305,31 +408,44 @@ class Case:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start_server(self) -> None:
-        self.ports = [processes.free_port() for _ in range(self.count)]
-        write_config(self.run.bench, self.ports[0], self.run.redis_port, self.run.web_port)
+    def launch(self, port: int, index: int) -> processes.Child:
+        """Start one process of the server on PORT, the way a bench starts it."""
+        name = f"{self.server}-{self.n_requested}-r{self.result['round']}"
+        name += f"-{index}" if self.count > 1 else ""
+        bench = self.run.bench
+        if self.spec.kind == "frappe-node":
+            assert self.spec.frappe_version is not None
+            fn = self.run.frappe_nodes[self.spec.frappe_version]
+            return processes.start(
+                name, fn.argv(), self.run.log_dir, cwd=fn.root, env=fn.env(bench, port)
+            )
+        if self.spec.kind == "imitation":
+            argv = ["node", str(BENCH_ROOT / "baseline_node" / "server.js"), "--bench", str(bench)]
+            return processes.start(name, argv, self.run.log_dir, cwd=bench / "sites")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        children = [
-            processes.start(
-                f"{self.server}-{self.n_requested}" + (f"-{i}" if self.count > 1 else ""),
-                server_argv(self.server, self.run.bench, port),
-                self.run.log_dir,
-                cwd=self.run.bench / "sites",
-                env=env,
-            )
-            for i, port in enumerate(self.ports)
-        ]
+        argv = [sys.executable, "-m", "gsocket", "serve", "--bench", str(bench)]
+        return processes.start(
+            name, [*argv, "--port", str(port)], self.run.log_dir, cwd=bench / "sites", env=env
+        )
+
+    def start_server(self) -> None:
+        self.ports = [processes.free_port() for _ in range(self.count)]
+        write_config(self.run.bench, self.ports[0], self.run.redis_port, self.web_port)
+        children = [self.launch(port, i) for i, port in enumerate(self.ports)]
         self.proc = children[0] if self.count == 1 else processes.Group(children)
+        # Frappe's Node servers have no /health: listening is what a bench checks for them.
+        up = processes.healthy if self.spec.kind == "gsocket" else processes.listening
 
         def ready() -> bool:
             assert self.proc is not None
             if not self.proc.alive():
                 raise RuntimeError(f"{self.server} exited at start:\n{self.proc.log_tail()}")
-            healthy = all(processes.healthy(port) for port in self.ports)
-            return healthy and self.run.publisher.subscribers() >= self.count
+            return all(up(port) for port in self.ports) and (
+                self.run.publisher.subscribers() >= self.count
+            )
 
-        processes.wait_until(ready, 60, what=f"{self.server} /health and its Redis subscription")
+        processes.wait_until(ready, 60, what=f"{self.server} listening and its Redis subscription")
 
     def execute(self) -> dict[str, Any]:
         log.info("%s with %d clients", self.server, self.n)
@@ -373,7 +489,7 @@ class Case:
                 "fanout-fixed",
                 rate / max(1, n),
                 events_for(rate, self.st.fixed_seconds, n),
-                lambda _: DOC_ROOM,
+                lambda _: TO_DOC,
             ),
         )
         self.result["fanout_max"] = self.phase(
@@ -387,7 +503,7 @@ class Case:
                 max(self.st.window, 4 * n),
                 self.st.flat_seconds,
                 max(1, self.st.flat_max_deliveries // max(1, n)),
-                lambda _: DOC_ROOM,
+                lambda _: TO_DOC,
             ),
         )
         self.result["user_fixed"] = self.phase(
@@ -398,7 +514,7 @@ class Case:
                 "user-fixed",
                 self.st.user_rate,
                 events_for(self.st.user_rate, self.st.fixed_seconds, 1),
-                lambda seq: user_room(seq % self.n),
+                lambda seq: Target(user_room(seq % self.n)),
             ),
         )
         self.result["user_max"] = self.phase(
@@ -412,10 +528,11 @@ class Case:
                 self.st.window,
                 self.st.flat_seconds,
                 self.st.flat_max_deliveries,
-                lambda seq: user_room(seq % self.n),
+                lambda seq: Target(user_room(seq % self.n)),
             ),
         )
         rss_after = self.proc.rss()
+        self.desk_mix()
         stats = self.lg.call("stats")
         self.result["held"] = {
             "connected_at_end": stats["connected"],
@@ -430,13 +547,105 @@ class Case:
         self.result["loadgen_rss"] = stats["rss_bytes"]
         self.lg.call("disconnect")
 
+    def desk_mix(self) -> None:
+        """The desk mix (harness/mix.py): every client takes its desk rooms, then events of
+        every kind are published at the mix's fixed rate while a share of the clients
+        reconnect; server CPU at that offered load, latency, and loss judged for the
+        clients that stayed."""
+        assert self.lg is not None and self.proc is not None
+        mix = Mix.parse(self.st.mix)
+        layout = mix.layout(self.n)
+        web_before = processes.webstub_counts(self.web_port)
+        sub_before = self.snapshot()
+        self.lg.call("mix_subscribe", layout=layout)
+        doctypes, docs = int(layout["doctypes"]), int(layout["docs"])
+        # one list_update to every doctype room and one doc_update to every document room
+        probe = Schedule("l" * doctypes + "d" * docs, [*range(doctypes), *range(docs)])
+        ready = self.probe("probe-mix", doctypes + docs, probe.target, 120, mode="mixready")
+        sub_after = self.snapshot()
+        web_after = processes.webstub_counts(self.web_port)
+        sub_use = self.usage(sub_before, sub_after)
+        log.info("  desk mix: %d clients in all their rooms", ready["clients_ready"])
+        if ready["clients_ready"] < self.connected:
+            # measured anyway: what the missing joins cost shows up as lost deliveries
+            log.warning(
+                "  desk mix: %d clients never got into all their rooms",
+                self.connected - ready["clients_ready"],
+            )
+        plan = schedule(mix, self.n, self.st.mix_seconds)
+        rate = len(plan.kinds) / self.st.mix_seconds
+        churn = mix.reconnect_pct / 100 * self.n
+        self.lg.call("phase_start", phase="mix", mode="mix", n=self.n, churn_per_s=churn)
+        before = self.snapshot()
+        pub = self.run.publisher.fixed_rate("mix", rate, len(plan.kinds), plan.target)
+        published = self.snapshot()
+        reconnects = self.lg.call("churn_stop", timeout_ms=int(self.st.connect_timeout_s * 1000))
+        self.lg.call("mix_expect", kinds=plan.kinds, targets=plan.targets)
+        missing, last_change = None, time.monotonic()
+        while True:
+            now = self.lg.call("mix_pending")["missing"]
+            if now == 0 or time.monotonic() - last_change > self.st.drain_stall_s:
+                break
+            if now != missing:
+                missing, last_change = now, time.monotonic()
+            time.sleep(0.05)
+        after = self.snapshot()
+        res = self.lg.call("phase_end", phase="mix", published=pub.messages, timeout=300)
+        use = self.usage(before, after)
+        offered = self.usage(before, published)
+        self.result["mix"] = {
+            "mix": self.st.mix,
+            "layout": {"doctypes": doctypes, "docs": docs},
+            "subscribe": {
+                **ready,
+                "permission_calls": _delta(web_before, web_after, *PERMISSION_CALLS),
+                "server_cpu_s": sub_use["server_cpu_s"],
+            },
+            "events": pub.messages,
+            "events_by_kind": {k: plan.kinds.count(k) for k in "ldug"},
+            "publish_rate": pub.messages / pub.seconds,
+            "expected": res["expected"],
+            "delivered": res["delivered"],
+            "lost": res["lost"],
+            "duplicates": res["duplicates"],
+            "misrouted": res["misrouted"] + res["unexpected"],
+            "stray": res["stray"],
+            "received": res["received"],
+            "doc_viewers": res["doc_viewers"],
+            "churned_clients": res["churned_clients"],
+            "churned_delivered": res["churned_delivered"],
+            "reconnects": reconnects["reconnects"],
+            "reconnect_failed": reconnects["failed"] + reconnects["pending"],
+            "reconnect_errors": reconnects["errors"],
+            "reconnect_latency": reconnects["latency"],
+            "latency": res["latency"],
+            # CPU while the load was offered: the publishing window, churn included
+            "server_cores": offered["server_cores"],
+            "server_us_per_delivery": 1e6 * use["server_cpu_s"] / max(1, res["received"]),
+            **{k: v for k, v in use.items() if k != "server_cores"},
+        }
+        log.info(
+            "  desk mix: %d events, %d/%d delivered, p99 %s ms, lost %d, dup %d, "
+            "%d reconnects (%d failed), server %.2f cores",
+            pub.messages,
+            res["delivered"],
+            res["expected"],
+            res["latency"].get("p99_ms"),
+            res["lost"],
+            res["duplicates"],
+            reconnects["reconnects"],
+            reconnects["failed"],
+            offered["server_cores"],
+        )
+
     def connection_args(self) -> dict[str, Any]:
         urls = [f"http://127.0.0.1:{port}" for port in self.ports]
         return {
             "url": urls[0],
             "urls": urls,
             "site": SITE,
-            "origin": urls[0],
+            # The web stand-in's URL: the servers take the web process from the Origin.
+            "origin": f"http://127.0.0.1:{self.web_port}",
             "timeout_ms": int(self.st.connect_timeout_s * 1000),
             "local_addresses": self.st.source_addresses,
         }
@@ -446,7 +655,7 @@ class Case:
         warm = self.lg.call("warmup", count=WARMUP_CLIENTS, **self.connection_args())
         if warm["connected"] == 0:
             raise RuntimeError(f"no warm-up client could connect to {self.server}")
-        web_before = processes.webstub_counts(self.run.web_port)
+        web_before = processes.webstub_counts(self.web_port)
         before = self.snapshot()
         res = self.lg.call(
             "connect",
@@ -457,7 +666,7 @@ class Case:
             **self.connection_args(),
         )
         after = self.snapshot()
-        web_after = processes.webstub_counts(self.run.web_port)
+        web_after = processes.webstub_counts(self.web_port)
         self.connected = res["connected"]
         span = max(1e-9, (res["end_us"] - res["start_us"]) / 1e6) if res["end_us"] else None
         use = self.usage(before, after)
@@ -468,7 +677,7 @@ class Case:
             "seconds": span,
             "connects_per_s": res["connected"] / span if span else None,
             "latency": res["latency"],
-            "auth_calls": _delta(web_before, web_after, "frappe.realtime.get_user_info"),
+            "auth_calls": _delta(web_before, web_after, AUTH_CALLS),
             "server_us_per_connect": 1e6 * use["server_cpu_s"] / max(1, res["connected"]),
             "loadgen_cpu_self_s": res["cpu_s"],
             **use,
@@ -482,7 +691,7 @@ class Case:
             res["errors"] or "none",
         )
 
-    def probe(self, phase: str, count: int, room: Callable[[int], str], limit: float) -> dict:
+    def probe(self, phase: str, count: int, room: Route, limit: float, mode: str = "probe") -> dict:
         """Publish COUNT probe events (to ROOM(i)) until every connected client got one.
 
         Joining rooms may finish after the client's own emit returns (the permission call
@@ -491,7 +700,7 @@ class Case:
         with the round doubling each time, so a slow server is not flooded.
         """
         assert self.lg is not None
-        self.lg.call("phase_start", phase=phase, mode="probe", n=self.n)
+        self.lg.call("phase_start", phase=phase, mode=mode, n=self.n)
         started = time.monotonic()
         seen = (0, 0)
         round_s = 1.0
@@ -519,20 +728,21 @@ class Case:
 
     def subscribe_doc(self) -> None:
         assert self.lg is not None
-        web_before = processes.webstub_counts(self.run.web_port)
+        web_before = processes.webstub_counts(self.web_port)
         before = self.snapshot()
         self.lg.call("emit", event="doc_subscribe", args=[DOCTYPE, DOCNAME])
-        res = self.probe("probe-doc", 1, lambda _: DOC_ROOM, 120)
+        res = self.probe("probe-doc", 1, lambda _: TO_DOC, 120)
         after = self.snapshot()
-        web_after = processes.webstub_counts(self.run.web_port)
+        web_after = processes.webstub_counts(self.web_port)
         use = self.usage(before, after)
-        res["permission_calls"] = _delta(web_before, web_after, "frappe.realtime.has_permission")
+        res["permission_calls"] = _delta(web_before, web_after, *PERMISSION_CALLS)
+        res["web_refusals"] = _delta(web_before, web_after, *PERMISSION_CALLS, key="failed")
         res["server_us_per_subscribe"] = 1e6 * use["server_cpu_s"] / max(1, self.connected)
         self.result["doc_subscribe"] = {**res, **use}
         log.info("  doc_subscribe: %d clients in the room", res["clients_ready"])
 
     def check_user_rooms(self) -> None:
-        res = self.probe("probe-user", self.n, user_room, 60)
+        res = self.probe("probe-user", self.n, lambda seq: Target(user_room(seq)), 60)
         self.result["user_rooms"] = res
         log.info("  user rooms: %d clients reached", res["clients_ready"])
 
@@ -540,7 +750,7 @@ class Case:
         """Deliver a few unmeasured fan-out events so both sides' broadcast paths are warm."""
         assert self.lg is not None
         self.lg.call("phase_start", phase="warmup", mode="fanout", n=self.n)
-        self.run.publisher.burst("warmup", WARMUP_EVENTS, lambda _: DOC_ROOM)
+        self.run.publisher.burst("warmup", WARMUP_EVENTS, lambda _: TO_DOC)
         self.lg.wait_received(
             "warmup", WARMUP_EVENTS * self.connected, self.st.drain_stall_s, limit=120
         )
@@ -589,8 +799,15 @@ class Case:
         return out
 
 
-def _delta(before: dict[str, int], after: dict[str, int], key: str) -> int:
-    return after.get(key, 0) - before.get(key, 0)
+def _delta(
+    before: dict[str, dict[str, int]],
+    after: dict[str, dict[str, int]],
+    *methods: str,
+    key: str = "ok",
+) -> int:
+    """Calls of METHODS the web stand-in answered 200 (``ok``), or otherwise (``failed``),
+    between two of its counts."""
+    return sum(after[key].get(m, 0) - before[key].get(m, 0) for m in methods)
 
 
 def rewrite_report(jsonl: Path, results_dir: Path) -> int:
@@ -618,8 +835,14 @@ def main(argv: list[str] | None = None) -> int:
     st = parse_args(argv)
     if st.report_from is not None:
         return rewrite_report(st.report_from, st.results_dir)
-    for package in ("baseline_node", "loadgen"):
-        processes.ensure_npm(BENCH_ROOT / package)
+    processes.ensure_npm(BENCH_ROOT / "loadgen")
+    if "node-imitation" in st.servers:
+        processes.ensure_npm(BENCH_ROOT / "baseline_node")
+    frappe_nodes = {
+        spec.frappe_version: frappe_node.prepare(spec.frappe_version, REPO)
+        for spec in (server_spec(name, st.gsocket_web) for name in st.servers)
+        if spec.frappe_version is not None
+    }
     stamp = time.strftime("%Y%m%d-%H%M%S")
     st.results_dir.mkdir(parents=True, exist_ok=True)
     log_dir = st.results_dir / "raw" / stamp
@@ -628,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
         "type": "run",
         "started": stamp,
         "command": shlex.join(["python", "benchmarks/run.py", *(argv or sys.argv[1:])]),
-        "machine": machine_facts(),
+        "machine": machine_facts(frappe_nodes),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(st).items()},
     }
     jsonl = st.results_dir / f"{stamp}.jsonl"
@@ -636,18 +859,20 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gsocket-bench-"))
     run = None
     try:
-        run = Run(st, log_dir, tmp)
+        run = Run(st, log_dir, tmp, frappe_nodes)
         with jsonl.open("w") as f:
             f.write(json.dumps(run_info) + "\n")
             for n in st.sizes:
-                for server in servers_for(st, n, run.fd_hard):
-                    case = Case(run, server, n).execute()
-                    case["loadavg_after"] = processes.loadavg()
-                    cases.append(case)
-                    f.write(json.dumps(case) + "\n")
-                    f.flush()
-            for r in report.ratios(cases):
-                f.write(json.dumps({"type": "ratio", **r}) + "\n")
+                # interleaved: every server once, then again, so drift hits all alike
+                for round_ in range(1, st.pairs + 1):
+                    for server in servers_for(st, n, run.fd_hard):
+                        case = Case(run, server, n, round_).execute()
+                        case["loadavg_after"] = processes.loadavg()
+                        cases.append(case)
+                        f.write(json.dumps(case) + "\n")
+                        f.flush()
+            for r in report.goals(cases):
+                f.write(json.dumps({"type": "goal", **r}) + "\n")
     finally:
         if run is not None:
             run.close()

@@ -19,6 +19,7 @@ import redis
 import socketio
 from gevent.pywsgi import WSGIServer
 
+from gsocket.arrival import DOCTOR_PATH, serve_arrival
 from gsocket.auth import Authenticator
 from gsocket.bridge import Bridge
 from gsocket.cluster import Presence, name_sessions, node_name
@@ -91,7 +92,8 @@ class App:
         return 503, {"status": "unavailable", "reason": self.bridge.reason, **body}
 
     def wsgi(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        """The WSGI application: ``/health``, ``/metrics``, and Socket.IO under ``/socket.io/``."""
+        """The WSGI application: ``/health``, ``/metrics``, Socket.IO under ``/socket.io/``, and
+        what arrived for ``gsocket doctor --url`` (:mod:`gsocket.arrival`)."""
         path = environ.get("PATH_INFO", "")
         if path == "/health":
             status, body = self.health()
@@ -102,6 +104,8 @@ class App:
                 [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
             )
             return [payload]
+        if path == DOCTOR_PATH:
+            return serve_arrival(environ, start_response, self.config)
         if path == "/metrics":
             payload = self.metrics.render().encode()
             start_response(
@@ -246,7 +250,10 @@ def create_app(
         web,
         metrics,
         client_manager=make_client_manager(config) if config.scale_out else None,
+        connect_timeout=config.connect_timeout,
         max_http_buffer_size=config.limits.max_message_bytes,
+        ping_interval=config.ping_interval,
+        ping_timeout=config.ping_timeout,
     )
     if config.scale_out:
         join_cluster(server, redis_client, config)

@@ -11,7 +11,6 @@ CONNECT_ERROR.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +19,19 @@ from urllib.parse import urlsplit
 from werkzeug.http import parse_cookie
 
 from gsocket.config import Config
-from gsocket.sites import origin_matches_host, resolve_site
+from gsocket.sites import hostname_of, origin_matches_host, resolve_site, resolve_site_from
 from gsocket.webclient import Credential, Unauthorized, WebClient, WebUnavailable
 
-log = logging.getLogger("gsocket.auth")
+#: Characters of a header value quoted in a log line: enough to recognise it, and a client's
+#: 64 KiB header does not become a 64 KiB log line.
+SHOWN_CHARS = 120
+
+
+def shown(value: object) -> str:
+    """``value`` quoted for a log line: repr (so a control character stays visible and on one
+    line), cut to :data:`SHOWN_CHARS`."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "...(cut)"
 
 
 class Refused(Exception):
@@ -126,8 +134,7 @@ class Authenticator:
             info = self.web.get_user_info(web_url, site, credential)
         except Unauthorized:
             raise Refused("unauthorized", "Unauthorized") from None
-        except WebUnavailable as e:
-            log.warning("cannot authenticate a connection to %s: %s", site, e)
+        except WebUnavailable:
             raise Refused(
                 "web_unavailable", "Unauthorized: the web process is unavailable"
             ) from None
@@ -142,3 +149,40 @@ class Authenticator:
             credential=credential,
             web_url=web_url,
         )
+
+    def explain(self, refusal: Refused, namespace: str, environ: Mapping[str, Any]) -> str:
+        """The values a refusal compared, for its log line; never a cookie, token or secret.
+
+        Worked out again from the handshake's headers only when a connection is refused, so
+        a successful connect pays nothing for it.
+        """
+        if refusal.reason == "invalid_namespace":
+            site, source = resolve_site_from(
+                environ, self.config.default_site, self.config.trusted_proxies
+            )
+            return (
+                f"namespace {shown(namespace)} is not the site {shown(site)} resolved from "
+                f"{source}; Host {shown(environ.get('HTTP_HOST'))}, Origin "
+                f"{shown(environ.get('HTTP_ORIGIN'))}, X-Frappe-Site-Name "
+                f"{shown(environ.get('HTTP_X_FRAPPE_SITE_NAME'))}"
+            )
+        if refusal.reason == "invalid_origin":
+            return (
+                f"Origin host {shown(hostname_of(environ.get('HTTP_ORIGIN')))} is not the Host "
+                f"{shown(hostname_of(environ.get('HTTP_HOST')))} (Origin "
+                f"{shown(environ.get('HTTP_ORIGIN'))}, Host {shown(environ.get('HTTP_HOST'))})"
+            )
+        if refusal.reason == "no_credentials":
+            names = sorted(parse_cookie(environ.get("HTTP_COOKIE", "")))
+            return (
+                "neither a sid cookie nor an Authorization header arrived (cookie names: "
+                f"{', '.join(names)[:SHOWN_CHARS] if names else 'none'})"
+            )
+        credential = credential_from(environ)
+        kind = "Authorization header" if credential and credential.authorization else "sid cookie"
+        web = shown(self.web_url(environ))
+        if refusal.reason == "unauthorized":
+            return f"the web process at {web} does not accept this {kind}"
+        if refusal.reason == "web_unavailable":
+            return f"the web process at {web} did not answer: {refusal.__context__}"
+        return ""

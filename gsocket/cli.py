@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING
 
 import gevent
 
+from gsocket import __version__
 from gsocket.config import ConfigError, load_config
 from gsocket.errors import StartupError
+from gsocket.logs import LOG_FORMAT, LOG_FORMATS, setup_logging
 
 if TYPE_CHECKING:
     from gsocket.app import App
 
 log = logging.getLogger("gsocket.cli")
 
-# The process id tells the parent and the children of ``serve --handover`` apart.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 #: Seconds a child of ``serve --handover`` waits for its bridge before it reports ready anyway.
 READY_SUBSCRIBE_WAIT = 3.0
 #: Allocations between the cyclic collector's youngest collections (Python's default: 700).
@@ -48,19 +48,6 @@ def tune_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
-def setup_logging(level: str) -> None:
-    """Send gsocket's log lines to stderr (supervisord collects them into the bench's logs/).
-
-    Records leave out the thread: under gevent every greenlet is a thread to ``threading``,
-    and naming it made each log line build a dummy thread object for its greenlet (kept for
-    the life of a connection's greenlet).  The format never showed it.
-    """
-    logging.logThreads = False
-    logging.logMultiprocessing = False
-    logging.basicConfig(format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("gsocket").setLevel(level.upper())
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a bench until SIGTERM or SIGINT (with ``--handover``, through a parent process)."""
     config = load_config(args.bench)
@@ -75,11 +62,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         host=args.host,
         log_level=args.log_level,
+        log_format=args.log_format,
         drain_timeout=args.drain_timeout,
         reuse_port=args.reuse_port,
         scale_out=args.scale_out,
     )
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format, split=True)
     tune_collector()
     if args.handover:
         from gsocket.handover import Master
@@ -137,11 +125,32 @@ def _report_ready(app: App, ready_fd: int) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """Check a bench for everything gsocket needs; non-zero exit when a check fails."""
-    from gsocket.doctor import run_doctor
-
+    """Check a bench for everything gsocket needs, or (``--url``) the path a browser takes to
+    it; non-zero exit when a check fails."""
     # Verdict lines go to stdout; the modules' own warnings would only repeat them.
     setup_logging("ERROR")
+    if args.url:
+        from gsocket.doctor_url import Target, run_url_doctor
+
+        try:
+            target = Target(
+                args.url,
+                site=args.site,
+                resolve=args.resolve,
+                ca_bundle=args.ca_bundle,
+                sid=args.sid,
+                token=args.token,
+                timeout=args.timeout,
+            )
+        except ValueError as e:
+            print(f"gsocket doctor: {e}", file=sys.stderr)
+            return 2
+        return run_url_doctor(target, bench=args.bench)
+    if not args.bench:
+        print("gsocket doctor: give --bench PATH, --url URL, or both", file=sys.stderr)
+        return 2
+    from gsocket.doctor import run_doctor
+
     bench = os.path.abspath(args.bench)
     sites = os.path.join(bench, "sites")
     if os.path.isdir(sites):
@@ -205,13 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gsocket", description="A gevent socket.io server for Frappe benches."
     )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"gsocket {__version__} (frappe-gsocket, Python {sys.version.split()[0]})",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve a bench's realtime traffic")
-    serve.add_argument("--bench", required=True, help="the bench folder (holds sites/ and apps/)")
+    serve.add_argument(
+        "--bench",
+        default=os.environ.get("FRAPPE_BENCH_ROOT"),
+        required="FRAPPE_BENCH_ROOT" not in os.environ,
+        help="the bench folder (holds sites/ and apps/); default: $FRAPPE_BENCH_ROOT",
+    )
     serve.add_argument("--port", type=int, help="override socketio_port")
     serve.add_argument("--host", help="address to bind (default 0.0.0.0)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="text (default) or json: one JSON object a line"
+    )
     serve.add_argument(
         "--drain-timeout", type=float, help="override gsocket.drain_timeout (seconds)"
     )
@@ -242,8 +264,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
-    doctor = commands.add_parser("doctor", help="check a bench for everything gsocket needs")
-    doctor.add_argument("--bench", required=True, help="the bench folder")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check a bench for everything gsocket needs, or the path a browser takes to it",
+        description="With --bench: check the bench from the inside (configuration, Redis, web "
+        "process, handlers). With --url: walk the path a browser takes through the proxy "
+        "(gsocket reports what arrived at its end) and name the hop that changed what; with "
+        "both, the published-event check uses the bench's Redis.",
+    )
+    doctor.add_argument("--bench", help="the bench folder")
+    doctor.add_argument(
+        "--url", help="the site's URL as users open it, e.g. https://erp.example.com"
+    )
+    doctor.add_argument("--site", help="the site (namespace) expected; default: the URL's host")
+    doctor.add_argument("--sid", help="connect with this sid cookie instead of as Guest")
+    doctor.add_argument("--token", help="connect with Authorization: token API_KEY:API_SECRET")
+    doctor.add_argument(
+        "--resolve", metavar="ADDRESS", help="connect there instead of the URL host's address"
+    )
+    doctor.add_argument("--ca-bundle", help="trust this CA file for the URL's certificate")
+    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds per step (5)")
     doctor.set_defaults(func=cmd_doctor)
 
     setup = commands.add_parser("setup", help="run gsocket in place of the Node realtime process")
@@ -276,8 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         "redis-server, install it (apt-get install redis-server, brew install redis) or pass "
         "--redis-url of a scratch Redis.",
     )
-    demo.add_argument("--web-port", type=int, default=8000, help="port of the page (8000)")
-    demo.add_argument("--socketio-port", type=int, default=9000, help="port of gsocket (9000)")
+    demo.add_argument(
+        "--web-port", type=int, help="port of the page (default 8000, or a free one if taken)"
+    )
+    demo.add_argument(
+        "--socketio-port", type=int, help="port of gsocket (default 9000, or a free one if taken)"
+    )
     demo.add_argument("--redis-url", help="use this running Redis instead of redis-server")
     demo.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     demo.set_defaults(func=cmd_demo)

@@ -16,12 +16,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gsocket.logs import LOG_FORMATS
+
 log = logging.getLogger("gsocket.config")
 
 DEFAULT_REDIS_QUEUE = "redis://127.0.0.1:11000"
 
 # Channels of redis_queue that Frappe itself uses; the scale-out channel must be another one.
 RESERVED_CHANNELS = frozenset({"events", "open_in_editor"})
+
+# gsocket settings of the Engine.IO and Socket.IO protocols, in seconds (Node's are in ms).
+ENGINE = ("ping_interval", "ping_timeout", "connect_timeout")
 
 
 class ConfigError(Exception):
@@ -65,6 +70,7 @@ class Config:
         ``None`` means "only loopback", the safe default when nginx runs on the same machine.
     :param web_timeout: seconds for one call to the web process.
     :param log_level: logging level name.
+    :param log_format: ``text``, or ``json`` for one JSON object per line (log shippers).
     :param limits: per-client protective bounds.
     :param drain_timeout: seconds a stopping server grants to closing its clients and to the
         handlers still running; supervisord's ``stopwaitsecs`` must exceed it.
@@ -79,6 +85,11 @@ class Config:
     :param process: which of them this one is (0-based), ``None`` when not started as one.
     :param presence_ttl: seconds without a heartbeat after which a cluster process counts as
         dead and the presence of its sockets is removed (``gsocket.presence_ttl``).
+    :param ping_interval: seconds between a client's PONG and the next PING (Engine.IO's
+        ``pingInterval``; fractions are kept, to the millisecond).
+    :param ping_timeout: seconds a client has to answer a PING before it is closed.
+    :param connect_timeout: seconds a client may stay connected without joining a site's
+        namespace (Socket.IO's ``connectTimeout``).
     """
 
     bench_path: Path
@@ -93,6 +104,7 @@ class Config:
     trusted_proxies: tuple[str, ...] | None = None
     web_timeout: float = 5.0
     log_level: str = "INFO"
+    log_format: str = "text"
     limits: Limits = field(default_factory=Limits)
     drain_timeout: float = 5.0
     reuse_port: bool = False
@@ -101,6 +113,9 @@ class Config:
     processes: int = 1
     process: int | None = None
     presence_ttl: float = 15.0
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    connect_timeout: float = 45.0
 
     @property
     def sites_path(self) -> Path:
@@ -178,7 +193,11 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
     """Read a bench's realtime configuration.
 
     :param bench_path: the bench folder holding ``sites/common_site_config.json``.
-    :param env: environment to read ``FRAPPE_*`` overrides from (``os.environ`` by default).
+    :param env: environment to read overrides from (``os.environ`` by default): the Node
+        process's ``FRAPPE_*`` ones, and ``GSOCKET_HOST``, ``GSOCKET_TRUSTED_PROXIES``
+        (comma-separated), ``GSOCKET_LOG_LEVEL``, ``GSOCKET_LOG_FORMAT``, ``GSOCKET_PROCESSES``,
+        so that a container (frappe_docker's ``websocket`` service) is configured by its
+        environment alone.
     :raises ConfigError: when the file is missing, unreadable or holds a bad value.
     """
     env = os.environ if env is None else env
@@ -201,15 +220,24 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         webserver_port = int(conf.get("webserver_port") or 8000)
         web_timeout = float(ours.get("web_timeout", 5.0))
         drain_timeout = float(ours.get("drain_timeout", 5.0))
-        processes = int(ours.get("processes", 1))
+        processes = int(env.get("GSOCKET_PROCESSES") or ours.get("processes", 1))
         presence_ttl = float(ours.get("presence_ttl", 15.0))
+        engine = {k: float(ours.get(k, Config.__dataclass_fields__[k].default)) for k in ENGINE}
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad port or timeout in common_site_config.json: {e}") from None
+    for key, seconds in engine.items():
+        if not seconds > 0:
+            raise ConfigError(f"gsocket.{key} must be a positive number of seconds")
     proxies = ours.get("trusted_proxies")
+    if env.get("GSOCKET_TRUSTED_PROXIES") is not None:
+        proxies = [p.strip() for p in env["GSOCKET_TRUSTED_PROXIES"].split(",") if p.strip()]
     if proxies is not None and not (
         isinstance(proxies, list) and all(isinstance(p, str) for p in proxies)
     ):
         raise ConfigError("gsocket.trusted_proxies must be a list of addresses")
+    log_format = str(env.get("GSOCKET_LOG_FORMAT") or ours.get("log_format", "text")).lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"gsocket.log_format must be one of {', '.join(LOG_FORMATS)}")
     if drain_timeout < 0:
         raise ConfigError("gsocket.drain_timeout must not be negative")
     if processes < 1:
@@ -227,7 +255,7 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         bench_path=bench,
         port=port,
         uds=env.get("FRAPPE_SOCKETIO_UDS") or conf.get("socketio_uds") or None,
-        host=str(ours.get("host", "0.0.0.0")),
+        host=str(env.get("GSOCKET_HOST") or ours.get("host", "0.0.0.0")),
         redis_url=str(redis_url),
         default_site=env.get("FRAPPE_SITE") or conf.get("default_site") or None,
         webserver_port=webserver_port,
@@ -235,7 +263,8 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         developer_mode=_as_bool(conf.get("developer_mode", False)),
         trusted_proxies=tuple(proxies) if proxies is not None else None,
         web_timeout=web_timeout,
-        log_level=str(ours.get("log_level", "INFO")).upper(),
+        log_level=str(env.get("GSOCKET_LOG_LEVEL") or ours.get("log_level", "INFO")).upper(),
+        log_format=log_format,
         limits=_limits(ours.get("limits")),
         drain_timeout=drain_timeout,
         reuse_port=_as_bool(ours.get("reuse_port", False)),
@@ -243,4 +272,5 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         scale_out_channel=channel,
         processes=processes,
         presence_ttl=presence_ttl,
+        **engine,
     )

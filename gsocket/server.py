@@ -33,7 +33,7 @@ from gsocket.limits import MAX_ATTACHMENTS, ClientGuard, watch_event_loop
 from gsocket.manager import Manager
 from gsocket.metrics import Metrics
 from gsocket.socket import Socket
-from gsocket.transport import Transport
+from gsocket.transport import Timeline, Transport, accepted_post, request_refusal
 from gsocket.webclient import WebClient
 
 log = logging.getLogger("gsocket.server")
@@ -51,6 +51,8 @@ class Server(socketio.Server):
     :param metrics: where connects, refusals and sockets are counted.
     :param client_manager: python-socketio client manager (a Redis one for scale-out);
         gsocket's :class:`~gsocket.manager.Manager` by default.
+    :param connect_timeout: seconds an Engine.IO session may stay without a namespace
+        before it is closed (Socket.IO's ``connectTimeout``).
     :param engineio_options: passed to the Engine.IO server (ping intervals, buffer size).
     """
 
@@ -61,6 +63,7 @@ class Server(socketio.Server):
         web: WebClient,
         metrics: Metrics,
         client_manager: socketio.Manager | None = None,
+        connect_timeout: float = 45.0,
         **engineio_options: Any,
     ) -> None:
         super().__init__(
@@ -89,6 +92,10 @@ class Server(socketio.Server):
             self.eio,
             authenticator.config.limits.send_queue,
             kick=lambda eio_sid, why: self.guard.kick(eio_sid, why, abort=True),
+        )
+        self._unconnected: set[str] = set()
+        self._connect_deadlines = Timeline(
+            connect_timeout, self._connect_timed_out, "a connect timeout"
         )
         watch_event_loop(BLOCKING_REPORT_SECONDS)
 
@@ -155,11 +162,12 @@ class Server(socketio.Server):
             identity = self.authenticator.authenticate(namespace, environ)
         except Refused as refusal:
             self.metrics.refusals.inc(refusal.reason)
-            log.info(
-                "refused connection to %s from %s: %s (session %s)",
+            log.warning(
+                "refused connection to %s from %s: %s: %s (session %s)",
                 namespace,
                 peer,
                 refusal.reason,
+                self.authenticator.explain(refusal, namespace, environ),
                 eio_sid,
             )
             self._send_connect_error(eio_sid, namespace, refusal.message)
@@ -169,6 +177,7 @@ class Server(socketio.Server):
         sid = self.manager.connect(eio_sid, namespace)
         if sid is None:
             return
+        self._unconnected.discard(eio_sid)
         socket = Socket(self, sid, identity)
         self._sockets[sid] = socket
         if self.presence is not None:
@@ -244,13 +253,21 @@ class Server(socketio.Server):
         Malformed transport input ends that client's session only; whatever python-engineio
         still raises on is answered 400 and ends the session, never the server.
         """
+        problem = request_refusal(environ)
+        if problem is not None:
+            ws = environ.get("wsgi.websocket")
+            if ws is not None:  # already upgraded by gevent-websocket: no status to send
+                ws.close()
+                return []
+            start_response("400 Bad Request", [("Content-Type", "text/plain")])
+            return [json.dumps(problem).encode()]
         refusal = self.guard.screen_request(environ)
         if refusal is not None:
             status, body = refusal
             start_response(status, [("Content-Type", "text/plain")])
             return [body]
         try:
-            return super().handle_request(environ, start_response)
+            return accepted_post(environ, super().handle_request(environ, start_response))
         except Exception as e:  # noqa: BLE001 - one client's bad request must not surface
             self.guard.request_failed(environ, e)
             if environ.get("wsgi.websocket") is not None:
@@ -268,10 +285,34 @@ class Server(socketio.Server):
         session = self.eio.sockets.get(eio_sid)
         if session is not None:
             self.transport.adopt(session)
+        self._unconnected.add(eio_sid)
+        self._connect_deadlines.add(eio_sid)
         return None
+
+    def _connect_timed_out(self, eio_sid: str) -> None:
+        """Close a session that has not connected to any namespace within the connect timeout.
+
+        Socket.IO's server does so (``connectTimeout``, 45 s by default): an Engine.IO
+        session without a namespace serves nothing, and would otherwise hold its connection
+        and its place in ``connections_per_ip`` for as long as the client answers pings.
+        """
+        if eio_sid not in self._unconnected:
+            return
+        self._unconnected.discard(eio_sid)
+        session = self.eio.sockets.get(eio_sid)
+        if session is None or session.closed or session.closing:
+            return
+        log.info(
+            "closed session %s (%s): no namespace connected within %g s",
+            eio_sid,
+            self.guard.peer(eio_sid),
+            self._connect_deadlines.delay,
+        )
+        session.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
 
     def _handle_eio_disconnect(self, eio_sid: str, reason: str | None = None) -> None:
         """End every namespace of the session, then release what the guard held for it."""
+        self._unconnected.discard(eio_sid)
         try:
             super()._handle_eio_disconnect(eio_sid, reason)
         finally:
@@ -342,6 +383,8 @@ class Server(socketio.Server):
             super()._send_eio_packet(eio_sid, eio_pkt)
 
     def shutdown(self) -> None:
-        """Stop python-socketio's background tasks and the transport's pinger."""
+        """Stop python-socketio's background tasks, the transport's pinger and the connect
+        timeouts."""
         self.transport.stop()
+        self._connect_deadlines.stop()
         super().shutdown()

@@ -78,6 +78,14 @@ def _trusted(remote_addr: str, trusted: tuple[str, ...] | None) -> bool:
     return False
 
 
+FROM_HEADER = "X-Frappe-Site-Name"
+FROM_DEFAULT_SITE = "default_site (the Host is localhost)"
+FROM_ORIGIN = "the Origin"
+FROM_HOST = "the Host"
+UNTRUSTED = " (X-Frappe-Site-Name ignored: the peer is not in gsocket.trusted_proxies)"
+"""Where a site was resolved from, as refusal log lines and ``gsocket doctor`` name it."""
+
+
 def resolve_site(
     environ: Mapping[str, Any],
     default_site: str | None,
@@ -92,13 +100,32 @@ def resolve_site(
     :param default_site: the bench's ``default_site``.
     :param trusted_proxies: see :func:`is_trusted_proxy`.
     """
+    return resolve_site_from(environ, default_site, trusted_proxies)[0]
+
+
+def resolve_site_from(
+    environ: Mapping[str, Any],
+    default_site: str | None,
+    trusted_proxies: tuple[str, ...] | None = None,
+) -> tuple[str | None, str]:
+    """:func:`resolve_site`, and where the site came from (one of the ``FROM_*`` texts, plus
+    :data:`UNTRUSTED` when an ``X-Frappe-Site-Name`` arrived from a peer not believed).
+
+    The rule lives here only; the texts are constants so that a connect pays nothing for them.
+    """
     forwarded = environ.get("HTTP_X_FRAPPE_SITE_NAME")
-    if forwarded and is_trusted_proxy(environ.get("REMOTE_ADDR"), trusted_proxies):
-        return hostname_of(forwarded)
+    ignored = ""
+    if forwarded:
+        if is_trusted_proxy(environ.get("REMOTE_ADDR"), trusted_proxies):
+            return hostname_of(forwarded), FROM_HEADER
+        ignored = UNTRUSTED
     host = hostname_of(environ.get("HTTP_HOST"))
     if host in LOCAL_HOSTNAMES and default_site:
-        return default_site
-    return hostname_of(environ.get("HTTP_ORIGIN")) or host
+        return default_site, FROM_DEFAULT_SITE + ignored
+    origin = hostname_of(environ.get("HTTP_ORIGIN"))
+    if origin:
+        return origin, FROM_ORIGIN + ignored
+    return host, FROM_HOST + ignored
 
 
 def origin_matches_host(environ: Mapping[str, Any]) -> bool:

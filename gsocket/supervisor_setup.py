@@ -4,8 +4,9 @@ A production bench runs its realtime process as the supervisord program
 ``<bench>-node-socketio`` in the group ``<bench>-web``, from the ``config/supervisor.conf``
 that ``bench setup supervisor`` writes; a development bench runs it from the ``socketio:``
 line of its ``Procfile``.  These commands write gsocket's program with the same priority,
-start and restart policy and log folder, a ``stopwaitsecs`` that covers gsocket's drain, and
-show the exact change to make in those files (``--apply`` makes it, keeping a copy).
+start and restart policy (``startretries``), log folder and separate error log, a
+``stopwaitsecs`` that covers gsocket's drain, and show the exact change to make in those
+files (``--apply`` makes it, keeping a copy).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from gsocket.config import Config
 
 PROGRAM_FILE = "gsocket.conf"
 SECTION = re.compile(r"^\s*\[(?P<name>[^\]]+)\]\s*$")
+#: supervisord's attempts to start the program before it gives up (its default is 3): the
+#: Node program bench writes has 10, so a bench whose Redis or web process comes up slowly
+#: after a reboot still gets its realtime server.
+START_RETRIES = 10
 # Seconds on top of the drain for the bridge, the Socket.IO service task and the exit itself.
 STOP_MARGIN = 5
 
@@ -41,11 +46,12 @@ priority=4
 autostart=true
 autorestart=true
 startsecs=1
+startretries={startretries}
 stopsignal=TERM
 stopwaitsecs={stopwaitsecs}
 killasgroup=true
 stdout_logfile={bench}/logs/{log}.log
-redirect_stderr=true
+stderr_logfile={bench}/logs/{log}.error.log
 {user_line}directory={bench}
 """
 
@@ -59,6 +65,7 @@ class Program:
     :param python: the interpreter that has gsocket installed.
     :param drain_timeout: ``gsocket.drain_timeout`` of the bench.
     :param user: the ``user=`` of the Node program it replaces, if any.
+    :param startretries: the Node program's ``startretries``, else :data:`START_RETRIES`.
     :param process: with ``gsocket.processes`` above 1, which process of the cluster this
         program runs (``--process K``); its program is ``<name>-gsocket-K``.
     """
@@ -68,6 +75,7 @@ class Program:
     python: str
     drain_timeout: float
     user: str | None = None
+    startretries: int = START_RETRIES
     process: int | None = None
 
     @property
@@ -107,6 +115,7 @@ class Program:
             command=self.command,
             drain=self.drain_timeout,
             stopwaitsecs=self.stopwaitsecs,
+            startretries=self.startretries,
             bench=self.bench,
             user_line=f"user={self.user}\n" if self.user else "",
         )
@@ -158,8 +167,9 @@ def bench_name(text: str | None, bench: Path) -> str:
     return bench.name
 
 
-def node_user(text: str | None, name: str) -> str | None:
-    """The ``user=`` of the ``<name>-node-socketio`` (or existing gsocket) program."""
+def node_option(text: str | None, name: str, key: str) -> str | None:
+    """An option (``user``, ``startretries``) of the ``<name>-node-socketio`` program, or of an
+    earlier gsocket program, which kept it."""
     if not text:
         return None
     for section in _sections(text):
@@ -168,10 +178,21 @@ def node_user(text: str | None, name: str) -> str | None:
             f"program:{name}-gsocket",
             f"program:{name}-gsocket-0",
         ):
-            user = _option(section, "user")
-            if user:
-                return user
+            value = _option(section, key)
+            if value:
+                return value
     return None
+
+
+def node_user(text: str | None, name: str) -> str | None:
+    """The ``user=`` of the ``<name>-node-socketio`` (or existing gsocket) program."""
+    return node_option(text, name, "user")
+
+
+def node_startretries(text: str | None, name: str) -> int:
+    """The Node program's ``startretries``, or :data:`START_RETRIES` when it has none."""
+    value = node_option(text, name, "startretries")
+    return int(value) if value and value.isdigit() else START_RETRIES
 
 
 def _with_blank_line(lines: list[str]) -> list[str]:
@@ -278,6 +299,7 @@ def setup_supervisor(
             python=python or sys.executable,
             drain_timeout=config.drain_timeout,
             user=node_user(text, name),
+            startretries=node_startretries(text, name),
             process=process,
         )
         for process in processes

@@ -18,7 +18,20 @@ Once a session is on websocket, :class:`Transport` replaces its queue with a :cl
 
 Every packet of an upgraded session goes through its wire (CONNECT, acks, pings, broadcasts,
 CLOSE), so frames reach the client in the order ``Socket.send`` was called, as before.  Polling
-sessions keep python-engineio's queue.  Pings come from one :class:`Pinger` for the server.
+sessions keep python-engineio's queue.  Pings, and the close of a client that misses its
+PONG, come from one :class:`Pinger` for the server.
+
+It also makes the server speak Engine.IO as the specification and Node's reference server do
+(and as the protocol's official test suite checks), where python-engineio answers otherwise:
+a second concurrent long-poll is refused and ends the session, a missed PONG closes the
+session at its deadline, the pending poll of a closing session gets NOOP
+(:class:`LeanSocket`); the handshake announces ``pingInterval`` to the millisecond
+(:meth:`Transport.adopt`); a request without ``transport`` or with another method than
+GET/POST/OPTIONS is answered 400 (:func:`request_refusal`), an accepted POST ``ok``
+(:func:`accepted_post`), and a request that asked to close the connection is told
+``Connection: close`` (:class:`LeanWebSocketHandler`).  Each of these hooks was verified
+against python-engineio 4.11.0 (the lowest gsocket accepts) and 4.15.1, with
+python-socketio 5.14.0 and 5.18.1.
 
 The hook is :meth:`Transport.adopt`: python-engineio creates the session object itself, and
 gsocket's server switches its class to :class:`LeanSocket` on the Engine.IO connect event,
@@ -38,6 +51,7 @@ import socket as pysocket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import parse_qs
 
 import gevent
 from engineio import exceptions as eio_exceptions
@@ -65,8 +79,8 @@ broadcasts to a room of 20 000 took over a second to hand to the kernel, and eve
 PACKETS_PER_POLL = 16
 """Packets in one long-polling answer: python-engineio's client (python-socketio's) drops the
 session when an answer holds more, as its server refuses such a POST."""
-PINGS_PER_TURN = 256
-"""Pings the scheduler sends before it lets other greenlets run."""
+ITEMS_PER_TURN = 256
+"""Items (pings, deadlines) a :class:`Timeline` handles before it lets other greenlets run."""
 
 READ_BUFFER = 1024
 """Bytes of each connection's read buffer (gevent's default is 8 KiB, held for the whole life
@@ -111,6 +125,37 @@ def packet_frame(pkt: eio_packet.Packet) -> bytes:
 
 
 PING_FRAME = packet_frame(eio_packet.Packet(eio_packet.PING))
+
+
+ENGINEIO_METHODS = frozenset({"GET", "POST", "OPTIONS"})
+"""HTTP methods of Engine.IO requests (OPTIONS for CORS preflights)."""
+POST_ACCEPTED = b"ok"
+"""The body of the answer to an accepted polling POST, as Node's reference server writes it."""
+
+
+def request_refusal(environ: dict[str, Any]) -> str | None:
+    """Why an Engine.IO request is answered 400 before python-engineio sees it, or ``None``.
+
+    python-engineio answers other methods (PUT, DELETE ...) 405 and takes a request without
+    ``transport`` for a polling one, opening a session for a handshake that names no
+    transport.  Engine.IO, Node's reference server and the protocol's test suite refuse
+    both with 400.
+    """
+    method = environ.get("REQUEST_METHOD")
+    if method not in ENGINEIO_METHODS:
+        return f"Bad request method {method}"
+    if method != "OPTIONS" and "transport" not in parse_qs(environ.get("QUERY_STRING", "")):
+        return "Transport unknown"
+    return None
+
+
+def accepted_post(environ: dict[str, Any], answer: Any) -> Any:
+    """The answer to a request as Engine.IO words it: an accepted polling POST is ``ok``
+    (python-engineio 4.11.0 to 4.15.1 write ``OK``; its clients accept either, the protocol's
+    test suite only ``ok``).  Its answer has no Content-Length, so the body can change."""
+    if environ.get("REQUEST_METHOD") == "POST" and answer == [b"OK"]:
+        return [POST_ACCEPTED]
+    return answer
 
 
 class Wire:
@@ -269,66 +314,121 @@ class Wire:
         self.lost()
 
 
-class Pinger:
-    """One greenlet that sends every session's PING, in place of one greenlet per session.
+class Timeline:
+    """Items that fall due one fixed delay after they were added, handled in order by one
+    greenlet (in place of a timer or a sleeping greenlet per item).
 
-    python-engineio schedules a ping ``ping_interval`` seconds after each PONG; with one
-    interval for all sessions, due times arrive in order, so a FIFO is a timer wheel.
+    With one delay for every item, due times arrive in the order the items were added, so a
+    FIFO is a timer wheel.
 
-    :param interval: seconds between a PONG and the next PING.
+    :param delay: seconds from :meth:`add` to the call of ``due``.
+    :param due: called with each item when it falls due; an exception is logged, and the
+        other items are still handled.
+    :param name: what the items are, for that log line.
     """
 
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.due: collections.deque[tuple[float, Any]] = collections.deque()
+    def __init__(self, delay: float, due: Callable[[Any], None], name: str) -> None:
+        self.delay = delay
+        self.due = due
+        self.name = name
+        self.items: collections.deque[tuple[float, Any]] = collections.deque()
         self._wake = Event()
         self._greenlet: gevent.Greenlet | None = None
 
-    def schedule(self, session: Any) -> None:
-        """Ping ``session`` one interval from now."""
-        self.due.append((time.monotonic() + self.interval, session))
+    def add(self, item: Any) -> None:
+        """Have ``item`` handled one delay from now."""
+        self.items.append((time.monotonic() + self.delay, item))
         if self._greenlet is None:
             self._greenlet = gevent.spawn(self._run)
-        elif len(self.due) == 1:
+        elif len(self.items) == 1:
             self._wake.set()
 
     def stop(self) -> None:
-        """Stop pinging (server shutdown)."""
+        """Stop handling items (server shutdown)."""
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
             self._greenlet = None
-        self.due.clear()
+        self.items.clear()
 
     def _run(self) -> None:
-        due = self.due
-        sent = 0
+        items = self.items
+        handled = 0
         while True:
-            if not due:
+            if not items:
                 self._wake.clear()
                 self._wake.wait()
                 continue
-            at, session = due[0]
+            at, item = items[0]
             delay = at - time.monotonic()
             if delay > 0:
-                sent = 0
+                handled = 0
                 gevent.sleep(delay)
                 continue
-            due.popleft()
-            if session.closing or session.closed:
-                continue
-            session.last_ping = time.time()
+            items.popleft()
             try:
-                queue = session.queue
-                if type(queue) is Wire:
-                    queue.write(PING_FRAME)
-                else:
-                    session.send(eio_packet.Packet(eio_packet.PING))
-            except Exception:  # noqa: BLE001 - one session must not stop every ping
-                log.exception("could not ping session %s", session.sid)
-            sent += 1
-            if sent >= PINGS_PER_TURN:
-                sent = 0
+                self.due(item)
+            except Exception:  # noqa: BLE001 - one item must not stop the others
+                log.exception("%s failed", self.name)
+            handled += 1
+            if handled >= ITEMS_PER_TURN:
+                handled = 0
                 gevent.sleep(0)
+
+
+class Pinger:
+    """Every session's PING, and the close of a session whose PONG is late, for the server.
+
+    python-engineio gives each session a greenlet that sleeps ``ping_interval`` and sends
+    the PING; a client that does not answer is only noticed when something is next sent to
+    it, or by its service task, which looks at each session once per ``ping_timeout``: up
+    to one ping timeout late.  Engine.IO closes a session ``ping_timeout`` after its PING
+    when no PONG came, as Node's reference server does; two :class:`Timeline` do both.
+
+    :param interval: seconds between a PONG and the next PING.
+    :param timeout: seconds a client has to answer a PING.
+    """
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.pings = Timeline(interval, self._ping, "a ping")
+        self.deadlines = Timeline(timeout, self._pong_due, "a pong deadline")
+
+    def schedule(self, session: Any) -> None:
+        """Ping ``session`` one interval from now."""
+        self.pings.add(session)
+
+    def expect_pong(self, session: Any) -> None:
+        """A PING went to ``session`` (its ``last_ping`` is set): close it unless it answers
+        within the timeout."""
+        self.deadlines.add((session, session.last_ping))
+
+    def stop(self) -> None:
+        """Stop pinging (server shutdown)."""
+        self.pings.stop()
+        self.deadlines.stop()
+
+    def _ping(self, session: Any) -> None:
+        if session.closing or session.closed:
+            return
+        session.last_ping = time.time()
+        queue = session.queue
+        if type(queue) is Wire:
+            queue.write(PING_FRAME)
+            self.expect_pong(session)
+        else:
+            session.send(eio_packet.Packet(eio_packet.PING))
+
+    @staticmethod
+    def _pong_due(entry: tuple[Any, float]) -> None:
+        session, pinged = entry
+        if session.closing or session.closed or session.last_ping != pinged:
+            return  # gone, or answered (a PONG clears last_ping; a later PING renews it)
+        server = session.server
+        log.info("session %s did not answer its ping within %g s", session.sid, server.ping_timeout)
+        # CLOSE first (python-engineio means to send one for a missed PONG too, but its
+        # close finds the PONG missed again and drops it), so that a half-open client that
+        # still reads learns it is disconnected.
+        session.queue.put(eio_packet.Packet(eio_packet.CLOSE))
+        session.close(wait=False, abort=True, reason=server.reason.PING_TIMEOUT)
 
 
 class LeanSocket(eio_socket.Socket):
@@ -338,25 +438,62 @@ class LeanSocket(eio_socket.Socket):
     """
 
     transport: Transport
+    polling = False
+    """A long-poll of this session is waiting for packets."""
 
     def send(self, pkt: eio_packet.Packet) -> None:
-        """Send a packet (python-engineio's check for a missed PONG included)."""
+        """Send a packet (python-engineio's check for a missed PONG included); a PING starts
+        the wait for its PONG (python-engineio 4.11 sends a session's first PING itself)."""
         if self.check_ping_timeout():
             self.queue.put(pkt)
+            if pkt.packet_type == eio_packet.PING:
+                self.transport.pinger.expect_pong(self)
+
+    def handle_get_request(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """Serve a long-poll or a websocket upgrade; refuse a second concurrent long-poll.
+
+        python-engineio lets two polls wait on one queue, each taking part of what is sent.
+        Engine.IO forbids it: Node's reference server ends the session (its pending poll gets
+        CLOSE) and refuses the second poll, and the protocol's test suite checks exactly
+        that.  Raising python-engineio's error makes it answer 400.
+
+        A second websocket for a session that is upgrading or upgraded is closed, and the
+        session goes on: python-engineio 4.11 raised on it (and gsocket's guard then ended
+        the session), 4.15.1 refuses it as the reference server does.
+        """
+        ws = environ.get("wsgi.websocket")
+        if ws is None:
+            if self.polling:
+                log.info("session %s sent a second long-poll while one was pending", self.sid)
+                self.close(wait=False, abort=False, reason=self.server.reason.TRANSPORT_ERROR)
+                raise eio_exceptions.EngineIOError("concurrent long-poll")
+        elif self.upgrading or self.upgraded:
+            log.info("session %s opened a second websocket; it is closed", self.sid)
+            ws.close()
+            return []
+        return super().handle_get_request(environ, start_response)
 
     def poll(self) -> list[eio_packet.Packet]:
         """Wait for packets for a long-polling client; answer with at most
         :data:`PACKETS_PER_POLL`, leaving the rest queued for its next poll (or for the
-        websocket, should it upgrade meanwhile)."""
+        websocket, should it upgrade meanwhile).
+
+        A session closed without a CLOSE packet (the client's own CLOSE, or a client put
+        out) answers the pending poll with NOOP, as Node's reference server does, instead
+        of python-engineio's empty body, which is no Engine.IO payload at all.
+        """
         empty = self.server.get_queue_empty_exception()
         queue = self.queue
+        self.polling = True
         try:
             first = queue.get(timeout=self.server.ping_interval + self.server.ping_timeout)
         except empty:
             raise eio_exceptions.QueueEmpty() from None
+        finally:
+            self.polling = False
         queue.task_done()
         if first is None:
-            return []
+            return [eio_packet.Packet(eio_packet.NOOP)]
         packets = [first]
         while len(packets) < PACKETS_PER_POLL:
             try:
@@ -383,7 +520,11 @@ class LeanSocket(eio_socket.Socket):
         """
         server = self.server
         max_size = server.max_http_buffer_size
-        _set_timeout(ws, server.ping_interval + server.ping_timeout)
+        # A silent client is closed by its PONG deadline (CLOSE, then the close frame), one
+        # interval plus one timeout after its last word; python-engineio's socket timeout of
+        # that same length would race it and drop the connection without a word.  The
+        # timeout stays, one ping timeout later, for a peer that vanished.
+        _set_timeout(ws, server.ping_interval + 2 * server.ping_timeout)
 
         def receive() -> Any:
             data = ws.wait()
@@ -472,7 +613,7 @@ class Transport:
         self.limit = max(1, limit)
         self.kick = kick
         self.wires: dict[str, Wire] = {}
-        self.pinger = Pinger(eio.ping_interval)
+        self.pinger = Pinger(eio.ping_interval, eio.ping_timeout)
         self.socket_class = type("LeanSocket", (LeanSocket,), {"transport": self})
         self._dirty: list[Wire] = []
         self._scheduled = False
@@ -481,9 +622,34 @@ class Transport:
         self._last_frame = b""
 
     def adopt(self, session: Any) -> None:
-        """Make a new python-engineio session use the wire and the pinger once upgraded."""
+        """Make a new python-engineio session use the wire and the pinger once upgraded,
+        and give its handshake the ping interval in milliseconds."""
         if type(session) is eio_socket.Socket:
             session.__class__ = self.socket_class
+        self._exact_ping_interval(session)
+
+    def _exact_ping_interval(self, session: Any) -> None:
+        """Write the OPEN packet's ``pingInterval`` in milliseconds, not whole seconds.
+
+        python-engineio (4.11.0 to 4.15.1 at least) truncates the interval to whole seconds
+        before it multiplies by 1000, so 0.3 s is announced as 0 and 2.5 s as 2000 ms: a
+        client then expects pings on a schedule the server does not keep (``pingTimeout`` is
+        truncated after the multiplication: rounded here too, so 1.001 s is 1001 ms).  The
+        OPEN packet is still the first in the session's queue when the Engine.IO connect
+        event runs (the only packet python-engineio sends before it); the queue's public
+        ``peek`` reaches it.
+        """
+        eio = self.eio
+        try:
+            first = session.queue.peek(block=False)
+        except eio.get_queue_empty_exception():
+            first = None
+        if first is None or first.packet_type != eio_packet.OPEN or type(first.data) is not dict:
+            log.debug("session %s has no OPEN packet queued at connect", session.sid)
+            return
+        grace = getattr(eio, "ping_interval_grace_period", 0)
+        first.data["pingInterval"] = round((eio.ping_interval + grace) * 1000)
+        first.data["pingTimeout"] = round(eio.ping_timeout * 1000)
 
     def attach(self, session: Any, ws: Any) -> Wire:
         """Switch an upgraded session to a wire; packets queued before go first, in order."""
@@ -628,6 +794,24 @@ class LeanWebSocketHandler(ScreenedWebSocketHandler):
         default = self.rfile
         self.rfile = sock.makefile("rb", READ_BUFFER)
         default.close()  # only releases the socket reference it counted; nothing was read
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Any:
+        """Start the answer; one to an HTTP/1.1 request that asked to close the connection
+        says ``Connection: close`` (RFC 9112 section 9.6), which gevent leaves out.
+
+        Without it, a client that keeps connections alive by default (Node 19 and newer,
+        whatever the request said) reuses the connection gevent closes after the answer,
+        and its next request fails with "socket hang up".
+        """
+        if (
+            self.close_connection
+            and self.request_version == "HTTP/1.1"
+            and not any(name.lower() == "connection" for name, _ in headers)
+        ):
+            headers = [*headers, ("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
 
 
 _TCP_FAMILIES = (pysocket.AF_INET, pysocket.AF_INET6)

@@ -1,11 +1,13 @@
 """Smoke run of the benchmark harness: it must run end to end and account for every message.
 
 Behaviour only, never timing: the machine is shared, so throughput and latency numbers are
-not asserted; what is asserted is that the run writes its reports, every client connects,
-the auth and permission calls really happen, every published event is delivered exactly
-once, and every event of the small frappe_context batch is acknowledged by its handler, with
-every context's database connection closed and the batch faster than its events one after
-another.
+not asserted; what is asserted is that the run writes its reports, that Frappe's own Node
+servers of v15 and develop (unmodified, from ../shared/frappe) and gsocket each serve every
+client, that the auth and permission calls really happen and the web stand-in refuses none
+of the Node servers' calls (it answers as their Frappe version does), that every published
+event is delivered exactly once, also in the desk mix with its reconnects, and that every
+event of the small frappe_context batch is acknowledged by its handler, with every context's
+database connection closed and the batch faster than its events one after another.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PHASES = ("fanout_fixed", "fanout_max", "user_fixed", "user_max")
+SERVERS = ["node-v15", "node-develop", "gsocket"]
 
 
 def check_case(case: dict) -> None:
@@ -30,6 +33,9 @@ def check_case(case: dict) -> None:
     assert case["connect"]["auth_calls"] == 200
     assert case["doc_subscribe"]["permission_calls"] == 200
     assert case["doc_subscribe"]["clients_ready"] == 200
+    if case["server"].startswith("node-"):
+        # Frappe's own server got every answer it expected from the stand-in
+        assert case["doc_subscribe"]["web_refusals"] == 0
     assert case["user_rooms"]["clients_ready"] == 200
     for key in PHASES:
         phase = case[key]
@@ -42,6 +48,22 @@ def check_case(case: dict) -> None:
     assert case["user_fixed"]["expected"] == case["user_fixed"]["events"]
     assert case["held"] == {"connected_at_end": 200, "disconnects": {}}
     assert case["memory"]["rss_connected"] > 0
+    check_mix(case["mix"])
+
+
+def check_mix(mix: dict) -> None:
+    """Every desk user took its four rooms, every event reached exactly the clients of its
+    room, and the page reloads of the mix reconnected."""
+    # two doctype_subscribe, doc_subscribe and doc_open per client, all checked and allowed
+    assert mix["subscribe"]["permission_calls"] == 4 * 200
+    assert mix["subscribe"]["clients_ready"] == 200
+    assert all(mix["events_by_kind"][kind] > 0 for kind in "ldug")
+    assert mix["delivered"] == mix["expected"] > mix["events"]
+    assert mix["lost"] == mix["duplicates"] == mix["misrouted"] == 0
+    assert mix["reconnects"] > 0 and mix["reconnect_failed"] == 0
+    assert mix["churned_clients"] == mix["reconnects"]
+    # five viewers per document: doc_open tells the others who is viewing
+    assert mix["doc_viewers"] > 0
 
 
 @pytest.mark.timeout(600)
@@ -52,8 +74,6 @@ def test_quick_benchmark_run_delivers_everything(tmp_path: Path) -> None:
             sys.executable,
             str(REPO / "benchmarks" / "run.py"),
             "--quick",
-            "--servers",
-            "node,gsocket",
             "--results-dir",
             str(results),
         ],
@@ -70,9 +90,13 @@ def test_quick_benchmark_run_delivers_everything(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in jsonl[0].read_text().splitlines()]
     assert lines[0]["type"] == "run"
     cases = [line for line in lines if line["type"] == "case"]
-    assert [(c["server"], c["n"]) for c in cases] == [("node", 200), ("gsocket", 200)]
+    assert [(c["server"], c["n"]) for c in cases] == [(s, 200) for s in SERVERS]
     for case in cases:
         check_case(case)
+    goals = [line for line in lines if line["type"] == "goal"]
+    assert {g["goal"] for g in goals} >= {"cpu_per_user_event", "mix_cpu", "clean"}
+    assert all(g["node"] in ("node-v15", "node-develop") for g in goals if g["ratio"])
+    assert [g["ok"] for g in goals if g["goal"] == "clean"] == [True]
     (batch,) = [line for line in lines if line["type"] == "frappe_ctx_concurrency"]
     assert batch["size"] == 20 and "error" not in batch
     assert batch["acks_ok"] == 20 and batch["acks_failed"] == batch["acks_missing"] == 0
@@ -84,7 +108,102 @@ def test_quick_benchmark_run_delivers_everything(tmp_path: Path) -> None:
     for heading in (
         "## Connect storm",
         "## Fan-out as fast as possible",
-        "## Memory and holding",
+        "## Desk mix",
+        "## Goals of issue 16 on the medians",
         "## frappe_context concurrency",
     ):
         assert heading in report
+
+
+def _harness():
+    """benchmarks/harness as run.py imports it (benchmarks/ is a folder of scripts)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from harness import mix, report
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return mix, report
+
+
+def _case(server: str, us_per_event: float, lost: int = 0) -> dict:
+    clean = {"lost": lost, "duplicates": 0, "misrouted": 0}
+    return {
+        "server": server,
+        "n_requested": 1000,
+        "n": 1000,
+        "connect": {"failed": 0, "server_us_per_connect": 500.0},
+        "held": {"connected_at_end": 1000, "disconnects": {}},
+        "user_fixed": {**clean, "server_us_per_event": us_per_event},
+        "mix": {**clean, "reconnect_failed": 0, "server_cores": 0.2},
+    }
+
+
+def test_goals_are_judged_on_medians_against_the_faster_node() -> None:
+    """One outlying round moves neither server's figure, and the Node that did better on a
+    figure is the reference for it; one lost message in one round fails the clean goal."""
+    _, report = _harness()
+    cases = [
+        *(_case("node-v15", us) for us in (50.0, 60.0, 100.0)),
+        *(_case("node-develop", us) for us in (40.0, 45.0, 200.0)),
+        *(_case("node-imitation", us) for us in (1.0, 1.0, 1.0)),  # never the reference
+        _case("gsocket", 20.0),
+        _case("gsocket", 22.0, lost=1),
+        _case("gsocket", 90.0),
+    ]
+    goals = {g["goal"]: g for g in report.goals(cases)}
+    per_user = goals["cpu_per_user_event"]
+    assert (per_user["node"], per_user["node_median"], per_user["gsocket_median"]) == (
+        "node-develop",
+        45.0,
+        22.0,
+    )
+    assert per_user["ratio"] == pytest.approx(22 / 45) and per_user["ok"] is True
+    assert goals["mix_cpu"]["ratio"] == pytest.approx(1.0) and goals["mix_cpu"]["ok"] is False
+    assert goals["clean"]["ok"] is False
+    md = report.markdown(
+        {
+            "started": "t",
+            "command": "c",
+            "settings": {
+                "rate": 1,
+                "fixed_seconds": 1,
+                "flat_seconds": 1,
+                "window": 1,
+                "workers": 1,
+                "connect_concurrency": 1,
+            },
+            "machine": {
+                "cpus": 2,
+                "cpu_model": "x",
+                "memory_gib": 1.0,
+                "kernel": "k",
+                "node": "v20",
+                "python": "3",
+                "socket_io_client": "4",
+                "redis": "r",
+                "loadavg_start": [0, 0, 0],
+            },
+        },
+        cases,
+    )
+    # the scenario tables give the median and the spread of the rounds
+    assert "| node-develop | 1 000 | 3/3 | — | — | 45.0 (40.0–200.0) |" in md
+    assert "| 1 000 | CPU per event to a per-user room | node-develop | 45.0 | 22.0 | 0.49 |" in md
+
+
+def test_desk_mix_rates_and_schedule() -> None:
+    """The mix scales with the users, keeps its kinds' shares and walks every room in turn."""
+    mix, _ = _harness()
+    m = mix.Mix.parse("list_update=300,reconnect_pct=2")
+    assert (m.list_update, m.doc_update, m.reconnect_pct) == (300.0, 50.0, 2.0)
+    with pytest.raises(ValueError):
+        mix.Mix.parse("list_updates=1")
+    plan = mix.schedule(mix.Mix(), 2000, 2.0)
+    counts = {k: plan.kinds.count(k) for k in "ldug"}
+    assert counts == {"l": 800, "d": 200, "u": 400, "g": 80}
+    layout = mix.Mix().layout(2000)
+    assert (layout["doctypes"], layout["docs"]) == (200, 400)
+    lists = [x for k, x in zip(plan.kinds, plan.targets, strict=True) if k == "l"]
+    assert sorted(set(lists)) == list(range(200))
+    first = plan.target(plan.kinds.index("d"))
+    assert (first.room, first.event, first.x) == ("doc:Task/T0", "doc_update", 0)

@@ -65,10 +65,13 @@ class DemoProcess:
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         web_port: int | None = None,
+        choose_ports: bool = False,
     ) -> None:
         self.web_port = web_port or free_port()
         self.socketio_port = free_port()
         self.args = ["--web-port", str(self.web_port), "--socketio-port", str(self.socketio_port)]
+        if choose_ports:
+            self.args = []  # the demo picks them: 8000/9000, or free ones when taken
         self.args += list(args)
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_path = tmp_path / f"demo-{self.web_port}.log"
@@ -202,8 +205,9 @@ def start_demo(tmp_path: Path) -> Iterator[Callable[..., DemoProcess]]:
         env: dict[str, str] | None = None,
         wait: bool = True,
         web_port: int | None = None,
+        choose_ports: bool = False,
     ) -> DemoProcess:
-        demo = DemoProcess(tmp_path, args, env, web_port)
+        demo = DemoProcess(tmp_path, args, env, web_port, choose_ports)
         started.append(demo)
         return demo.start(wait=wait)
 
@@ -302,3 +306,31 @@ def test_an_existing_redis_can_be_used_instead(start_demo, tmp_path):
         assert redis_server.client().ping()
     finally:
         redis_server.stop()
+
+
+def test_taken_default_ports_are_replaced_by_free_ones():
+    from gsocket.demo.runner import choose_port
+    from gsocket.errors import StartupError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        chosen = choose_port(None, busy, "demo web process", "--web-port")
+        assert chosen != busy
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", chosen))  # it was free
+        with pytest.raises(StartupError, match=f"port {busy} for the demo web process is in use"):
+            choose_port(busy, 8000, "demo web process", "--web-port")
+    free = free_port()
+    assert choose_port(None, free, "realtime server", "--socketio-port") == free
+
+
+def test_without_port_options_the_demo_prints_the_ports_it_chose(start_demo):
+    demo = start_demo(choose_ports=True)
+    ports = demo.wait_for_line(r"ports: web process (\d+), gsocket (\d+) ")
+    web_port, socketio_port = int(ports.group(1)), int(ports.group(2))
+    assert demo.url == f"http://127.0.0.1:{web_port}"
+    assert requests.get(demo.url, timeout=5).ok
+    health = requests.get(f"http://127.0.0.1:{socketio_port}/health", timeout=5)
+    assert health.json()["status"] == "ok"

@@ -1,4 +1,4 @@
-"""The demo web process answers gsocket as Frappe v16 does, and its job publishes like Frappe.
+"""The demo web process answers gsocket as Frappe develop does, and its job publishes like Frappe.
 
 It is driven in-process through werkzeug's test client, with a real redis-server holding the
 socket secret and carrying the job's progress events.
@@ -38,11 +38,6 @@ def browser(web: DemoWeb, user: str | None = None) -> Client:
     return client
 
 
-def secret_headers(redis_client: Any) -> dict[str, str]:
-    """The header gsocket sends: the secret the web process keeps in Redis."""
-    return {"X-Frappe-Socket-Secret": redis_client.get("socketio_auth_secret").decode()}
-
-
 def test_the_page_gives_a_visitor_a_guest_cookie_and_the_boot_data(demo_web):
     client = browser(demo_web)
 
@@ -76,47 +71,65 @@ def test_assets_are_looked_up_by_name_only(demo_web):
     assert client.get("/assets/gsocket_demo/nothing.js").status_code == 404
 
 
-def test_get_user_info_needs_the_socket_secret_and_answers_in_the_v16_shape(demo_web, redis_client):
+def test_get_user_info_answers_in_the_develop_shape_without_a_secret(demo_web, redis_client):
     client = browser(demo_web, "Administrator")
 
-    assert client.get(USER_INFO).json == {"message": {}}
-    assert redis_client.get("socketio_auth_secret"), "the first call creates the secret"
-    assert client.get(USER_INFO, headers={"X-Frappe-Socket-Secret": "wrong"}).json == {
-        "message": {}
-    }
-    assert client.get(USER_INFO, headers=secret_headers(redis_client)).json == {
-        "message": {
-            "user": "Administrator",
-            "user_type": "System User",
-            "installed_apps": ["frappe", "gsocket_demo"],
+    assert redis_client.get("socketio_auth_secret") is None
+    for headers in ({}, {"X-Frappe-Socket-Secret": "anything"}):
+        assert client.get(USER_INFO, headers=headers).json == {
+            "message": {
+                "user": "Administrator",
+                "user_type": "System User",
+                "installed_apps": ["frappe", "gsocket_demo"],
+            }
         }
-    }
+    assert redis_client.get("socketio_auth_secret") is None, "the demo never creates the secret"
 
 
-def test_an_existing_socket_secret_is_kept(demo_web, redis_client):
+def test_an_existing_socket_secret_is_checked(demo_web, redis_client):
     redis_client.set("socketio_auth_secret", "set-by-the-bench")
     client = browser(demo_web, "customer@example.com")
 
+    assert client.get(USER_INFO).json == {"message": {}}
+    assert client.get(USER_INFO, headers={"X-Frappe-Socket-Secret": "wrong"}).json == {
+        "message": {}
+    }
     answer = client.get(USER_INFO, headers={"X-Frappe-Socket-Secret": "set-by-the-bench"}).json
-
     assert answer["message"]["user"] == "customer@example.com"
     assert answer["message"]["user_type"] == "Website User"
 
 
-def test_an_unknown_or_ended_session_is_guest(demo_web, redis_client):
+def test_an_unknown_or_ended_session_is_guest(demo_web):
     client = browser(demo_web, "Administrator")
     client.post("/api/method/logout")
-    demo_web.socket_secret()
 
     assert client.get_cookie("sid").value == "Guest"
-    info = client.get(USER_INFO, headers=secret_headers(redis_client)).json["message"]
-    assert info["user"] == "Guest"
+    assert client.get(USER_INFO).json["message"]["user"] == "Guest"
 
     stranger = Client(demo_web.wsgi)
     stranger.set_cookie("sid", "made-up")
-    assert stranger.get(USER_INFO, headers=secret_headers(redis_client)).json["message"][
-        "user"
-    ] == ("Guest")
+    answer = stranger.get(USER_INFO).json
+    assert answer["session_expired"] == 1
+    assert (answer["message"]["user"], answer["message"]["user_type"]) == ("Guest", None)
+
+
+def test_a_token_is_refused_the_demo_has_no_api_keys(demo_web):
+    response = Client(demo_web.wsgi).get(USER_INFO, headers={"Authorization": "token k:s"})
+
+    assert (response.status_code, response.json["exc_type"]) == (401, "AuthenticationError")
+
+
+def test_has_permission_needs_a_name_as_develop_does(demo_web):
+    client = browser(demo_web, "Administrator")
+
+    response = client.get(HAS_PERMISSION, query_string={"doctype": DEMO_DOCTYPE})
+
+    assert response.status_code == 500
+    assert response.json["exception"] == (
+        "TypeError: has_permission() missing 1 required positional argument: 'name'"
+    )
+    doctype_wide = client.get(HAS_PERMISSION, query_string={"doctype": DEMO_DOCTYPE, "name": ""})
+    assert (doctype_wide.status_code, doctype_wide.json) == (200, {"message": True})
 
 
 def test_login_refuses_an_unknown_user(demo_web):
@@ -137,7 +150,7 @@ def test_login_refuses_an_unknown_user(demo_web):
     ],
 )
 def test_has_permission(demo_web, user, doctype, name, allowed):
-    params = {"doctype": doctype} if name is None else {"doctype": doctype, "name": name}
+    params = {"doctype": doctype, "name": name or ""}  # "" asks about the DocType, as Node does
 
     response = browser(demo_web, user).get(HAS_PERMISSION, query_string=params)
 

@@ -51,7 +51,7 @@ def test_broken_web_process_refuses_in_bounded_time_and_spares_sockets(
     assert old.wait_for("still_here") == (1,)
     old.emit("doc_subscribe", "ToDo", "TD-9")
     assert old.call("echo", "alive") == "alive"
-    server.wait_for_log(r"permission check for ToDo on site1\.local failed|cannot authenticate")
+    server.wait_for_log(r"permission check for ToDo on site1\.local failed|: web_unavailable: ")
     assert "Traceback" not in server.log()
 
 

@@ -453,7 +453,9 @@ def test_flush_in_steps_lets_other_greenlets_run_and_keeps_every_wire_in_order(m
     from gsocket import transport as tr
 
     monkeypatch.setattr(tr, "FLUSH_STEP", 2)
-    transport = tr.Transport(SimpleNamespace(ping_interval=25), 100, lambda sid, why: None)
+    transport = tr.Transport(
+        SimpleNamespace(ping_interval=25, ping_timeout=20), 100, lambda sid, why: None
+    )
     pairs = [gevent.socket.socketpair() for _ in range(5)]
     wires = [
         tr.Wire(transport, f"s{i}", a, SimpleNamespace(closed=False))

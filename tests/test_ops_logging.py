@@ -7,12 +7,14 @@ the socket secret must never reach the log, not even at DEBUG.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
+import requests
 import socketio
 
-from tests.conftest import SITE, desk_headers
+from tests.conftest import SITE, SITE2, desk_headers
 
 OPS_APPS = {"apps": ("frappe", "opsapp"), "copy_apps": ("opsapp",), "sites": (SITE,)}
 SECRET = "s3cr3t-socket-secret-value"
@@ -66,3 +68,96 @@ def test_log_level_is_configurable(start_gsocket, web, clients):
     proc.wait_for_log(r"ops_fail.*raised")
     assert "connect site=" not in proc.log()
     assert " INFO " not in proc.log()
+
+
+def _refusal_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "refused connection" in line]
+
+
+def test_refusals_name_the_compared_values_at_warning_once_each(start_gsocket, web, clients):
+    proc = start_gsocket(conf={"gsocket": {"log_level": "WARNING"}})
+    # A namespace the forwarded site does not allow.
+    _refused_at(clients, proc.url, f"/{SITE2}", desk_headers(SITE, "sid-jane"))
+    # An Origin on another host than the Host (Host is 127.0.0.1:<port>).
+    _refused(clients, proc.url, desk_headers(SITE, "sid-jane", origin="http://evil.example"))
+    # No credential, but another cookie whose value must not be logged.
+    _refused(clients, proc.url, {**desk_headers(SITE, None), "Cookie": "theme=v4lue-xyz"})
+    web_port = web.port
+    web.stop()
+    _refused(clients, proc.url, desk_headers(SITE, "sid-jane"))
+    proc.wait_for_log(r"web_unavailable")
+    lines = _refusal_lines(proc.log())
+    assert len(lines) == 4, lines
+    assert all(" WARNING gsocket.server[" in line for line in lines), lines
+    namespace, origin, nocred, unavailable = lines
+    assert (
+        f"invalid_namespace: namespace '/{SITE2}' is not the site '{SITE}' resolved from "
+        "X-Frappe-Site-Name" in namespace
+    ), namespace
+    assert "invalid_origin: Origin host 'evil.example' is not the Host '127.0.0.1'" in origin
+    assert "no_credentials:" in nocred and "cookie names: theme" in nocred, nocred
+    assert f"web_unavailable: the web process at 'http://127.0.0.1:{web_port}'" in unavailable
+    log = proc.log()
+    assert "v4lue-xyz" not in log and "sid-jane" not in log
+    # auth.py no longer adds a second line of its own for the unavailable web process.
+    assert "cannot authenticate" not in log
+
+
+def _refused_at(clients, url: str, namespace: str, headers: dict[str, str]) -> None:
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        clients().connect(url, namespace, headers, timeout=5)
+
+
+def test_an_ignored_site_header_is_named(start_gsocket, clients):
+    proc = start_gsocket(conf={"gsocket": {"trusted_proxies": ["10.99.0.0/16"]}})
+    _refused(clients, proc.url, desk_headers(SITE, "sid-jane"))
+    (line,) = _refusal_lines(proc.wait_for_log(r"refused connection.*\n").string)
+    assert (
+        "resolved from the Origin (X-Frappe-Site-Name ignored: the peer is not in "
+        "gsocket.trusted_proxies)" in line
+    ), line
+
+
+def test_python_engineio_records_are_printed_once(gsocket):
+    answer = requests.get(f"{gsocket.url}/socket.io/?EIO=4&transport=polling&sid=nope", timeout=5)
+    assert answer.status_code == 400
+    gsocket.wait_for_log(r"Invalid session nope")
+    lines = [line for line in gsocket.log().splitlines() if "Invalid session nope" in line]
+    assert len(lines) == 1, lines
+    assert " ERROR engineio.server[" in lines[0]
+
+
+def test_json_lines_format(start_gsocket, clients):
+    proc = start_gsocket(conf={"gsocket": {"log_format": "json"}})
+    clients().connect(proc.url, f"/{SITE}", desk_headers(SITE, "sid-admin"))
+    _refused(clients, proc.url, desk_headers(SITE, "sid-jane", origin="http://evil.example"))
+    requests.get(f"{proc.url}/socket.io/?EIO=4&transport=polling&sid=nope", timeout=5)
+    proc.wait_for_log(r"Invalid session nope")
+    records = [json.loads(line) for line in proc.log().splitlines() if line.strip()]
+    assert all(set(r) >= {"time", "level", "logger", "pid", "message"} for r in records)
+    assert any(r["logger"] == "gsocket.server" and "connect site=" in r["message"] for r in records)
+    (refusal,) = [r for r in records if "refused connection" in r["message"]]
+    assert refusal["level"] == "WARNING" and "invalid_origin" in refusal["message"]
+    assert [r["level"] for r in records if "Invalid session" in r["message"]] == ["ERROR"]
+
+
+def test_a_bad_log_format_is_a_config_error(start_gsocket):
+    proc = start_gsocket(conf={"gsocket": {"log_format": "xml"}}, wait=False)
+    assert proc.proc.wait(timeout=20) == 2
+    assert "gsocket.log_format must be one of text, json" in proc.log()
+
+
+def test_explain_names_the_credential_kind_never_its_value(tmp_path):
+    from gsocket.auth import Authenticator, Refused
+    from gsocket.config import Config
+
+    config = Config(bench_path=tmp_path, webserver_host="10.1.2.3", webserver_port=8000)
+    auth = Authenticator(config, web=None, installed_apps_of=lambda site: ("frappe",))
+    environ = {"HTTP_AUTHORIZATION": "token k3y:s3cret", "HTTP_HOST": "site1.local"}
+    line = auth.explain(Refused("unauthorized", "Unauthorized"), "/site1.local", environ)
+    assert line == (
+        "the web process at 'http://10.1.2.3:8000' does not accept this Authorization header"
+    )
+    environ = {"HTTP_COOKIE": "sid=abcdef; x=1", "HTTP_ORIGIN": "http://a.example" * 20}
+    line = auth.explain(Refused("invalid_origin", "Invalid origin"), "/a.example", environ)
+    assert "abcdef" not in line and "...(cut)" in line

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import socketio
 
 from gsocket.config import load_config
 from gsocket.supervisor_setup import Program, patch_procfile, procfile_line, setup_supervisor
@@ -96,6 +97,10 @@ def test_setup_supervisor_shows_the_change_then_applies_it_once(tmp_path):
     program = (bench / "config" / "gsocket.conf").read_text()
     assert "stopwaitsecs=17\n" in program  # drain 12 s plus the margin
     assert f"stdout_logfile={bench}/logs/gsocket.log\n" in program
+    # What bench's Node program had: its own error log, and 10 start attempts (node has none
+    # in this supervisor.conf, so gsocket keeps bench's value).
+    assert f"stderr_logfile={bench}/logs/gsocket.error.log\n" in program
+    assert "startretries=10\n" in program
 
     applied = _gsocket("setup", "supervisor", "--bench", str(bench), "--apply")
     assert applied.returncode == 0, applied.stderr
@@ -314,3 +319,34 @@ def test_supervisor_conf_is_loaded_with_gsocket_in_the_web_group(supervised_benc
     assert names == {"bench-web:bench-frappe-web", "bench-web:bench-gsocket"}
     health = requests.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
     assert health["status"] == "ok"
+
+
+def test_the_node_programs_startretries_is_kept(tmp_path):
+    bench = _bench_with_node_program(tmp_path, {})
+    conf = bench / "config" / "supervisor.conf"
+    conf.write_text(
+        conf.read_text().replace(
+            f"directory={bench}\n\n[group",
+            f"directory={bench}\nstartretries=7\n\n[group",
+        )
+    )
+    assert "startretries=7" in conf.read_text()
+    shown = _gsocket("setup", "supervisor", "--bench", str(bench))
+    assert shown.returncode == 0, shown.stderr
+    assert "startretries=7\n" in (bench / "config" / "gsocket.conf").read_text()
+
+
+def test_warnings_go_to_the_error_log_and_the_rest_to_the_log(supervised_bench, clients):
+    bench, supervisord, port = supervised_bench
+    wait_until(lambda: _healthy(port), 20, supervisord.tail)
+    url = f"http://127.0.0.1:{port}"
+    clients().connect(url, f"/{SITE}", desk_headers(SITE, "sid-admin"))
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        clients().connect(
+            url, f"/{SITE}", desk_headers(SITE, "sid-admin", origin="http://x.example")
+        )
+    errors, ordinary = bench / "logs" / "gsocket.error.log", bench / "logs" / "gsocket.log"
+    wait_until(lambda: errors.exists() and "invalid_origin" in errors.read_text(), 10)
+    wait_until(lambda: "connect site=" in ordinary.read_text(), 10)
+    assert " INFO " not in errors.read_text()
+    assert "refused connection" not in ordinary.read_text()

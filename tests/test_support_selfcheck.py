@@ -109,13 +109,17 @@ def test_v16_user_info_credentials_and_site(v16: WebStub):
     }
     by_token = get(v16, USER_INFO, headers={"Authorization": "token k:s", "Host": "other"}).json()
     assert by_token["message"]["user"] == "bob@example.com"
-    assert by_token["message"]["user_type"] == "Website User"
+    assert by_token["message"]["user_type"] is None  # a token login has no session data
     assert by_token["message"]["installed_apps"] == ["frappe"]
     by_arg = get(v16, USER_INFO, params={"sid": "sid-alice"}).json()
     assert by_arg["message"]["user"] == "alice@example.com"
     for headers in ({"Cookie": "sid=Guest"}, {"Cookie": "sid=unknown"}, {}):
-        guest = get(v16, USER_INFO, headers=headers).json()["message"]
-        assert (guest["user"], guest["user_type"]) == ("Guest", "Website User")
+        answer = get(v16, USER_INFO, headers=headers).json()
+        guest = answer["message"]
+        assert (guest["user"], guest["user_type"]) == ("Guest", None)
+        assert answer.get("session_expired") == (1 if "unknown" in str(headers) else None)
+    bad_token = get(v16, USER_INFO, headers={"Authorization": "token k:wrong"})
+    assert (bad_token.status_code, bad_token.json()["exc_type"]) == (401, "AuthenticationError")
 
     call = v16.calls_to("get_user_info")[0]
     assert call["headers"]["Cookie"] == "sid=sid-alice"
@@ -149,9 +153,13 @@ def test_v16_has_permission(v16: WebStub):
     assert doctype_wide.status_code == 200
     guest = get(v16, HAS_PERMISSION, params={"doctype": "Note", "name": "N"})
     assert guest.status_code == 403
+    no_name = get(v16, HAS_PERMISSION, params={"doctype": "Note"}, headers=cookie)
+    assert (no_name.status_code, no_name.json()["exc_type"]) == (500, "TypeError")
+    doctype_only = get(v16, HAS_PERMISSION, params={"doctype": "Note", "name": ""}, headers=cookie)
+    assert doctype_only.status_code == 200
     old = get(v16, CAN_DOC, params={"doctype": "ToDo", "docname": "T-1"}, headers=cookie)
-    assert old.status_code == 404
-    assert get(v16, "/api/method/frappe.ping").status_code == 404
+    assert old.status_code == 417
+    assert get(v16, "/api/method/frappe.no_such_method").status_code == 417
     assert get(v16, "/nothing").status_code == 404
 
 
@@ -161,10 +169,10 @@ def test_v15_shape(v15: WebStub):
     assert info == {"message": {"user": "alice@example.com", "user_type": "System User"}}
 
     missing = get(v15, HAS_PERMISSION, params={"doctype": "ToDo", "name": "T-1"}, headers=cookie)
-    assert missing.status_code == 404
+    assert missing.status_code == 417
     assert "has no attribute 'has_permission'" in missing.json()["exception"]
-    v15.missing_method_status = 417
-    assert get(v15, HAS_PERMISSION, params={"doctype": "ToDo"}).status_code == 417
+    v15.missing_method_status = 404
+    assert get(v15, HAS_PERMISSION, params={"doctype": "ToDo"}).status_code == 404
 
     v15.permissions.add(("alice@example.com", "ToDo", "T-1"))
     v15.permissions.add(("alice@example.com", "Note", None))

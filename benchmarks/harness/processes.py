@@ -265,11 +265,19 @@ def start_redis(log_dir: Path) -> tuple[Child, int]:
     return child, port
 
 
-def start_webstub(benchmarks_dir: Path, log_dir: Path) -> tuple[Child, int]:
-    """The web process stand-in (benchmarks/webstub/server.js); returns it and its port."""
+def start_webstub(benchmarks_dir: Path, log_dir: Path, flavour: str) -> tuple[Child, int]:
+    """The web process stand-in (benchmarks/webstub/server.js) answering as FLAVOUR (a
+    Frappe version); returns it and its port."""
     child = start(
-        "webstub",
-        ["node", str(benchmarks_dir / "webstub" / "server.js"), "--port", "0"],
+        f"webstub-{flavour}",
+        [
+            "node",
+            str(benchmarks_dir / "webstub" / "server.js"),
+            "--port",
+            "0",
+            "--flavour",
+            flavour,
+        ],
         log_dir,
         stdout_pipe=True,
     )
@@ -280,10 +288,19 @@ def start_webstub(benchmarks_dir: Path, log_dir: Path) -> tuple[Child, int]:
     return child, int(json.loads(line)["port"])
 
 
-def webstub_counts(port: int) -> dict[str, int]:
-    """Requests the web stand-in has answered, per Frappe method."""
+def webstub_counts(port: int) -> dict[str, dict[str, int]]:
+    """Requests the web stand-in has answered, per Frappe method: ``{"ok": {...}, "failed":
+    {...}}`` (HTTP 200 and anything else)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/__stats", timeout=10) as res:
         return json.loads(res.read())
+
+
+def listening(port: int) -> bool:
+    """Something accepts TCP connections on 127.0.0.1:PORT."""
+    with contextlib.suppress(OSError):
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    return False
 
 
 def healthy(port: int) -> bool:

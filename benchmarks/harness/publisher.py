@@ -1,8 +1,9 @@
 """Publishes benchmark events on Redis channel `events`, as frappe.publish_realtime does.
 
 Each event has Frappe's message shape {"event", "message", "room", "namespace"}; the
-message is {"p": phase, "s": seq, "t": CLOCK_MONOTONIC µs at publish}, which the load
-generator turns into lost/duplicate counts and end-to-end latency. Publishing goes through
+message is {"p": phase, "s": seq, "t": CLOCK_MONOTONIC µs at publish} (and "x", the target's
+index, for the desk mix), which the load generator turns into lost/duplicate counts and
+end-to-end latency. Publishing goes through
 a non-transactional pipeline so that Python is not the limit at tens of thousands of
 events per second.
 """
@@ -25,6 +26,19 @@ EVENT = "bench"
 BATCH = 256
 # Pacing granularity of the fixed-rate publisher.
 TICK_S = 0.002
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one event goes: its room, its event name, and the desk mix's target index."""
+
+    room: str
+    event: str = EVENT
+    x: int | None = None
+
+
+Route = Callable[[int], Target]
+"""The target of the event with a given sequence number."""
 
 
 @dataclass
@@ -54,26 +68,25 @@ class Publisher:
         """How many clients (servers under test) listen on the channel."""
         return int(dict(self.client.pubsub_numsub(CHANNEL)).get(CHANNEL.encode(), 0))
 
-    def _send(self, phase: str, first: int, last: int, room: Callable[[int], str]) -> None:
+    def _send(self, phase: str, first: int, last: int, route: Route) -> None:
         pipe = self.client.pipeline(transaction=False)
         t_us = time.monotonic_ns() // 1000
-        head = f'{{"event":"{EVENT}","message":{{"p":"{phase}","s":'
         for seq in range(first, last):
+            to = route(seq)
+            x = "" if to.x is None else f',"x":{to.x}'
             pipe.publish(
                 CHANNEL,
-                f'{head}{seq},"t":{t_us}}},"room":{json.dumps(room(seq))},'
-                f'"namespace":{self._namespace}}}',
+                f'{{"event":"{to.event}","message":{{"p":"{phase}","s":{seq},"t":{t_us}{x}}},'
+                f'"room":{json.dumps(to.room)},"namespace":{self._namespace}}}',
             )
         pipe.execute()
 
-    def burst(self, phase: str, count: int, room: Callable[[int], str], first: int = 0) -> None:
+    def burst(self, phase: str, count: int, room: Route, first: int = 0) -> None:
         """Publish COUNT events (seq FIRST..) at once: for probes, not for measurements."""
         for start in range(first, first + count, BATCH):
             self._send(phase, start, min(first + count, start + BATCH), room)
 
-    def fixed_rate(
-        self, phase: str, rate: float, count: int, room: Callable[[int], str]
-    ) -> Published:
+    def fixed_rate(self, phase: str, rate: float, count: int, room: Route) -> Published:
         """COUNT events at RATE per second on an absolute schedule (no drift)."""
         t0 = time.monotonic()
         start_us = time.monotonic_ns() // 1000
@@ -97,7 +110,7 @@ class Publisher:
         window: int,
         seconds: float,
         max_events: int,
-        room: Callable[[int], str],
+        room: Route,
     ) -> Published:
         """Publish as fast as the server delivers, for SECONDS or MAX_EVENTS.
 

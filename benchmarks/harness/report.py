@@ -1,30 +1,25 @@
-"""Markdown tables and target ratios from the case results of one benchmark run."""
+"""Markdown tables and the goals of issue 16 from the case results of one benchmark run.
+
+A run holds K interleaved rounds of every server at every size (run.py ``--pairs``). Every
+figure is reported as the median of the rounds with their spread (min–max), and the goals
+are judged on the medians, against the faster of Frappe's two Node servers (``node-v15``,
+``node-develop``) for that figure and size.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 Case = dict[str, Any]
 
-
-@dataclass(frozen=True)
-class Target:
-    """One target of issue #6: gsocket's value divided by Node's, compared to a bound."""
-
-    key: str
-    title: str
-    value: Callable[[Case], float | None]
-    bound: float
-    higher_is_better: bool
-
-    def ok(self, ratio: float) -> bool:
-        return ratio >= self.bound if self.higher_is_better else ratio <= self.bound
-
-    @property
-    def text(self) -> str:
-        return f"{'>=' if self.higher_is_better else '<='} {self.bound:g}x"
+NODES = ("node-v15", "node-develop")
+"""Frappe's own Node servers: the baseline the goals are judged against."""
+GSOCKET = "gsocket"
+ORDER = {"node-v15": 0, "node-develop": 1, "node-imitation": 2, "gsocket": 3, "gsocket2": 4}
+PHASES = ("fanout_fixed", "fanout_max", "user_fixed", "user_max", "mix")
 
 
 def _get(case: Case, *path: str) -> Any:
@@ -36,107 +31,235 @@ def _get(case: Case, *path: str) -> Any:
     return node
 
 
-TARGETS = [
-    Target(
-        "cpu_per_fanout_delivery",
-        "server CPU per fan-out delivery",
-        lambda c: _get(c, "fanout_max", "server_us_per_delivery"),
-        0.5,
-        False,
+@dataclass(frozen=True)
+class Metric:
+    """One figure of a case, how to read it and which way is better."""
+
+    title: str
+    path: tuple[str, ...]
+    digits: int = 1
+    higher_is_better: bool = False
+    scale: float = 1.0
+
+    def value(self, case: Case) -> float | None:
+        v = _get(case, *self.path)
+        return None if v is None else v * self.scale
+
+
+def _m(title: str, *path: str, digits: int = 1, higher: bool = False, scale: float = 1.0) -> Metric:
+    return Metric(title, path, digits, higher, scale)
+
+
+SECTIONS: list[tuple[str, list[Metric]]] = [
+    (
+        "Connect storm",
+        [
+            _m("connects/s", "connect", "connects_per_s", digits=0, higher=True),
+            _m("p99 ms", "connect", "latency", "p99_ms"),
+            _m("server CPU µs/connect", "connect", "server_us_per_connect", digits=0),
+        ],
     ),
-    Target(
-        "cpu_per_room_event",
-        "server CPU per room event",
-        lambda c: _get(c, "user_max", "server_us_per_event"),
-        0.7,
-        False,
+    (
+        "Fan-out at the fixed rate (one doc: room)",
+        [
+            _m("p50 ms", "fanout_fixed", "latency", "p50_ms", digits=2),
+            _m("p99 ms", "fanout_fixed", "latency", "p99_ms", digits=2),
+            _m("server CPU µs/delivery", "fanout_fixed", "server_us_per_delivery", digits=2),
+        ],
     ),
-    Target(
-        "memory_per_client",
-        "memory per connected client",
-        lambda c: _get(c, "memory", "bytes_per_connection"),
-        1.0,
-        False,
+    (
+        "Fan-out as fast as possible",
+        [
+            _m("deliveries/s", "fanout_max", "deliveries_per_s", digits=0, higher=True),
+            _m("p99 ms", "fanout_max", "latency", "p99_ms"),
+            _m("server CPU µs/delivery", "fanout_max", "server_us_per_delivery", digits=2),
+        ],
     ),
-    Target(
-        "connects_per_s", "connects/s", lambda c: _get(c, "connect", "connects_per_s"), 1.5, True
+    (
+        "Per-user rooms at the fixed rate",
+        [
+            _m("p50 ms", "user_fixed", "latency", "p50_ms", digits=2),
+            _m("p99 ms", "user_fixed", "latency", "p99_ms", digits=2),
+            _m("server CPU µs/event", "user_fixed", "server_us_per_event"),
+        ],
     ),
-    Target(
-        "p99_fanout_fixed",
-        "p99 latency at the fixed fan-out rate",
-        lambda c: _get(c, "fanout_fixed", "latency", "p99_ms"),
-        1.0,
-        False,
+    (
+        "Per-user rooms as fast as possible",
+        [
+            _m("events/s", "user_max", "deliveries_per_s", digits=0, higher=True),
+            _m("p99 ms", "user_max", "latency", "p99_ms"),
+            _m("server CPU µs/event", "user_max", "server_us_per_event"),
+        ],
+    ),
+    (
+        "Desk mix",
+        [
+            _m("server cores", "mix", "server_cores", digits=3),
+            _m("server CPU µs/delivery", "mix", "server_us_per_delivery"),
+            _m("p50 ms", "mix", "latency", "p50_ms", digits=2),
+            _m("p99 ms", "mix", "latency", "p99_ms", digits=2),
+            _m("reconnect p99 ms", "mix", "reconnect_latency", "p99_ms"),
+        ],
+    ),
+    (
+        "Memory",
+        [
+            _m("bytes/connection", "memory", "bytes_per_connection", digits=0),
+            _m("RSS idle MiB", "memory", "rss_idle", scale=2**-20),
+            _m("RSS connected MiB", "memory", "rss_connected", scale=2**-20),
+        ],
     ),
 ]
 
 
-def ratios(cases: Iterable[Case]) -> list[dict[str, Any]]:
-    """gsocket/node ratio of every target, per size where both servers have a value."""
-    by_key = {(c["server"], c["n_requested"]): c for c in cases}
-    sizes = sorted({n for _, n in by_key})
-    out = []
-    for n in sizes:
-        node, gs = by_key.get(("node", n)), by_key.get(("gsocket", n))
-        for t in TARGETS:
-            a = t.value(node) if node else None
-            b = t.value(gs) if gs else None
-            ratio = b / a if a and b is not None else None
-            out.append(
-                {
-                    "n": n,
-                    "target": t.key,
-                    "title": t.title,
-                    "node": a,
-                    "gsocket": b,
-                    "ratio": ratio,
-                    "bound": t.text,
-                    "ok": t.ok(ratio) if ratio is not None else None,
-                }
-            )
-        if gs:
-            out.append(
-                {
-                    "n": n,
-                    "target": "held_without_errors",
-                    "title": f"{gs.get('n', n)} websocket clients held without errors",
-                    "node": held(node) if node else None,
-                    "gsocket": held(gs),
-                    "ratio": None,
-                    "bound": "yes",
-                    "ok": held(gs),
-                }
-            )
-        pair = by_key.get(("gsocket2", n))
-        if pair:
-            out.append(
-                {
-                    "n": n,
-                    "target": "held_without_errors_two_processes",
-                    "title": f"{pair.get('n', n)} websocket clients held without errors "
-                    "by two gsocket processes",
-                    "node": None,
-                    "gsocket": held(pair),
-                    "ratio": None,
-                    "bound": "yes",
-                    "ok": held(pair),
-                }
-            )
-    return out
+@dataclass(frozen=True)
+class Goal:
+    """One goal of issue 16: gsocket's median over the faster Node's median, within a bound."""
+
+    key: str
+    title: str
+    metric: Metric
+    bound: float
+
+    def ok(self, ratio: float) -> bool:
+        return ratio >= self.bound if self.metric.higher_is_better else ratio <= self.bound
+
+    @property
+    def text(self) -> str:
+        return f"{'>=' if self.metric.higher_is_better else '<='} {self.bound:g}x"
+
+
+GOALS = [
+    Goal(
+        "cpu_per_user_event",
+        "CPU per event to a per-user room",
+        _m("", "user_fixed", "server_us_per_event"),
+        0.5,
+    ),
+    Goal(
+        "memory_per_connection",
+        "memory per idle websocket connection",
+        _m("", "memory", "bytes_per_connection"),
+        0.7,
+    ),
+    Goal(
+        "cpu_per_fanout_delivery",
+        "CPU per fan-out delivery",
+        _m("", "fanout_fixed", "server_us_per_delivery"),
+        0.4,
+    ),
+    Goal("cpu_per_connect", "CPU per connect", _m("", "connect", "server_us_per_connect"), 0.5),
+    Goal(
+        "p99_fanout_fixed",
+        "p99 latency at the fixed fan-out rate",
+        _m("", "fanout_fixed", "latency", "p99_ms"),
+        0.8,
+    ),
+    Goal(
+        "mix_cpu",
+        "desk mix: server CPU at the same load",
+        _m("", "mix", "server_cores", digits=3),
+        0.5,
+    ),
+    Goal("mix_p99", "desk mix: p99 latency", _m("", "mix", "latency", "p99_ms"), 0.8),
+]
 
 
 def held(case: Case) -> bool:
-    """Every client connected, stayed connected, and no message was lost or duplicated."""
+    """Every client connected and stayed connected, every reconnect of the desk mix
+    succeeded, and no message was lost, duplicated or misrouted."""
     if case.get("error") or not case.get("connect"):
         return False
     hold = case.get("held", {})
-    phases = [case.get(k) or {} for k in ("fanout_fixed", "fanout_max", "user_fixed", "user_max")]
+    phases = [case.get(k) or {} for k in PHASES]
     return (
         case["connect"]["failed"] == 0
         and hold.get("connected_at_end") == case["n"]
         and not hold.get("disconnects")
-        and all(p.get("lost", 1) == 0 and p.get("duplicates", 1) == 0 for p in phases)
+        and all(
+            p.get("lost", 1) == 0 and p.get("duplicates", 1) == 0 and p.get("misrouted", 1) == 0
+            for p in phases
+        )
+        # runs from before the desk mix existed have no "mix" to judge
+        and ("mix" not in case or case["mix"].get("reconnect_failed") == 0)
     )
+
+
+def _groups(cases: Iterable[Case]) -> dict[tuple[int, str], list[Case]]:
+    out: dict[tuple[int, str], list[Case]] = {}
+    for c in cases:
+        out.setdefault((c["n_requested"], c["server"]), []).append(c)
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], ORDER.get(kv[0][1], 9), kv[0][1])))
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median and range of one figure over the rounds that produced it."""
+
+    median: float
+    low: float
+    high: float
+    runs: int
+
+
+def spread(cases: list[Case], metric: Metric) -> Spread | None:
+    values = [v for v in (metric.value(c) for c in cases) if v is not None]
+    if not values:
+        return None
+    return Spread(statistics.median(values), min(values), max(values), len(values))
+
+
+def goals(cases: Iterable[Case]) -> list[dict[str, Any]]:
+    """Every goal per size, on the medians: gsocket against the faster Node of the two."""
+    groups = _groups(cases)
+    out = []
+    for n in sorted({n for n, _ in groups}):
+        gs = groups.get((n, GSOCKET))
+        if not gs:
+            continue
+        for goal in GOALS:
+            mine = spread(gs, goal.metric)
+            nodes = {
+                name: s
+                for name in NODES
+                if (s := spread(groups.get((n, name), []), goal.metric)) is not None
+            }
+            best = None
+            if nodes:
+                pick = max if goal.metric.higher_is_better else min
+                best = pick(nodes, key=lambda name: nodes[name].median)
+            node = nodes.get(best) if best else None
+            ratio = mine.median / node.median if mine and node and node.median else None
+            out.append(
+                {
+                    "n": n,
+                    "goal": goal.key,
+                    "title": goal.title,
+                    "node": best,
+                    "node_median": node.median if node else None,
+                    "gsocket_median": mine.median if mine else None,
+                    "ratio": ratio,
+                    "bound": goal.text,
+                    "ok": goal.ok(ratio) if ratio is not None else None,
+                    "runs": mine.runs if mine else 0,
+                    "digits": goal.metric.digits,
+                }
+            )
+        out.append(
+            {
+                "n": n,
+                "goal": "clean",
+                "title": "nothing lost, duplicated or misrouted; every client held",
+                "node": None,
+                "node_median": None,
+                "gsocket_median": None,
+                "ratio": None,
+                "bound": "every run",
+                "ok": all(held(c) for c in gs),
+                "runs": len(gs),
+            }
+        )
+    return out
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -153,61 +276,18 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def _mib(value: int | None) -> str:
-    return "—" if value is None else f"{value / 2**20:.1f}"
+def _cell(s: Spread | None, digits: int) -> str:
+    if s is None:
+        return "—"
+    if s.runs == 1:
+        return _fmt(s.median, digits)
+    return f"{_fmt(s.median, digits)} ({_fmt(s.low, digits)}–{_fmt(s.high, digits)})"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return lines + [""]
-
-
-def _phase_rows(cases: list[Case], key: str, unit: str) -> list[list[str]]:
-    rows = []
-    for c in cases:
-        p = c.get(key)
-        if not p:
-            rows.append([c["server"], _fmt(c.get("n")), "failed: " + str(c.get("error", "?"))[:60]])
-            continue
-        lat = p.get("latency", {})
-        rows.append(
-            [
-                c["server"],
-                _fmt(c["n"]),
-                _fmt(p.get("events")),
-                _fmt(p.get("deliveries_per_s"), 0),
-                _fmt(lat.get("p50_ms"), 2),
-                _fmt(lat.get("p95_ms"), 2),
-                _fmt(lat.get("p99_ms"), 2),
-                _fmt(lat.get("max_ms"), 2),
-                _fmt(p.get("lost")),
-                _fmt(p.get("duplicates")),
-                _fmt(p.get(f"server_us_per_{unit}"), 2),
-                _fmt(p.get("server_cores"), 2),
-                _fmt(p.get("loadgen_cores"), 2),
-                _fmt(p.get("other_cores"), 2),
-            ]
-        )
-    return rows
-
-
-PHASE_HEADER = [
-    "server",
-    "clients",
-    "events",
-    "deliveries/s",
-    "p50 ms",
-    "p95 ms",
-    "p99 ms",
-    "max ms",
-    "lost",
-    "dup",
-    "server CPU µs/{unit}",
-    "server cores",
-    "loadgen cores",
-    "other load (cores)",
-]
 
 
 def _revision(machine: dict[str, Any]) -> str:
@@ -217,146 +297,142 @@ def _revision(machine: dict[str, Any]) -> str:
     return f" gsocket at {machine['gsocket_revision']}{dirty}."
 
 
+def _servers_text(machine: dict[str, Any]) -> list[str]:
+    lines = []
+    for version, facts in (machine.get("frappe_node") or {}).items():
+        packages = ", ".join(f"{k} {v}" for k, v in facts.get("packages", {}).items())
+        lines.append(
+            f"- `node-{version}`: Frappe {facts.get('frappe_version')}'s own "
+            f"`socketio.js` + `realtime/`, unmodified, from {facts.get('archive')} ({packages})."
+        )
+    return lines
+
+
+def goals_pivot(rows: list[dict[str, Any]]) -> list[str]:
+    """The goals as one compact table (a row per goal, a column per size), for BENCHMARKS.md:
+    the ratio on the medians, **bold** where the goal holds."""
+    sizes = sorted({r["n"] for r in rows})
+    titles = {r["goal"]: (r["title"], r["bound"]) for r in rows}
+    cell = {(r["goal"], r["n"]): r for r in rows}
+    body = []
+    for key, (title, bound) in titles.items():
+        cells = []
+        for n in sizes:
+            r = cell.get((key, n))
+            if r is None or r["ok"] is None:
+                cells.append("—")
+            elif r["ratio"] is None:
+                cells.append(f"**{_fmt(r['ok'])}**" if r["ok"] else _fmt(r["ok"]))
+            else:
+                text = f"{r['ratio']:.2f} ({r['node']})"
+                cells.append(f"**{text}**" if r["ok"] else text)
+        body.append([title, bound, *cells])
+    return _table(["goal", "bound", *[f"{_fmt(n)} clients" for n in sizes]], body)
+
+
 def markdown(run: dict[str, Any], cases: list[Case], batches: Iterable[Case] = ()) -> str:
-    """The latest.md report: settings, one table per scenario, ratios against targets, and
-    the frappe_context batches (``benchmarks/frappe_ctx_concurrency.py``) when run."""
-    order = {"node": 0, "gsocket": 1, "gsocket2": 2}
-    cases = sorted(cases, key=lambda c: (c["n_requested"], order.get(c["server"], 3)))
+    """The latest.md report: settings, one table per scenario (medians and spread), the
+    goals on the medians, and the frappe_context batches when run."""
     s = run["settings"]
     m = run["machine"]
+    groups = _groups(cases)
+    rounds = max((c.get("round", 1) for c in cases), default=1)
     out = [
         f"# gsocket benchmark run {run['started']}",
         "",
         f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']:.1f} GiB, "
         f"Linux {m['kernel']}, Node {m['node']}, Python {m['python']}, "
-        f"socket.io {m['socket_io']}, socket.io-client {m['socket_io_client']}, "
-        f"{m['redis']}. Load average at start: {m['loadavg_start']}.{_revision(m)}",
+        f"socket.io-client {m['socket_io_client']}, {m['redis']}. "
+        f"Load average at start: {m['loadavg_start']}.{_revision(m)}",
         "",
         f"Command: `{run['command']}`",
         "",
-        f"Settings: fixed fan-out rate {s['rate']:g} deliveries/s and per-user rate "
-        f"{s.get('user_rate', s['rate']):g} events/s, each for {s['fixed_seconds']:g} s; "
-        f"flat out for {s['flat_seconds']:g} s (at most {s['flat_max_deliveries']} deliveries, "
-        f"window {s['window']} deliveries in flight); {s['workers']} loadgen workers; "
-        f"connect concurrency {s['connect_concurrency']}.",
+        *_servers_text(m),
+        f"- `gsocket`: against the web stand-in answering as Frappe {s.get('gsocket_web', 'v15')}.",
         "",
-        "## Connect storm",
+        f"Settings: {rounds} interleaved round(s) of every server per size; fixed fan-out "
+        f"rate {s['rate']:g} deliveries/s and per-user rate {s.get('user_rate', s['rate']):g} "
+        f"events/s, each for {s['fixed_seconds']:g} s; flat out for {s['flat_seconds']:g} s "
+        f"(window {s['window']} deliveries in flight); desk mix `{s.get('mix', '—')}` for "
+        f"{s.get('mix_seconds', 0):g} s; {s['workers']} loadgen workers; connect concurrency "
+        f"{s['connect_concurrency']}.",
+        "",
+        "Each cell: median of the rounds (min–max).",
         "",
     ]
+    for title, metrics in SECTIONS:
+        rows = []
+        for (n, server), group in groups.items():
+            failed = [c for c in group if c.get("error")]
+            row = [server, _fmt(n), f"{len(group) - len(failed)}/{len(group)}"]
+            rows.append(row + [_cell(spread(group, mt), mt.digits) for mt in metrics])
+        header = ["server", "clients", "runs ok", *[mt.title for mt in metrics]]
+        out += [f"## {title}", "", *_table(header, rows)]
     rows = []
-    for c in cases:
-        k = c.get("connect")
-        if not k:
-            failure = "failed: " + str(c.get("error"))[:60]
-            rows.append([c["server"], _fmt(c["n_requested"]), failure])
-            continue
-        lat = k["latency"]
+    for (n, server), group in groups.items():
+        mixes = [c.get("mix") or {} for c in group]
+        lost = sum(
+            (c.get(k) or {}).get("lost", 0) + (c.get(k) or {}).get("duplicates", 0)
+            for c in group
+            for k in PHASES
+        )
         rows.append(
             [
-                c["server"],
-                _fmt(c["n"]),
-                _fmt(k["connected"]),
-                _fmt(k["failed"]),
-                _fmt(k["connects_per_s"], 0),
-                _fmt(lat.get("p50_ms"), 2),
-                _fmt(lat.get("p95_ms"), 2),
-                _fmt(lat.get("p99_ms"), 2),
-                _fmt(lat.get("max_ms"), 2),
-                _fmt(k.get("server_us_per_connect"), 0),
-                _fmt(k.get("loadgen_cores"), 2),
-                _fmt(k.get("other_cores"), 2),
+                server,
+                _fmt(n),
+                f"{sum(held(c) for c in group)}/{len(group)}",
+                _fmt(lost),
+                _fmt(sum(x.get("reconnects", 0) for x in mixes)),
+                _fmt(sum(x.get("reconnect_failed", 0) for x in mixes)),
+                _fmt(sum(x.get("doc_viewers", 0) for x in mixes)),
             ]
         )
-    out += _table(
+    out += ["## Clean runs", ""] + _table(
         [
             "server",
             "clients",
-            "connected",
+            "clean runs",
+            "lost + duplicated",
+            "mix reconnects",
             "failed",
-            "connects/s",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "max ms",
-            "server CPU µs/connect",
-            "loadgen cores",
-            "other load (cores)",
+            "doc_viewers received",
         ],
         rows,
     )
-    sections = [
-        ("fanout_fixed", f"Fan-out at {s['rate']:g} deliveries/s (one doc: room)", "delivery"),
-        ("fanout_max", "Fan-out as fast as possible", "delivery"),
-        ("user_fixed", f"Per-user rooms at {s.get('user_rate', s['rate']):g} events/s", "event"),
-        ("user_max", "Per-user rooms as fast as possible", "event"),
-    ]
-    for key, title, unit in sections:
-        header = [h.replace("{unit}", unit) for h in PHASE_HEADER]
-        out += [f"## {title}", ""] + _table(header, _phase_rows(cases, key, unit))
-    rows = []
-    for c in cases:
-        mem = c.get("memory") or {}
-        hold = c.get("held") or {}
-        rows.append(
-            [
-                c["server"],
-                _fmt(c.get("n")),
-                _mib(mem.get("rss_idle")),
-                _mib(mem.get("rss_connected")),
-                _mib(mem.get("rss_after")),
-                _fmt(mem.get("bytes_per_connection"), 0),
-                _fmt(hold.get("connected_at_end")),
-                _fmt(hold.get("disconnects") or "none"),
-                _fmt(held(c)),
-            ]
-        )
-    out += ["## Memory and holding", ""] + _table(
-        [
-            "server",
-            "clients",
-            "RSS idle MiB",
-            "RSS connected MiB",
-            "RSS after run MiB",
-            "bytes/connection",
-            "connected at end",
-            "disconnects",
-            "clean",
-        ],
-        rows,
-    )
+    errors = [c for c in cases if c.get("error")]
+    for c in errors:
+        out.append(f"Error: {c['server']} n={c['n_requested']} round {c.get('round')}: ")
+        out.append(f"`{str(c['error'])[:300]}`")
+        out.append("")
     capped = [c for c in cases if c.get("n") and c["n"] < c["n_requested"]]
     for c in capped:
-        out.append(
+        out += [
             f"Note: {c['server']} size {c['n_requested']} ran with {c['n']} clients: "
-            f"{c.get('n_note', '')}"
-        )
-    if any(c["server"] == "gsocket2" for c in cases):
-        out.append(
-            "Note: gsocket2 is two gsocket processes on two ports, the load generator's "
-            "workers split between them as an nginx upstream would split clients; its CPU "
-            "and RSS are the two processes' sums."
-        )
-    if capped or any(c["server"] == "gsocket2" for c in cases):
-        out.append("")
-    rat = ratios(cases)
-    out += ["## gsocket / node against the targets", ""]
-    if not any(r["gsocket"] is not None for r in rat):
+            f"{c.get('n_note', '')}",
+            "",
+        ]
+    rows_g = goals(cases)
+    out += ["## Goals of issue 16 on the medians", ""]
+    if not rows_g:
         out += ["No gsocket results in this run.", ""]
-    out += _table(
-        ["clients", "target", "node", "gsocket", "ratio", "bound", "met"],
-        [
+    else:
+        out += _table(
+            ["clients", "goal", "faster Node", "Node", "gsocket", "ratio", "bound", "holds"],
             [
-                _fmt(r["n"]),
-                r["title"],
-                _fmt(r["node"], 2),
-                _fmt(r["gsocket"], 2),
-                _fmt(r["ratio"], 2),
-                r["bound"],
-                _fmt(r["ok"]),
-            ]
-            for r in rat
-        ],
-    )
+                [
+                    _fmt(r["n"]),
+                    r["title"],
+                    r["node"] or "—",
+                    _fmt(r["node_median"], r.get("digits", 2)),
+                    _fmt(r["gsocket_median"], r.get("digits", 2)),
+                    _fmt(r["ratio"], 2),
+                    r["bound"],
+                    _fmt(r["ok"]),
+                ]
+                for r in rows_g
+            ],
+        )
+        out += ["### For BENCHMARKS.md", "", *goals_pivot(rows_g)]
     out += _frappe_ctx(list(batches))
     return "\n".join(out)
 

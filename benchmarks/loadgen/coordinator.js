@@ -162,10 +162,38 @@ const commands = {
 	async phase_start(cmd) {
 		currentPhase = cmd.phase;
 		progress.fill({ received: 0, clients: 0 });
+		// cmd.churn_per_s: reconnects per second of the whole population, split evenly
+		const churn = (cmd.churn_per_s || 0) / workers.length;
 		const replies = failed(
-			await broadcast(() => ({ cmd: "phase_start", phase: cmd.phase, mode: cmd.mode, n: cmd.n }))
+			await broadcast(() => ({ cmd: "phase_start", phase: cmd.phase, mode: cmd.mode, n: cmd.n, churn_per_s: churn }))
 		);
 		return { cpu_s: sumCpu(replies) };
+	},
+	async mix_subscribe(cmd) {
+		const replies = failed(await broadcast(() => ({ cmd: "mix_subscribe", layout: cmd.layout })));
+		return { sent: replies.reduce((a, r) => a + r.sent, 0), cpu_s: sumCpu(replies) };
+	},
+	async churn_stop(cmd) {
+		const replies = failed(await broadcast(() => ({ cmd: "churn_stop", timeout_ms: cmd.timeout_ms })));
+		const h = hist.create();
+		replies.forEach((r) => hist.mergeWire(h, r.hist));
+		const sum = (key) => replies.reduce((a, r) => a + r[key], 0);
+		return {
+			reconnects: sum("reconnects"),
+			failed: sum("failed"),
+			pending: sum("pending"),
+			errors: replies.reduce((acc, r) => mergeCounts(acc, r.errors), {}),
+			latency: hist.summaryMs(h),
+			cpu_s: sumCpu(replies),
+		};
+	},
+	async mix_expect(cmd) {
+		failed(await broadcast(() => ({ cmd: "mix_expect", kinds: cmd.kinds, targets: cmd.targets })));
+		return {};
+	},
+	async mix_pending() {
+		const replies = failed(await broadcast(() => ({ cmd: "mix_pending" })));
+		return { missing: replies.reduce((a, r) => a + r.missing, 0) };
 	},
 	async phase_end(cmd) {
 		const replies = failed(
@@ -187,6 +215,9 @@ const commands = {
 			received: sum("received"),
 			clients_with_any: sum("clients_with_any"),
 			clients_missing: sum("clients_missing"),
+			churned_clients: replies.reduce((a, r) => a + (r.churned_clients || 0), 0),
+			churned_delivered: replies.reduce((a, r) => a + (r.churned_delivered || 0), 0),
+			doc_viewers: replies.reduce((a, r) => a + (r.doc_viewers || 0), 0),
 			first_us: minOf(replies.map((r) => r.first_us)),
 			last_us: maxOf(replies.map((r) => r.last_us)),
 			latency: hist.summaryMs(h),

@@ -10,6 +10,13 @@
  * Received benchmark messages carry {p: phase, s: seq, t: monotonic µs at publish}; the
  * worker keeps per-client receipt of each seq (lost and duplicate counts) and a latency
  * histogram, and reports progress to the coordinator while a phase runs.
+ *
+ * The desk mix (run.py's "mix" phase) gives every client the rooms of a desk user: two
+ * doctype rooms (list views) and one document (doc_subscribe and doc_open), chosen from the
+ * client's index by the layout run.py sends; its events are Frappe's own (list_update,
+ * doc_update, msgprint, progress) with {x: target index} added, so a receipt can be checked
+ * against the client's rooms. A share of the clients reconnect during the phase, as a page
+ * reload does; they are judged apart (what they miss while away is not a loss).
  */
 
 const { io } = require("socket.io-client");
@@ -22,6 +29,12 @@ let first = 0; // global index of local client 0
 let eventName = "bench";
 const disconnects = {};
 let tracker = null;
+let connectCmd = null; // the last connect command: how reconnecting clients connect again
+let layout = null; // the desk mix's room layout, from mix_subscribe
+
+// Desk-mix events as published by run.py: event name -> kind code of the schedule.
+const MIX_EVENTS = { list_update: "l", doc_update: "d", msgprint: "u", progress: "g" };
+const MIX_READY = 7; // both doctype rooms (bits 1, 2) and the document room (bit 4) reached
 
 function send(msg) {
 	process.send(msg);
@@ -48,14 +61,66 @@ function newTracker(cmd) {
 		firstUs: null,
 		lastUs: null,
 		reported: -1,
+		// desk mix
+		masks: cmd.mode === "mixready" ? new Uint8Array(clients.length) : null,
+		sets: cmd.mode === "mix" ? new Array(clients.length) : null,
+		churned: new Uint8Array(clients.length),
+		viewers: 0,
+		churn: null,
+		schedule: null,
 	};
 }
 
-function record(local, msg) {
+// The rooms of desk user G under the mix layout: two distinct doctypes and one document.
+function doctypesOf(g) {
+	return [g % layout.doctypes, (g + Math.floor(layout.doctypes / 2)) % layout.doctypes];
+}
+
+function docOf(g) {
+	return g % layout.docs;
+}
+
+function isMember(kind, x, g) {
+	if (kind === "l") {
+		const [a, b] = doctypesOf(g);
+		return x === a || x === b;
+	}
+	if (kind === "d") return x === docOf(g);
+	return x === g; // msgprint and progress go to user:<u>
+}
+
+function recordMix(tr, local, msg, kind) {
+	const g = first + local;
+	if (tr.mode === "mixready") {
+		let bit = 0;
+		if (kind === "l") {
+			const [a, b] = doctypesOf(g);
+			bit = msg.x === a ? 1 : msg.x === b ? 2 : 0;
+		} else if (kind === "d" && msg.x === docOf(g)) bit = 4;
+		const before = tr.masks[local];
+		tr.masks[local] |= bit;
+		if (before !== MIX_READY && tr.masks[local] === MIX_READY) tr.clientsWithAny += 1;
+		return;
+	}
+	if (!isMember(kind, msg.x, g)) {
+		tr.misrouted += 1;
+		return;
+	}
+	let seen = tr.sets[local];
+	if (!seen) seen = tr.sets[local] = new Set();
+	if (seen.has(msg.s)) tr.duplicates += 1;
+	else seen.add(msg.s);
+}
+
+function record(local, msg, kind) {
 	const tr = tracker;
 	if (!tr || !msg || msg.p !== tr.phase) {
 		if (tr) tr.stray += 1;
 		return;
+	}
+	if (tr.mode === "mixready") {
+		tr.received += 1; // progress: clientsWithAny counts the clients in all their rooms
+		return recordMix(tr, local, msg, kind);
 	}
 	const now = hist.nowUs();
 	hist.add(tr.hist, now - msg.t);
@@ -64,6 +129,7 @@ function record(local, msg) {
 	tr.received += 1;
 	if (tr.recv[local]++ === 0) tr.clientsWithAny += 1;
 	if (tr.mode === "probe") return;
+	if (tr.mode === "mix") return recordMix(tr, local, msg, kind);
 	let k = msg.s;
 	if (tr.mode === "user") {
 		if (msg.s % tr.n !== first + local) {
@@ -82,9 +148,90 @@ function record(local, msg) {
 	else seen[k] = 1;
 }
 
+/*
+ * Deliveries the mix schedule owes each client (seq -> kind and target), judged for the
+ * clients that stayed connected; reconnected clients' receipts are only counted.
+ */
+function judgeMix(tr) {
+	const byDoctype = new Map();
+	const byDoc = new Map();
+	const add = (map, key, local) => {
+		const list = map.get(key);
+		if (list) list.push(local);
+		else map.set(key, [local]);
+	};
+	for (let local = 0; local < clients.length; local++) {
+		if (tr.churned[local] || !clients[local]) continue;
+		const g = first + local;
+		for (const d of doctypesOf(g)) add(byDoctype, d, local);
+		add(byDoc, docOf(g), local);
+	}
+	const { kinds, targets } = tr.schedule;
+	let expected = 0;
+	let delivered = 0;
+	const missing = new Set();
+	for (let seq = 0; seq < kinds.length; seq++) {
+		const kind = kinds[seq];
+		const x = targets[seq];
+		let members;
+		if (kind === "l") members = byDoctype.get(x) || [];
+		else if (kind === "d") members = byDoc.get(x) || [];
+		else {
+			const local = x - first;
+			members = local >= 0 && local < clients.length && clients[local] && !tr.churned[local] ? [local] : [];
+		}
+		for (const local of members) {
+			expected += 1;
+			const seen = tr.sets[local];
+			if (seen && seen.has(seq)) delivered += 1;
+			else missing.add(local);
+		}
+	}
+	let received = 0;
+	let churnedReceived = 0;
+	for (let local = 0; local < clients.length; local++) {
+		const n = tr.sets[local] ? tr.sets[local].size : 0;
+		if (tr.churned[local]) churnedReceived += n;
+		else received += n;
+	}
+	return {
+		expected,
+		delivered,
+		unexpected: received - delivered,
+		clientsMissing: missing.size,
+		churnedReceived,
+	};
+}
+
+function finishMix(tr) {
+	const j = judgeMix(tr);
+	let churnedClients = 0;
+	for (let local = 0; local < clients.length; local++) churnedClients += tr.churned[local];
+	return {
+		phase: tr.phase,
+		expected: j.expected,
+		delivered: j.delivered,
+		lost: j.expected - j.delivered,
+		duplicates: tr.duplicates,
+		misrouted: tr.misrouted,
+		unexpected: j.unexpected,
+		stray: tr.stray,
+		received: tr.received,
+		clients_with_any: tr.clientsWithAny,
+		clients_missing: j.clientsMissing,
+		churned_clients: churnedClients,
+		churned_delivered: j.churnedReceived,
+		doc_viewers: tr.viewers,
+		first_us: tr.firstUs,
+		last_us: tr.lastUs,
+		hist: hist.toWire(tr.hist),
+	};
+}
+
 function finishPhase(published) {
 	const tr = tracker;
 	tracker = null;
+	if (tr.mode === "mix") return finishMix(tr);
 	let expected = 0;
 	let delivered = 0;
 	let unexpected = 0;
@@ -149,9 +296,26 @@ function openClient(cmd, sid) {
 	});
 }
 
+// What every client listens to: the benchmark event, the desk mix's events, doc_viewers.
+function attach(socket, local) {
+	socket.on(eventName, (msg) => record(local, msg, null));
+	for (const [name, kind] of Object.entries(MIX_EVENTS)) {
+		socket.on(name, (msg) => record(local, msg, kind));
+	}
+	socket.on("doc_viewers", () => {
+		if (tracker) tracker.viewers += 1;
+	});
+	socket.on("disconnect", (reason) => {
+		if (reason !== "io client disconnect") {
+			disconnects[reason] = (disconnects[reason] || 0) + 1;
+		}
+	});
+}
+
 function connectAll(cmd) {
 	first = cmd.first;
 	eventName = cmd.event;
+	connectCmd = cmd;
 	const count = cmd.count;
 	const h = hist.create();
 	const errors = {};
@@ -198,12 +362,7 @@ function connectAll(cmd) {
 			};
 			socket.on("connect", () => settle(true));
 			socket.on("connect_error", (err) => settle(false, String(err && err.message)));
-			socket.on(eventName, (msg) => record(local, msg));
-			socket.on("disconnect", (reason) => {
-				if (reason !== "io client disconnect") {
-					disconnects[reason] = (disconnects[reason] || 0) + 1;
-				}
-			});
+			attach(socket, local);
 		};
 		const initial = Math.min(cmd.concurrency, count);
 		for (let i = 0; i < initial; i++) launch();
@@ -238,6 +397,84 @@ function warmup(cmd) {
 	return Promise.all(pending).then((oks) => ({ connected: oks.filter(Boolean).length }));
 }
 
+// What the desk does for user G: two list views open and one form (doc_subscribe, doc_open).
+function subscribeMix(socket, g) {
+	for (const d of doctypesOf(g)) socket.emit("doctype_subscribe", `${layout.doctype_prefix}${d}`);
+	const name = `${layout.doc_prefix}${docOf(g)}`;
+	socket.emit("doc_subscribe", layout.doc_doctype, name);
+	socket.emit("doc_open", layout.doc_doctype, name);
+}
+
+/*
+ * Reconnect RATE clients per second (a page reload: the old socket closes, a new one
+ * connects with the same session and subscribes again), cycling through the clients so
+ * that none reloads twice before the others did.
+ */
+function startChurn(tr, rate) {
+	// idle: called when the last reconnect in flight settles, once churn_stop waits for it
+	const churn = { cursor: 0, due: 0, inflight: 0, done: 0, failed: 0, errors: {}, hist: hist.create(), idle: null };
+	let last = hist.nowUs();
+	const settle = () => {
+		churn.inflight -= 1;
+		if (churn.inflight === 0 && churn.idle) churn.idle();
+	};
+	const reconnectOne = (local) => {
+		const old = clients[local];
+		if (!old) return;
+		tr.churned[local] = 1;
+		churn.inflight += 1;
+		old.close();
+		const t0 = hist.nowUs();
+		const socket = openClient(connectCmd, `u${first + local}`);
+		clients[local] = socket;
+		attach(socket, local);
+		socket.on("connect", () => {
+			hist.add(churn.hist, hist.nowUs() - t0);
+			churn.done += 1;
+			subscribeMix(socket, first + local);
+			settle();
+		});
+		socket.on("connect_error", (err) => {
+			const reason = String(err && err.message);
+			churn.errors[reason] = (churn.errors[reason] || 0) + 1;
+			churn.failed += 1;
+			clients[local] = null;
+			socket.close();
+			settle();
+		});
+	};
+	churn.timer = setInterval(() => {
+		const now = hist.nowUs();
+		churn.due += (rate * (now - last)) / 1e6;
+		last = now;
+		while (churn.due >= 1 && clients.length) {
+			churn.due -= 1;
+			reconnectOne(churn.cursor);
+			churn.cursor = (churn.cursor + 1) % clients.length;
+		}
+	}, 50);
+	return churn;
+}
+
+function stopChurn(churn, timeoutMs) {
+	clearInterval(churn.timer);
+	return new Promise((resolve) => {
+		const finish = () => {
+			clearTimeout(timer);
+			resolve({
+				reconnects: churn.done,
+				failed: churn.failed,
+				pending: churn.inflight,
+				errors: churn.errors,
+				hist: hist.toWire(churn.hist),
+			});
+		};
+		const timer = setTimeout(finish, timeoutMs);
+		if (churn.inflight === 0) finish();
+		else churn.idle = finish;
+	});
+}
+
 const commands = {
 	async connect(cmd) {
 		return connectAll(cmd);
@@ -257,7 +494,33 @@ const commands = {
 	},
 	async phase_start(cmd) {
 		tracker = newTracker(cmd);
+		if (cmd.mode === "mix" && cmd.churn_per_s > 0) tracker.churn = startChurn(tracker, cmd.churn_per_s);
 		return {};
+	},
+	async mix_subscribe(cmd) {
+		layout = cmd.layout;
+		let sent = 0;
+		for (let local = 0; local < clients.length; local++) {
+			const s = clients[local];
+			if (s && s.connected) {
+				subscribeMix(s, first + local);
+				sent += 1;
+			}
+		}
+		return { sent };
+	},
+	async churn_stop(cmd) {
+		const churn = tracker && tracker.churn;
+		if (!churn) return { reconnects: 0, failed: 0, pending: 0, errors: {}, hist: hist.toWire(hist.create()) };
+		return stopChurn(churn, cmd.timeout_ms);
+	},
+	async mix_expect(cmd) {
+		tracker.schedule = { kinds: cmd.kinds, targets: cmd.targets };
+		return {};
+	},
+	async mix_pending() {
+		const j = judgeMix(tracker);
+		return { missing: j.expected - j.delivered };
 	},
 	async phase_end(cmd) {
 		return finishPhase(cmd.published);

@@ -57,7 +57,7 @@ REDIS_MISSING = (
     "(Debian/Ubuntu: sudo apt-get install redis-server; Fedora: sudo dnf install redis; "
     "macOS: brew install redis), or run one yourself (for example "
     "docker run --rm -p 6379:6379 redis:7) and pass --redis-url redis://127.0.0.1:6379. "
-    "The demo only publishes on the channel 'events' and sets the key socketio_auth_secret: "
+    "The demo only publishes on the channel 'events' (and reads the key socketio_auth_secret): "
     "do not point it at a production bench's Redis."
 )
 
@@ -67,6 +67,8 @@ BENCH_OVERRIDES = (
     "FRAPPE_SOCKETIO_PORT",
     "FRAPPE_SOCKETIO_UDS",
     "FRAPPE_SITE",
+    "GSOCKET_HOST",
+    "GSOCKET_TRUSTED_PROXIES",
 )
 
 
@@ -74,14 +76,15 @@ BENCH_OVERRIDES = (
 class DemoOptions:
     """What ``gsocket demo`` can be told.
 
-    :param web_port: port of the demo web process (the page), 8000 like a development bench.
-    :param socketio_port: port of gsocket, 9000 like a development bench.
+    :param web_port: port of the demo web process (the page); ``None``: 8000 like a
+        development bench, or a free port when 8000 is taken.
+    :param socketio_port: port of gsocket; ``None``: 9000, or a free port when it is taken.
     :param redis_url: use this running Redis instead of starting ``redis-server``.
     :param log_level: logging level of the demo and of gsocket.
     """
 
-    web_port: int = 8000
-    socketio_port: int = 9000
+    web_port: int | None = None
+    socketio_port: int | None = None
     redis_url: str | None = None
     log_level: str = "INFO"
 
@@ -102,16 +105,39 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _check_port_free(port: int, what: str, option: str) -> None:
+def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
+            return False
+        return True
+
+
+def choose_port(asked: int | None, preferred: int, what: str, option: str) -> int:
+    """The port for one part of the demo.
+
+    A port the user asked for is used or the demo stops, saying so; otherwise the bench's
+    usual port when it is free, else any free one: a machine that runs a bench has 8000 and
+    9000 taken, and the demo should just work there.
+
+    :param asked: the ``--web-port``/``--socketio-port`` value, if given.
+    :param preferred: 8000 or 9000.
+    :raises StartupError: when the asked port is taken.
+    """
+    if asked is not None:
+        if not _port_is_free(asked):
             raise StartupError(
-                f"port {port} for the {what} is in use (is a bench running?); "
-                f"choose another with {option}"
-            ) from None
+                f"port {asked} for the {what} is in use (is a bench running?); "
+                f"choose another with {option}, or leave it out to get a free one"
+            )
+        return asked
+    if _port_is_free(preferred):
+        return preferred
+    port = _free_port()
+    log.info("port %d for the %s is taken; using %d", preferred, what, port)
+    return port
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -167,13 +193,21 @@ class Child:
 
     :param name: how log lines name it.
     :param args: the command.
-    :param env: its environment (its output goes to the demo's terminal).
+    :param env: its environment.
+
+    Its output goes to the demo's stderr, with the demo's own log lines: the demo's stdout
+    holds only what it prints for the user (the URL, the ports), though ``gsocket serve``
+    writes its INFO lines to stdout.
     """
 
     def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         self.name = name
         self.proc = subprocess.Popen(
-            args, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            args,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr.fileno(),
+            preexec_fn=_die_with_parent,
         )
         self.expected_exit = False
 
@@ -212,6 +246,8 @@ class Demo:
         self.on_failure = on_failure
         self.root = Path(tempfile.mkdtemp(prefix="gsocket-demo-"))
         self.redis_url = options.redis_url or ""
+        self.web_port = 0
+        self.socketio_port = 0
         self.redis: Child | None = None
         self.gsocket: Child | None = None
         self.web: DemoWeb | None = None
@@ -220,7 +256,12 @@ class Demo:
     @property
     def url(self) -> str:
         """The page's URL."""
-        return f"http://127.0.0.1:{self.options.web_port}"
+        return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def socketio_url(self) -> str:
+        """gsocket's URL (the page connects there; ``/health`` and ``/metrics`` too)."""
+        return f"http://127.0.0.1:{self.socketio_port}"
 
     def start(self) -> None:
         """Start every part; on failure, stop what was started and raise.
@@ -228,20 +269,24 @@ class Demo:
         :raises StartupError: with what to do about it.
         """
         try:
-            _check_port_free(self.options.web_port, "demo web process", "--web-port")
-            _check_port_free(self.options.socketio_port, "realtime server", "--socketio-port")
+            self.web_port = choose_port(
+                self.options.web_port, 8000, "demo web process", "--web-port"
+            )
+            self.socketio_port = choose_port(
+                self.options.socketio_port, 9000, "realtime server", "--socketio-port"
+            )
             self._start_redis()
             write_demo_bench(
                 self.root,
                 self.redis_url,
-                self.options.web_port,
-                self.options.socketio_port,
+                self.web_port,
+                self.socketio_port,
                 log_level=self.options.log_level.upper(),
             )
             self.web = DemoWeb(
                 DEMO_SITE,
-                self.options.web_port,
-                self.options.socketio_port,
+                self.web_port,
+                self.socketio_port,
                 self.redis_url,
                 self.root,
                 restart_realtime=self.restart_gsocket,
@@ -302,7 +347,7 @@ class Demo:
             "gsocket", [sys.executable, "-m", "gsocket", "serve", "--bench", str(self.root)], env
         )
         self.gsocket = child
-        health = f"http://127.0.0.1:{self.options.socketio_port}/health"
+        health = f"{self.socketio_url}/health"
         session = requests.Session()
         session.trust_env = False
 
@@ -377,6 +422,11 @@ def run_demo(options: DemoOptions) -> int:
     demo = Demo(options, on_failure=fail)
     demo.start()
     print(f"gsocket demo is running: open {demo.url} (Ctrl-C stops it)", flush=True)
+    print(
+        f"ports: web process {demo.web_port}, gsocket {demo.socketio_port} "
+        f"({demo.socketio_url}/health)",
+        flush=True,
+    )
     print(f"demo bench: {demo.root}", flush=True)
     stopping.wait()
     demo.stop()

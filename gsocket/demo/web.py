@@ -1,8 +1,11 @@
 """The demo's web process: the slice of a Frappe web server that gsocket depends on, and the page.
 
 On a bench gsocket owns no users: it asks the web process who a cookie belongs to and what that
-user may read.  This module answers those calls the way Frappe v16 does (socket secret in Redis,
-``installed_apps`` in ``get_user_info``, ``has_permission``) for three fixed demo users, logs
+user may read.  This module answers those calls the way Frappe develop does (``installed_apps``
+in ``get_user_info``, ``has_permission(doctype, name)`` with ``name`` required, the same
+statuses and error bodies; tests/realbench/test_standins.py compares it with the real one) for
+three fixed demo users, checks the socket secret as newer Frappe does while its Redis key
+exists, logs
 browsers in with a ``sid`` cookie like Frappe's login, runs a background job that reports its
 progress through Redis as ``frappe.publish_progress`` does, and serves the demo page.
 
@@ -82,14 +85,44 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status, mimetype="application/json")
 
 
+def _error(exception: str, exc_type: str, status: int, **extra: Any) -> Response:
+    """An error answer of Frappe's web process: the exception, its type, a traceback."""
+    traceback = json.dumps([f"Traceback (most recent call last):\n{exception}\n"])
+    return _json({"exception": exception, "exc_type": exc_type, "exc": traceback, **extra}, status)
+
+
+def _bare_error(exc_type: str, status: int) -> Response:
+    """A Frappe exception raised without a message (``raise frappe.PermissionError``)."""
+    return _error(f"frappe.exceptions.{exc_type}", exc_type, status)
+
+
 def _frappe_error(exc_type: str, message: str, status: int) -> Response:
-    """An error answer in Frappe's shape (what gsocket and the browser both expect)."""
-    body = {
-        "exc_type": exc_type,
-        "exception": f"frappe.exceptions.{exc_type}: {message}",
-        "_server_messages": json.dumps([json.dumps({"message": message})]),
+    """``frappe.throw(message, exc_type)``: the exception with its text and the message shown."""
+    shown = {
+        "message": message,
+        "title": "Message",
+        "indicator": "red",
+        "raise_exception": 1,
+        "__frappe_exc_id": secrets.token_hex(28),
     }
-    return _json(body, status)
+    messages = json.dumps([json.dumps(shown)])
+    exception = f"frappe.exceptions.{exc_type}: {message}"
+    return _error(exception, exc_type, status, _server_messages=messages)
+
+
+def _missing_method(method: str) -> Response:
+    """Frappe's 417 for a method it cannot find (``can_subscribe_doc`` on develop, say)."""
+    module, _, attr = method.rpartition(".")
+    text = f"Failed to get method for command {method} with module '{module}' has no attribute "
+    return _frappe_error("ValidationError", f"{text}'{attr}'", 417)
+
+
+def _missing_arguments(function: str, missing: list[str]) -> Response:
+    """Frappe's 500 for a whitelisted method called without a required argument."""
+    names = " and ".join(f"'{m}'" for m in missing)
+    plural = "argument" if len(missing) == 1 else "arguments"
+    exception = f"TypeError: {function}() missing {len(missing)} required positional {plural}: "
+    return _error(exception + names, "TypeError", 500)
 
 
 class DemoWeb:
@@ -168,14 +201,28 @@ class DemoWeb:
         if path.startswith(ASSETS_PREFIX):
             return self.asset(path[len(ASSETS_PREFIX) :])
         if path.startswith(METHOD_PREFIX):
-            route = self._routes.get(path[len(METHOD_PREFIX) :])
+            if request.headers.get("Authorization"):
+                # The demo has no API keys; Frappe refuses a token it does not know.
+                return _bare_error("AuthenticationError", 401)
+            method = path[len(METHOD_PREFIX) :]
+            route = self._routes.get(method)
             if route is not None:
                 return route(request)
+            return _missing_method(method)
         return _frappe_error("DoesNotExistError", f"{path} not found", 404)
 
+    @staticmethod
+    def sid_of(request: Request) -> str:
+        """The session of a request: its ``sid`` cookie, else a ``sid`` argument, as in Frappe."""
+        return request.cookies.get("sid") or request.args.get("sid") or GUEST
+
     def user_of(self, request: Request) -> str:
-        """The user of a request's ``sid`` cookie; like Frappe, an unknown session is Guest."""
-        return self.sessions.get(request.cookies.get("sid", GUEST), GUEST)
+        """The user of a request's session; like Frappe, an unknown session is Guest."""
+        return self.sessions.get(self.sid_of(request), GUEST)
+
+    def session_expired(self, request: Request) -> bool:
+        """Whether the request carries a session that does not exist (anymore)."""
+        return self.sid_of(request) not in (GUEST, *self.sessions)
 
     def page(self, request: Request) -> Response:
         """The demo page, with the boot data the desk would get (site, user, socketio_port)."""
@@ -234,39 +281,36 @@ class DemoWeb:
         response.set_cookie("sid", GUEST, path="/", httponly=True, samesite="Lax")
         return response
 
-    def socket_secret(self) -> str:
-        """The shared secret in Redis, created when missing, as Frappe v16 does."""
-        value = self.redis.get(SECRET_KEY)
-        if value:
-            return value.decode()
-        value = secrets.token_hex(16).encode()
-        self.redis.set(SECRET_KEY, value, nx=True)
-        return (self.redis.get(SECRET_KEY) or value).decode()
-
     def get_user_info(self, request: Request) -> Response:
-        """Who holds this cookie: only for callers that know the socket secret (gsocket)."""
-        if request.headers.get("X-Frappe-Socket-Secret") != self.socket_secret():
+        """Who holds this cookie.
+
+        While the socket secret exists in Redis only callers that send it (gsocket) are
+        answered, as newer Frappe does; Frappe develop and v15 have no secret and answer all.
+        """
+        secret = self.redis.get(SECRET_KEY)
+        if secret and request.headers.get("X-Frappe-Socket-Secret") != secret.decode():
             return _json({"message": {}})
         user = self.user_of(request)
-        return _json(
-            {
-                "message": {
-                    "user": user,
-                    "user_type": USER_TYPES.get(user, "Website User"),
-                    "installed_apps": ["frappe", "gsocket_demo"],
-                }
-            }
-        )
+        info = {
+            "user": user,
+            "user_type": None if user == GUEST else USER_TYPES[user],
+            "installed_apps": ["frappe", "gsocket_demo"],
+        }
+        expired = {"session_expired": 1} if self.session_expired(request) else {}
+        return _json({**expired, "message": info})
 
     def has_permission(self, request: Request) -> Response:
-        """May this cookie's user read the document (or, without a name, the DocType)?"""
+        """May this cookie's user read the document (or, with ``name=""``, the DocType)?
+
+        Both arguments are required, as in Frappe develop's ``has_permission(doctype, name)``.
+        """
+        missing = [arg for arg in ("doctype", "name") if arg not in request.args]
+        if missing:
+            return _missing_arguments("has_permission", missing)
         user = self.user_of(request)
-        doctype = request.args.get("doctype", "")
-        name = request.args.get("name") or None
-        if doctype and may_read(user, doctype, name):
+        if may_read(user, request.args["doctype"], request.args["name"] or None):
             return _json({"message": True})
-        target = f"{doctype} {name}" if name else doctype
-        return _frappe_error("PermissionError", f"No permission for {target}", 403)
+        return _bare_error("PermissionError", 403)
 
     def start_job(self, request: Request) -> Response:
         """Enqueue the demo job for this user; it reports progress through Redis."""

@@ -377,108 +377,6 @@ def locks(a: dict[str, Any]) -> dict[str, Any]:
     return {"before": before, "after": after}
 
 
-def real_bench(a: dict[str, Any]) -> dict[str, Any]:
-    """The same checks against a real Frappe bench (run with the bench's Python, cwd sites/).
-
-    Needs the bench's MariaDB and Redis running.  Writes only to a probe table that it
-    creates and drops itself.
-    """
-    import contextvars
-    import time
-    import uuid
-
-    import frappe
-    import gevent
-
-    from gsocket.frappe_ctx import FrappeContext, check_startup_guards
-
-    check_startup_guards()
-    sites_path, site, events = a["sites_path"], a["site"], a["events"]
-    ctx = FrappeContext(sites_path)
-    errors: list[str] = []
-    frappe.init(site, sites_path=sites_path)
-    frappe.local.spawner_secret = "not for handlers"
-
-    def handler(i: int, user: str) -> int:
-        if getattr(frappe.local, "spawner_secret", None) is not None:
-            errors.append(f"event {i} inherited the spawner's frappe.local")
-        frappe.local.flags.gsocket_marker = i
-        conn_id = frappe.db.sql("SELECT CONNECTION_ID()")[0][0]
-        for step in ("SLEEP", "gevent.sleep"):
-            if step == "SLEEP":
-                frappe.db.sql("SELECT SLEEP(0.2)")
-            else:
-                gevent.sleep(0)
-            seen = (
-                frappe.local.site,
-                frappe.session.user,
-                frappe.local.flags.gsocket_marker,
-                frappe.db.sql("SELECT CONNECTION_ID()")[0][0],
-            )
-            if seen != (site, user, i, conn_id):
-                errors.append(f"event {i} after {step}: saw {seen!r}")
-        return int(conn_id)
-
-    started = time.monotonic()
-    greenlets = []
-    for i in range(events):
-        user = "Administrator" if i % 2 else "Guest"
-        greenlet = gevent.Greenlet(ctx.run, site, user, handler, i, user)
-        if i % 3 == 0:
-            greenlet.gr_context = contextvars.copy_context()
-        greenlet.start()
-        greenlets.append(greenlet)
-    gevent.joinall(greenlets, timeout=120)
-    elapsed = time.monotonic() - started
-    conn_ids = [g.value for g in greenlets if g.successful()]
-    failures = [repr(g.exception) for g in greenlets if not g.successful()]
-
-    table = f"__gsocket_probe_{uuid.uuid4().hex[:8]}"
-
-    def ddl(statement: str) -> None:
-        frappe.db.sql_ddl(statement)
-
-    def writer(name: str, fail: bool) -> None:
-        frappe.db.sql(f"INSERT INTO `{table}` (name) VALUES (%s)", (name,))
-        frappe.db.sql("SELECT SLEEP(0.3)")
-        if fail:
-            raise ValueError("fails on purpose")
-
-    def remaining() -> list[str]:
-        return [row[0] for row in frappe.db.sql(f"SELECT name FROM `{table}` ORDER BY name")]
-
-    def still_open(ids: list[int]) -> int:
-        rows = frappe.db.sql("SELECT ID FROM information_schema.PROCESSLIST")
-        return len({int(row[0]) for row in rows} & set(ids))
-
-    ctx.run(site, "Administrator", ddl, f"CREATE TABLE `{table}` (name VARCHAR(140))")
-    try:
-        writers = [
-            gevent.spawn(ctx.run, site, "Administrator", writer, "failing", True),
-            gevent.spawn(ctx.run, site, "Administrator", writer, "passing", False),
-        ]
-        gevent.joinall(writers, timeout=30)
-        rows = ctx.run(site, "Administrator", remaining)
-    finally:
-        ctx.run(site, "Administrator", ddl, f"DROP TABLE `{table}`")
-    deadline = time.monotonic() + 10
-    left_open = ctx.run(site, "Administrator", still_open, conn_ids)
-    while left_open and time.monotonic() < deadline:
-        gevent.sleep(0.05)
-        left_open = ctx.run(site, "Administrator", still_open, conn_ids)
-    return {
-        "elapsed": elapsed,
-        "ok": len(conn_ids),
-        "failures": failures[:5],
-        "errors": errors[:10],
-        "spawner_intact": frappe.local.site == site and frappe.local.spawner_secret is not None,
-        "rows": rows,
-        "failing_raised": repr(writers[0].exception),
-        "left_open": left_open,
-        "installed_apps": ctx.installed_apps(site),
-    }
-
-
 SCENARIOS = {
     "concurrency": concurrency,
     "rollback": rollback,
@@ -486,7 +384,6 @@ SCENARIOS = {
     "many": many,
     "installed_apps": installed_apps,
     "locks": locks,
-    "real_bench": real_bench,
 }
 
 

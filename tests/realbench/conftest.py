@@ -15,6 +15,18 @@ from tests.support.bench import GsocketProcess
 from tests.support.realbench import RealBench, unavailable
 
 REASON = unavailable()
+LANE_TIMEOUT = 900
+"""Seconds a test of the lane may take, with its share of the bench's build or teardown:
+pytest-timeout counts session fixtures in the test that sets them up or tears them down,
+and a first build (about a minute per version, more on a fresh machine) or a MariaDB shutdown
+after it do not fit the suite's 120 s."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test of the lane :data:`LANE_TIMEOUT` unless it sets its own."""
+    for item in items:
+        if "realbench" in item.path.parts and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(LANE_TIMEOUT))
 
 
 @pytest.fixture(scope="session", params=["v15", "develop"])

@@ -263,10 +263,13 @@ class RealBench:
 
         Dependencies come from the registry within the ranges gsocket declares, keeping what
         Frappe pinned; the package itself is reinstalled every time so the bench runs the code
-        under test.
+        under test (uninstalling a name that is not installed only warns).
         """
         pip = str(self.path / "env" / "bin" / "pip")
         quiet = ["-q", "--disable-pip-version-check"]
+        # An env that had gsocket under its former distribution name keeps that one's files
+        # (an older .pth among them) beside the new one's: remove both names first.
+        self._run([pip, "uninstall", "-q", "-y", "gsocket", "frappe-gsocket"], "pip-uninstall")
         self._run([pip, "install", *quiet, str(REPO)], "pip")
         self._run(
             [pip, "install", *quiet, "--no-deps", "--force-reinstall", "--no-cache-dir", str(REPO)],

@@ -7,6 +7,15 @@ Frappe v16 (``has_permission``, socket secret, ``installed_apps``) or v15
 (``can_subscribe_*``, no secret, no ``installed_apps``), and can misbehave on purpose
 (down, slow, garbage) to test gsocket's error paths.
 
+Statuses and bodies are those of the real web process (tests/realbench/test_standins.py
+sends the same requests to both and compares): a Guest's ``user_type`` is ``null`` (so is a
+token user's: Frappe reads it from session data a token login has not got), a dead
+session answers as Guest with ``session_expired``, an unknown token is a 401, a refused
+permission a bare 403 ``PermissionError``, a missing argument a 500 ``TypeError`` (develop's
+``has_permission`` without ``name`` included), a method the version lacks a 417. The socket
+secret is checked only while its Redis key exists, a behaviour of newer Frappe that neither
+real bench of the lane has.
+
 It runs in a thread of the test process (which is not gevent-patched) on a threaded WSGI
 server, so one slow request never holds up the others.
 """
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -79,7 +89,7 @@ class WebStub:
         self.slow_seconds: float = 3.0
         # Frappe answers 417 (ValidationError, "has no attribute") for a whitelisted method that
         # does not exist on the installed version; some deployments turn that into 404.
-        self.missing_method_status: int = 404
+        self.missing_method_status: int = 417
         self.calls: list[dict[str, Any]] = []
         self._calls_cond = threading.Condition()
         self._stopping = threading.Event()
@@ -223,7 +233,8 @@ class WebStub:
         try:
             return self._dispatch(call["method"], request)
         except redis.RedisError as exc:
-            return _frappe_error("RedisError", f"redis.exceptions.{type(exc).__name__}: {exc}", 500)
+            name = type(exc).__name__
+            return _error(f"redis.exceptions.{name}: {exc}", name, 500)
 
     def _dispatch(self, method: str, request: Request) -> Response:
         endpoints: dict[str, Callable[[Request], Response]] = {
@@ -234,48 +245,62 @@ class WebStub:
         else:
             endpoints["frappe.realtime.can_subscribe_doc"] = self._can_subscribe_doc
             endpoints["frappe.realtime.can_subscribe_doctype"] = self._can_subscribe_doctype
+        auth = request.headers.get("Authorization")
+        if auth and auth not in self.tokens:
+            return _bare_error("AuthenticationError", 401)
         handler = endpoints.get(method)
         if handler is not None:
             return handler(request)
-        if method.startswith("frappe.realtime."):
-            return self._missing_method(method)
-        return _frappe_error(
-            "ModuleNotFoundError", f"Failed to get method for command {method}", 404
-        )
+        return self._missing_method(method)
 
     def _missing_method(self, method: str) -> Response:
+        """Frappe's answer for a method it cannot find: 417 ``ValidationError`` by default."""
         module, _, attr = method.rpartition(".")
-        text = (
-            f"Failed to get method for command {method} with "
+        reason = (
             f"module '{module}' has no attribute '{attr}'"
+            if method.startswith("frappe.realtime.")
+            else f"No module named '{module}'"
         )
+        text = f"Failed to get method for command {method} with {reason}"
         status = self.missing_method_status
         exc_type = "DoesNotExistError" if status == 404 else "ValidationError"
         return _frappe_error(exc_type, text, status)
 
+    def _sid(self, request: Request) -> str | None:
+        return _sid_cookie(request.headers.get("Cookie")) or request.args.get("sid")
+
     def _user(self, request: Request) -> str:
         """Resolve the caller like Frappe: Authorization, else sid cookie, else sid arg.
 
-        An unknown credential is not an error in Frappe: the session falls back to Guest.
+        An unknown session is not an error in Frappe: it falls back to Guest.  (An unknown
+        token never gets here: it is refused with a 401 before any method runs.)
         """
         auth = request.headers.get("Authorization")
         if auth:
             return self.tokens.get(auth, GUEST)
-        sid = _sid_cookie(request.headers.get("Cookie")) or request.args.get("sid")
+        sid = self._sid(request)
         if not sid or sid == GUEST:
             return GUEST
         return self.sessions.get(sid, GUEST)
 
-    def _user_type(self, user: str) -> str:
+    def _user_type(self, user: str) -> str | None:
+        """Frappe's session data has no user type for Guest: ``null`` in the answer."""
         if user == GUEST:
-            return "Website User"
+            return None
         return self.users.get(user, "System User")
 
     def _get_user_info(self, request: Request) -> Response:
         user = self._user(request)
-        info: dict[str, Any] = {"user": user, "user_type": self._user_type(user)}
+        by_token = bool(request.headers.get("Authorization"))
+        # Frappe reads user_type from the session's data, which a token login does not have.
+        info: dict[str, Any] = {
+            "user": user,
+            "user_type": None if by_token else self._user_type(user),
+        }
+        sid = None if by_token else self._sid(request)
+        expired = {"session_expired": 1} if sid not in (None, GUEST, *self.sessions) else {}
         if self.shape == "v15":
-            return _json({"message": info})
+            return _json({**expired, "message": info})
         if self.redis_url is not None:
             secret = self._redis_client().get(SECRET_KEY)
             provided = request.headers.get("X-Frappe-Socket-Secret")
@@ -283,47 +308,36 @@ class WebStub:
                 return _json({"message": {}})
         site = self._site(request) or ""
         info["installed_apps"] = list(self.installed_apps.get(site, ["frappe"]))
-        return _json({"message": info})
+        return _json({**expired, "message": info})
 
     def _allowed(self, user: str, doctype: str, name: str | None) -> bool:
         if (user, doctype, None) in self.permissions:
             return True
         return name is not None and (user, doctype, name) in self.permissions
 
-    def _permission_answer(
-        self, request: Request, doctype: str | None, name: str | None
-    ) -> Response:
-        if not doctype:
-            return _frappe_error(
-                "TypeError", "missing 1 required positional argument: 'doctype'", 417
-            )
-        user = self._user(request)
-        if self._allowed(user, doctype, name or None):
+    def _permission_answer(self, request: Request, function: str, *params: str) -> Response:
+        """Call the permission method ``function(*params)`` as Frappe would.
+
+        Every parameter is required, as in Frappe's signatures; an empty value counts as
+        given (develop's Node server sends ``name=""`` for a DocType check).
+        """
+        missing = [p for p in params if p not in request.args]
+        if missing:
+            return _missing_arguments(function, missing)
+        doctype = request.args[params[0]]
+        name = (request.args[params[1]] or None) if len(params) > 1 else None
+        if self._allowed(self._user(request), doctype, name):
             return _json({"message": True})
-        target = f"{doctype} {name}" if name else doctype
-        return _frappe_error(
-            "PermissionError",
-            f"frappe.exceptions.PermissionError: No permission for {target}",
-            403,
-            message=f"User {user} does not have doctype access via role permission for "
-            f"document {target}",
-        )
+        return _bare_error("PermissionError", 403)
 
     def _has_permission(self, request: Request) -> Response:
-        return self._permission_answer(
-            request, request.args.get("doctype"), request.args.get("name")
-        )
+        return self._permission_answer(request, "has_permission", "doctype", "name")
 
     def _can_subscribe_doc(self, request: Request) -> Response:
-        docname = request.args.get("docname")
-        if not docname:
-            return _frappe_error(
-                "TypeError", "missing 1 required positional argument: 'docname'", 417
-            )
-        return self._permission_answer(request, request.args.get("doctype"), docname)
+        return self._permission_answer(request, "can_subscribe_doc", "doctype", "docname")
 
     def _can_subscribe_doctype(self, request: Request) -> Response:
-        return self._permission_answer(request, request.args.get("doctype"), None)
+        return self._permission_answer(request, "can_subscribe_doctype", "doctype")
 
 
 def _sid_cookie(header: str | None) -> str | None:
@@ -342,15 +356,35 @@ def _json(body: object, status: int = 200) -> Response:
     return Response(json.dumps(body), status, mimetype="application/json")
 
 
-def _frappe_error(
-    exc_type: str, exception: str, status: int, message: str | None = None
-) -> Response:
-    """An error body shaped like Frappe's: ``exc_type``, ``exception``, ``exc``, messages."""
-    body: dict[str, Any] = {
-        "exc_type": exc_type,
-        "exception": exception,
-        "exc": json.dumps([f"Traceback (most recent call last):\n{exception}\n"]),
-    }
-    if message is not None:
-        body["_server_messages"] = json.dumps([json.dumps({"message": message})])
+def _error(exception: str, exc_type: str, status: int, **extra: Any) -> Response:
+    """An error answer of Frappe's web process: the exception, its type and a traceback."""
+    traceback = json.dumps([f"Traceback (most recent call last):\n{exception}\n"])
+    body = {"exception": exception, "exc_type": exc_type, "exc": traceback, **extra}
     return _json(body, status)
+
+
+def _bare_error(exc_type: str, status: int) -> Response:
+    """A Frappe exception raised without a message (``raise frappe.PermissionError``)."""
+    return _error(f"frappe.exceptions.{exc_type}", exc_type, status)
+
+
+def _missing_arguments(function: str, missing: list[str]) -> Response:
+    """Frappe's 500 for a whitelisted method called without a required argument."""
+    names = " and ".join(f"'{m}'" for m in missing)
+    plural = "argument" if len(missing) == 1 else "arguments"
+    exception = f"TypeError: {function}() missing {len(missing)} required positional {plural}: "
+    return _error(exception + names, "TypeError", 500)
+
+
+def _frappe_error(exc_type: str, text: str, status: int) -> Response:
+    """``frappe.throw(text, exc_type)``: the exception with its text, and the message shown."""
+    message = {
+        "message": text,
+        "title": "Message",
+        "indicator": "red",
+        "raise_exception": 1,
+        "__frappe_exc_id": secrets.token_hex(28),
+    }
+    messages = json.dumps([json.dumps(message)])
+    exception = f"frappe.exceptions.{exc_type}: {text}"
+    return _error(exception, exc_type, status, _server_messages=messages)

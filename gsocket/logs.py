@@ -1,0 +1,98 @@
+"""Where gsocket's log lines go and what they look like: one place for every command.
+
+Lines go to stderr (supervisord writes them to the bench's ``logs/``), as text by default or as
+JSON lines (``gsocket.log_format: "json"``, ``--log-format json``) for log shippers that would
+otherwise have to parse the text.  Each record is printed once: python-engineio and
+python-socketio attach a handler of their own to their loggers unless a level is already set,
+which printed each of their error records twice (bare, and again through gsocket's handler).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+
+# The process id tells the parent and the children of ``serve --handover`` apart.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+LOG_FORMATS = ("text", "json")
+
+LIBRARY_LOGGERS = ("engineio.server", "socketio.server", "engineio.client", "socketio.client")
+"""Loggers that python-engineio and python-socketio give a handler of their own, with an
+ERROR level, when they find them unset."""
+
+
+class JsonLinesFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``pid``,
+    ``message``, and ``exception`` with the traceback when there is one.
+
+    A message holding a newline (a traceback, a value quoted from a client) stays on its line,
+    escaped, so a shipper never splits one record into two.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class _Below(logging.Filter):
+    """Passes records under a level: the stdout half of a split."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
+
+
+def setup_logging(level: str, log_format: str = "text", split: bool = False) -> None:
+    """Send every log record once to stderr, at ``level`` for gsocket's own loggers.
+
+    With ``split`` (``gsocket serve``), records under WARNING go to stdout instead, as the
+    Node process wrote its ordinary output to stdout and its errors to stderr: supervisord
+    then keeps warnings and errors in ``logs/gsocket.error.log`` next to ``logs/gsocket.log``,
+    where bench operators look for them.
+
+    Records leave out the thread: under gevent every greenlet is a thread to ``threading``,
+    and naming it made each log line build a dummy thread object for its greenlet (kept for
+    the life of a connection's greenlet).  The format never showed it.
+
+    :param level: ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``.
+    :param log_format: ``text`` or ``json`` (one JSON object per line).
+    """
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    formatter = JsonLinesFormatter() if log_format == "json" else logging.Formatter(LOG_FORMAT)
+    errors = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [errors]
+    if split:
+        errors.setLevel(logging.WARNING)
+        ordinary = logging.StreamHandler(sys.stdout)
+        ordinary.addFilter(_Below(logging.WARNING))
+        handlers.append(ordinary)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    logging.basicConfig(handlers=handlers, force=True)
+    logging.getLogger("gsocket").setLevel(level.upper())
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        for own in list(library.handlers):
+            library.removeHandler(own)
+        if library.level == logging.NOTSET:
+            # What the libraries set for themselves (logger=False), minus their handler: their
+            # records reach stderr through the one above.
+            library.setLevel(logging.ERROR)

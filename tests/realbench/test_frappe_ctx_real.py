@@ -1,0 +1,316 @@
+"""``frappe_context=True`` against the real Frappe ORM of v15 and develop.
+
+The isolation, commit/rollback, error-path and concurrency checks that tests/test_frappe_ctx.py
+runs against the Frappe-shaped fake run here against the real bench: first FrappeContext
+alone, driven under gevent by tests/realbench/ctx_scenarios.py with the bench's Python, then
+through a real gsocket serving the bench, with the handlers of a real Frappe app (``rtscope``,
+tests/fixture_apps/rtscope) installed on ``test.localhost`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.bench import GsocketProcess, wait_until
+from tests.support.pyclient import PyClient
+from tests.support.realbench import SITE, SITE2, RealBench
+from tests.support.realbench_apps import RTSCOPE, install_app
+
+SCENARIOS = Path(__file__).with_name("ctx_scenarios.py")
+USER = "rt-user@example.com"
+MISSING_SITE = "missing.localhost"
+BAD_PASSWORD_SITE = "badpw.localhost"
+
+
+@pytest.fixture(scope="session")
+def ctx_bench(real_bench: RealBench) -> RealBench:
+    """The real bench with a second user (a Website User: it has no desk role) on both sites."""
+    for site in (SITE, SITE2):
+        real_bench.ensure_user(USER, "Website User", site=site)
+    return real_bench
+
+
+def db_names(bench: RealBench) -> dict[str, str]:
+    """Each site's database, from its ``site_config.json``."""
+    return {
+        site: json.loads((bench.path / "sites" / site / "site_config.json").read_text())["db_name"]
+        for site in bench.sites
+    }
+
+
+def scenario(bench: RealBench, name: str, args: dict[str, Any], timeout: float = 180) -> Any:
+    """Run one scenario of ctx_scenarios.py with the bench's Python in ``sites/``."""
+    done = subprocess.run(
+        [str(bench.python), str(SCENARIOS), name, json.dumps(args)],
+        cwd=bench.path / "sites",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert "RESULT " in done.stdout, f"scenario {name} failed:\n{done.stdout}\n{done.stderr}"
+    return json.loads(done.stdout.split("RESULT ", 1)[1])
+
+
+# ---------------------------------------------------------------- FrappeContext on the real ORM
+
+
+def test_concurrent_events_on_both_sites_each_see_only_their_own_context(
+    ctx_bench: RealBench,
+) -> None:
+    events, sleep = 40, 0.3
+    args = {
+        "sites": list(ctx_bench.sites),
+        "users": ["Administrator", USER, "Guest"],
+        "db_names": db_names(ctx_bench),
+        "events": events,
+        "sleep": sleep,
+    }
+    r = scenario(ctx_bench, "isolation", args)
+    assert r["failures"] == [] and r["ok"] == events
+    # Checked after each yield: site, user, flags, DB object; the same connection throughout,
+    # on the database of the event's own site.
+    assert r["errors"] == [], r["errors"]
+    assert r["same_conn"] and r["own_db"]
+    assert r["distinct_conns"] == events  # all were open at once, during the SLEEPs
+    # Half were spawned with a copy of the spawner's context: none saw its frappe.local, and
+    # the spawner's own frappe.local (a real frappe.init) was left as it was.
+    assert r["fresh"] == events
+    assert r["spawner_intact"]
+    assert r["elapsed"] < events * sleep / 3, r["elapsed"]  # serial would take 12 s
+    assert r["calls"] == {"init": events + 1, "destroy": events}
+    assert not r["mysqlclient_loaded"]
+    assert r["left_open"] == 0
+
+
+def test_a_raising_handler_rolls_back_only_its_own_orm_writes(ctx_bench: RealBench) -> None:
+    token = uuid.uuid4().hex[:12]
+    args = {
+        "site": SITE,
+        "token": token,
+        "failing_user": "Administrator",
+        "passing_user": USER,
+    }
+    r = scenario(ctx_bench, "rollback", args)
+    assert "ValueError" in r["failing_raised"]
+    assert r["passing_value"]
+    assert r["sleeps_overlapped"], "the two writers did not interleave"
+    assert r["rows"] == [[f"passing-{token}", USER]]
+    # Seen from another process as well: the commit is real, the rollback too.
+    seen = ctx_bench.in_site(
+        SITE,
+        f"print(frappe.get_all('ToDo', filters={{'description': ['like', '%-{token}']}}, "
+        "pluck='description'))",
+    )
+    assert seen.strip() == repr([f"passing-{token}"])
+
+
+@pytest.fixture
+def bad_password_site(ctx_bench: RealBench) -> Iterator[str]:
+    """A site whose config names test.localhost's database with a wrong password."""
+    site_dir = ctx_bench.path / "sites" / BAD_PASSWORD_SITE
+    for folder in ("logs", "locks", "private/files", "public/files"):
+        (site_dir / folder).mkdir(parents=True)
+    config = {"db_name": db_names(ctx_bench)[SITE], "db_password": "not the password"}
+    (site_dir / "site_config.json").write_text(json.dumps(config))
+    yield BAD_PASSWORD_SITE
+    shutil.rmtree(site_dir)
+
+
+def test_destroy_runs_and_the_connection_closes_on_every_path(
+    ctx_bench: RealBench, bad_password_site: str
+) -> None:
+    args = {
+        "site": SITE,
+        "user": USER,
+        "bad_password_site": bad_password_site,
+        "missing_site": MISSING_SITE,
+    }
+    r = scenario(ctx_bench, "paths", args)
+    assert r["outcomes"] == {
+        "success": "returned '1'; destroy calls so far 1",
+        "success_without_db": "returned 'no db'; destroy calls so far 2",
+        "handler_raises": "raised KeyError; destroy calls so far 3",
+        "init_fails": "raised IncorrectSitePath; destroy calls so far 4",
+        "connect_fails": "raised OperationalError; destroy calls so far 5",
+        "killed_mid_query": "ended by GreenletExit; destroy calls so far 6",
+        "timed_out_mid_query": "raised HandlerTimeout, quickly; destroy calls so far 7",
+    }
+    assert r["local_is_clean"]
+    assert r["conns"] == 4  # success, raises, killed, timed out: each had its own
+    assert r["left_open"] == 0
+
+
+def test_no_connection_left_open_after_mixed_events(ctx_bench: RealBench) -> None:
+    args = {
+        "sites": list(ctx_bench.sites),
+        "missing_site": MISSING_SITE,
+        "events": 200,
+        "concurrency": 20,
+    }
+    r = scenario(ctx_bench, "many", args)
+    assert r["outcomes"] == {"returned": 120, "RuntimeError": 60, "IncorrectSitePath": 20}
+    assert r["calls"]["init"] == r["calls"]["destroy"] == 200
+    assert r["conns"] == 180
+    assert r["left_open"] == 0
+
+
+# ---------------------------------------------------------------- through gsocket, with an app
+
+
+@pytest.fixture(scope="session")
+def rtscope_gsocket(ctx_bench: RealBench) -> Iterator[GsocketProcess]:
+    """gsocket serving the bench once ``rtscope`` is in it and installed on test.localhost."""
+    install_app(ctx_bench, RTSCOPE, sites=(SITE,))
+    proc = ctx_bench.gsocket().start(timeout=60)
+    yield proc
+    proc.kill()
+
+
+def test_installed_apps_are_read_from_each_site_once_and_cached(
+    ctx_bench: RealBench, rtscope_gsocket: GsocketProcess
+) -> None:
+    """What gsocket does for v15 sites (their get_user_info does not say), on both versions."""
+    r = scenario(ctx_bench, "installed_apps", {"sites": [SITE, SITE2]})
+    here, there = r["sites"][SITE], r["sites"][SITE2]
+    assert here["apps"] == [["frappe", "rtscope"]] * 5 and here["lookups"] == 1
+    assert there["apps"] == [["frappe"]] * 5 and there["lookups"] == 1
+    assert r["cached_lookups"] == 0
+
+
+def connect(bench: RealBench, proc: GsocketProcess, site: str, user: str) -> PyClient:
+    sid = bench.login(user, site=site)
+    return PyClient().connect(proc.url, f"/{site}", bench.desk_headers(site, sid))
+
+
+def test_app_handlers_run_only_on_the_site_the_app_is_installed_on(
+    ctx_bench: RealBench, rtscope_gsocket: GsocketProcess
+) -> None:
+    here = connect(ctx_bench, rtscope_gsocket, SITE, "Administrator")
+    there = connect(ctx_bench, rtscope_gsocket, SITE2, "Administrator")
+    try:
+        assert here.call("rtscope_whoami", timeout=20) == {
+            "app": "rtscope",
+            "site": SITE,
+            "user": "Administrator",
+        }
+        answer = here.call("rtscope_context", timeout=20)
+        assert answer["site"] == SITE and answer["user"] == "Administrator"
+        assert answer["database"] == answer["db_name"] == db_names(ctx_bench)[SITE]
+        assert "rtscope" in answer["installed_apps"]
+        assert there.call("rtscope_whoami", timeout=20) is None
+        assert there.call("rtscope_context", timeout=20) is None
+        # The socket on the other site still works: only the app's handlers are withheld.
+        there.emit("ping")
+        there.wait_for("pong", timeout=10)
+    finally:
+        here.disconnect()
+        there.disconnect()
+    # Where gsocket learnt it: develop's get_user_info names the site's apps; v15's does not,
+    # so there the list came from the site's database (the test above).
+    for site, expected in ((SITE, True), (SITE2, False)):
+        info = ctx_bench.web("GET", "/api/method/frappe.realtime.get_user_info", site).json()
+        if ctx_bench.version == "v15":
+            assert "installed_apps" not in info["message"]
+        else:
+            assert ("rtscope" in info["message"]["installed_apps"]) is expected
+
+
+def test_orm_writes_commit_and_a_raising_handler_rolls_back(
+    ctx_bench: RealBench, rtscope_gsocket: GsocketProcess
+) -> None:
+    token = uuid.uuid4().hex[:12]
+    client = connect(ctx_bench, rtscope_gsocket, SITE, USER)
+    try:
+        kept = client.call("rtscope_todo_add", f"kept-{token}", False, timeout=20)
+        assert kept["site"] == SITE and kept["user"] == kept["owner"] == USER
+        assert client.call("rtscope_todo_add", f"dropped-{token}", True, timeout=20) is None
+    finally:
+        client.disconnect()
+    seen = ctx_bench.in_site(
+        SITE,
+        f"print(sorted(frappe.get_all('ToDo', filters={{'description': ['like', '%-{token}']}}, "
+        "pluck='description')))",
+    )
+    assert seen.strip() == repr([f"kept-{token}"])
+    rtscope_gsocket.wait_for_log(r"rtscope_todo_add failed after inserting, on purpose")
+
+
+def test_the_orm_checks_permissions_as_the_socket_user(
+    ctx_bench: RealBench, rtscope_gsocket: GsocketProcess
+) -> None:
+    name = ctx_bench.in_site(
+        SITE,
+        "todo = frappe.get_doc({'doctype': 'ToDo', 'description': 'administrator only'})\n"
+        "todo.insert()\n"
+        "print(todo.name)",
+    ).strip()
+    admin = connect(ctx_bench, rtscope_gsocket, SITE, "Administrator")
+    user = connect(ctx_bench, rtscope_gsocket, SITE, USER)
+    try:
+        assert admin.call("rtscope_get_doc", "ToDo", name, timeout=20) == {
+            "site": SITE,
+            "user": "Administrator",
+            "name": name,
+            "owner": "Administrator",
+        }
+        assert user.call("rtscope_get_doc", "ToDo", name, timeout=20) == {
+            "site": SITE,
+            "user": USER,
+            "error": "PermissionError",
+        }
+    finally:
+        admin.disconnect()
+        user.disconnect()
+
+
+def test_concurrent_context_handlers_interleave_and_close_their_connections(
+    ctx_bench: RealBench, rtscope_gsocket: GsocketProcess
+) -> None:
+    users = ["Administrator", USER] * 4
+    sockets = [connect(ctx_bench, rtscope_gsocket, SITE, user) for user in users]
+    answers: list[tuple[str, dict[str, Any]]] = []
+    lock = threading.Lock()
+
+    def run(client: PyClient, user: str) -> None:
+        for _ in range(3):
+            answer = client.call("rtscope_sleep", 0.4, timeout=60)
+            with lock:
+                answers.append((user, answer))
+
+    threads = [threading.Thread(target=run, args=pair) for pair in zip(sockets, users, strict=True)]
+    started = time.monotonic()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(90)
+        elapsed = time.monotonic() - started
+    finally:
+        for client in sockets:
+            client.disconnect()
+    assert len(answers) == 24
+    # 24 events holding a query for 0.4 s each would take 9.6 s one after another.
+    assert elapsed < 5, f"24 DB-bound events took {elapsed:.1f} s: they did not interleave"
+    for user, answer in answers:
+        assert answer["site"] == SITE and answer["user"] == user and answer["same_conn"]
+    conns = sorted({answer["conn"] for _, answer in answers})
+    assert len(conns) == 24  # one connection per event, none reused across contexts
+    probe = (
+        "rows = frappe.db.sql('SELECT ID FROM information_schema.PROCESSLIST')\n"
+        f"print(len({{int(r[0]) for r in rows}} & set({conns!r})))"
+    )
+    wait_until(
+        lambda: ctx_bench.in_site(SITE, probe).strip() == "0",
+        30,
+        "gsocket's Frappe contexts left database connections open",
+    )
