@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -26,7 +24,7 @@ import pytest
 
 from tests.support.bench import REPO, GsocketProcess, make_bench, wait_until
 from tests.support.node_client import NodeClient
-from tests.support.ports import free_port, wait_for_port
+from tests.support.ports import free_port, free_port_run, wait_for_port
 from tests.support.pyclient import PyClient
 
 SITE = "localhost"  # the Host nginx sees, hence X-Frappe-Site-Name: the clients connect to it
@@ -38,22 +36,6 @@ USERS = {"sid-admin": "Administrator", "sid-jane": "jane@example.com"}
 # user's user_type is null in Frappe (so not in the room "all"): events go to "website",
 # which every socket of the site is in.
 TOKENS = {f"token {sid}:secret": user for sid, user in USERS.items()}
-
-
-def _free_port_run(count: int) -> int:
-    """A port ``p`` with ``p .. p + count - 1`` all free: process K listens on base + K.
-
-    Taken below the kernel's ephemeral range, where no outgoing connection holds a port.
-    """
-    while True:
-        base = random.randrange(20_000, 30_000)
-        try:
-            for k in range(count):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", base + k))
-        except OSError:
-            continue
-        return base
 
 
 class Cluster:
@@ -90,7 +72,7 @@ def cluster(tmp_path: Path, redis_server: Any, web: Any) -> Iterator[Cluster]:
     web.sessions.update(USERS)
     web.tokens.update(TOKENS)
     web.permissions.update({("Administrator", "ToDo", None), ("jane@example.com", "ToDo", None)})
-    base = _free_port_run(PROCESSES)
+    base = free_port_run(PROCESSES)
     conf = {
         "redis_queue": redis_server.url,
         "webserver_host": "127.0.0.1",
@@ -367,3 +349,33 @@ def test_a_process_taken_for_dead_writes_its_presence_again(cluster, desks):
         10,
         "process 0's viewer did not come back",
     )
+
+
+def test_without_the_sid_map_the_same_desks_get_400s(cluster):
+    """The control: nginx round-robin over the same processes, as the helm chart's replicas."""
+    conf = cluster.bench / "config" / "nginx-cluster.conf"
+    name = cluster.bench.name
+    text = conf.read_text()
+    assert f"proxy_pass http://$gsocket_{name};" in text
+    conf.write_text(text.replace(f"$gsocket_{name};", f"{name}-socketio-server;"))
+    assert cluster.nginx is not None
+    cluster.nginx.send_signal(signal.SIGHUP)  # nginx reloads its configuration (soon)
+    before = cluster.statuses()["400"]
+
+    def polling_desk_fails() -> bool:
+        client = PyClient(transports=["polling"])
+        try:
+            headers = {"Authorization": "token sid-admin:secret"}
+            client.connect(cluster.url, f"/{SITE}", headers, timeout=3)
+            for _ in range(6):
+                client.call("ops_join", "crew", timeout=2)
+        except Exception:  # noqa: BLE001 - a refused or lost session is what is expected
+            return True
+        finally:
+            try:
+                client.disconnect()
+            except Exception:  # noqa: BLE001 - already gone is fine
+                pass
+        return False
+
+    wait_until(lambda: polling_desk_fails() and cluster.statuses()["400"] > before, 30, "no 400")

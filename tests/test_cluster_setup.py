@@ -11,9 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from gsocket.config import ConfigError, load_config
-from tests.support.bench import REPO, make_bench
+from tests.conftest import bench_conf
+from tests.support.bench import REPO, make_bench, wait_until
+from tests.support.ports import free_port_run, port_is_open, wait_for_port
 
 NODE_PROGRAMS = """\
 [program:bench-frappe-web]
@@ -232,3 +235,35 @@ def test_setup_nginx_output_is_a_complete_configuration_nginx_accepts(tmp_path):
     missing = _gsocket("setup", "nginx", "--bench", str(bench), "--output", str(output))
     assert missing.returncode == 2
     assert "--listen" in missing.stdout
+
+
+def test_the_supervised_command_serves_process_k_on_its_port(tmp_path, redis_server, web):
+    """``serve --handover --process K``, as the programs run it: the parent binds
+    ``socketio_port + K`` and the server's session ids name process K."""
+    base = free_port_run(2)
+    conf = {**bench_conf(redis_server.url, web), "socketio_port": base}
+    bench = make_bench(tmp_path, {**conf, "gsocket": {"processes": 2, "host": "127.0.0.1"}})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "gsocket", "serve", "--bench", str(bench)]
+    served = subprocess.Popen(
+        [*command, "--handover", "--process", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(base + 1, timeout=20)
+
+        def node() -> str | None:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{base + 1}/health", timeout=1)
+            except requests.RequestException:
+                return None
+            return answer.json().get("node") if answer.ok else None
+
+        wait_until(lambda: node() is not None, 20, "process 1 never became healthy")
+        assert str(node()).startswith("1.")
+        assert not port_is_open(base)
+    finally:
+        served.terminate()
+        served.wait(20)

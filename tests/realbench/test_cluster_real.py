@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import os
-import random
-import socket
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -15,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.bench import GsocketProcess, wait_until
-from tests.support.ports import free_port, wait_for_port
+from tests.support.ports import free_port, free_port_run, wait_for_port
 from tests.support.pyclient import PyClient
 from tests.support.realbench import SITE, RealBench
 
@@ -23,23 +21,10 @@ PROCESSES = 3
 VIEWER = "cluster.viewer@example.com"
 
 
-def _port_run(count: int) -> int:
-    """Ports ``base .. base + count - 1``, free, below the ephemeral range."""
-    while True:
-        base = random.randrange(20_000, 30_000)
-        try:
-            for k in range(count):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", base + k))
-        except OSError:
-            continue
-        return base
-
-
 @pytest.fixture
 def cluster_url(real_bench: RealBench, tmp_path: Path) -> Iterator[str]:
     """Start the processes and nginx; yield nginx's URL."""
-    base = _port_run(PROCESSES)
+    base = free_port_run(PROCESSES)
     processes: list[GsocketProcess] = []
     nginx: subprocess.Popen[bytes] | None = None
     # webserver_host: gsocket calls the web process directly, not back through this nginx
