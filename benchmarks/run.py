@@ -119,7 +119,7 @@ class Settings:
     frappe_ctx_sizes: list[int] = field(default_factory=lambda: [200, 1000])
     report_from: Path | None = None
     pairs: int = 3
-    gsocket_web: str = "v15"
+    gsocket_web: str = "develop"
     mix: str = Mix().text()
     mix_seconds: float = 10.0
 
@@ -141,8 +141,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument(
         "--gsocket-web",
         choices=FLAVOURS[:2],
-        default="v15",
-        help="which Frappe version's web process gsocket talks to (default v15)",
+        default="develop",
+        help="which Frappe version's web process gsocket talks to (default develop: the "
+        "same calls as node-develop, installed apps named by get_user_info)",
     )
     p.add_argument(
         "--mix",

@@ -231,7 +231,13 @@ def create_app(
     redis_client = redis.Redis.from_url(
         config.redis_url, socket_connect_timeout=2, socket_timeout=5
     )
-    web = WebClient(SocketSecret(redis_client), metrics, timeout=config.web_timeout)
+    web = WebClient(
+        SocketSecret(redis_client),
+        metrics,
+        timeout=config.web_timeout,
+        ca_file=config.ca_file,
+        proxy_from_env=config.web_proxy_from_env,
+    )
     frappe_ctx = FrappeContext(str(config.sites_path))
 
     register_core_handlers(registry, redis_client, config.developer_mode)

@@ -83,6 +83,19 @@ def credential_from(environ: Mapping[str, Any]) -> Credential | None:
     return None
 
 
+def no_credentials_message(environ: Mapping[str, Any]) -> str:
+    """The Node server's words for a client that presented no credential.
+
+    Node refuses every handshake without a ``Cookie`` header with ``No cookie transmitted.``,
+    even one that carries an ``Authorization`` header; gsocket accepts those token clients
+    (the user documentation promises them), so it says Node's words only when neither is
+    there, and Node's other words for a ``Cookie`` header without ``sid``.
+    """
+    if not environ.get("HTTP_COOKIE"):
+        return "No cookie transmitted."
+    return "No authentication method used. Use cookie or authorization header."
+
+
 class Authenticator:
     """Runs the connection checks for one server.
 
@@ -103,13 +116,41 @@ class Authenticator:
         self.installed_apps_of = installed_apps_of
 
     def web_url(self, environ: Mapping[str, Any]) -> str:
-        """The web process's base URL for this connection (contract section 3.5)."""
-        if self.config.webserver_host:
-            return f"http://{self.config.webserver_host}:{self.config.webserver_port}"
-        origin = urlsplit(environ.get("HTTP_ORIGIN", ""))
+        """The web process's base URL for this connection (contract section 3.5).
+
+        ``webserver_host`` when configured (:attr:`Config.web_url`), else the client's
+        Origin, with ``webserver_port`` in developer mode.
+
+        :raises Refused: the Origin is not one http(s) origin (a client that sends two Origin
+            headers, as python-socketio's websocket-only client does, joins them with a comma).
+        """
+        configured = self.config.web_url
+        if configured:
+            return configured
+        origin = environ.get("HTTP_ORIGIN", "")
+        try:
+            parts = urlsplit(origin)
+            port = parts.port
+        except ValueError:
+            parts, port = None, None
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or "," in origin
+            or parts.username is not None
+            or parts.path not in ("", "/")
+        ):
+            raise Refused(
+                "invalid_origin",
+                "Invalid origin: the Origin header must be one http(s) origin, such as "
+                "https://site.example",
+            )
         if self.config.developer_mode:
-            return f"{origin.scheme}://{origin.hostname}:{self.config.webserver_port}"
-        return f"{origin.scheme}://{origin.netloc}"
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            return f"{parts.scheme}://{host}:{self.config.webserver_port}"
+        netloc = parts.netloc if port is not None else parts.netloc.rstrip(":")
+        return f"{parts.scheme}://{netloc}"
 
     def authenticate(self, namespace: str, environ: Mapping[str, Any]) -> Identity:
         """Run every check for a CONNECT to ``namespace``.
@@ -125,15 +166,12 @@ class Authenticator:
             raise Refused("invalid_origin", "Invalid origin")
         credential = credential_from(environ)
         if credential is None:
-            raise Refused(
-                "no_credentials",
-                "No authentication method used. Use cookie or authorization header.",
-            )
+            raise Refused("no_credentials", no_credentials_message(environ))
         web_url = self.web_url(environ)
         try:
             info = self.web.get_user_info(web_url, site, credential)
-        except Unauthorized:
-            raise Refused("unauthorized", "Unauthorized") from None
+        except Unauthorized as e:
+            raise Refused("unauthorized", f"Unauthorized: {e}") from None
         except WebUnavailable:
             raise Refused(
                 "web_unavailable", "Unauthorized: the web process is unavailable"

@@ -13,8 +13,10 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gsocket.logs import LOG_FORMATS
 
@@ -64,7 +66,8 @@ class Config:
     :param redis_url: Redis whose ``events`` channel carries published events.
     :param default_site: site for connections whose Host is ``localhost``/``127.0.0.1``.
     :param webserver_port: port of the bench web process.
-    :param webserver_host: host of the web process, when it is not the client's Origin host.
+    :param webserver_host: where the web process is, when it is not the client's Origin: a
+        host, a host:port or a full URL with scheme (:attr:`web_url`).
     :param developer_mode: enables ``open_in_editor`` and the developer-mode web URL rule.
     :param trusted_proxies: client addresses whose ``X-Frappe-Site-Name`` header is believed;
         ``None`` means "only loopback", the safe default when nginx runs on the same machine.
@@ -90,6 +93,10 @@ class Config:
     :param ping_timeout: seconds a client has to answer a PING before it is closed.
     :param connect_timeout: seconds a client may stay connected without joining a site's
         namespace (Socket.IO's ``connectTimeout``).
+    :param ca_file: a private CA's certificate (PEM) trusted for https calls to the web
+        process, besides the system's store, ``SSL_CERT_FILE`` and ``REQUESTS_CA_BUNDLE``.
+    :param web_proxy_from_env: make the calls to the web process through the environment's
+        ``https_proxy`` / ``http_proxy`` (honouring ``no_proxy``); by default they go direct.
     """
 
     bench_path: Path
@@ -116,6 +123,8 @@ class Config:
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     connect_timeout: float = 45.0
+    ca_file: str | None = None
+    web_proxy_from_env: bool = False
 
     @property
     def sites_path(self) -> Path:
@@ -150,9 +159,55 @@ class Config:
             scale_out=self.scale_out or self.processes > 1,
         )
 
+    @property
+    def web_url(self) -> str | None:
+        """Base URL of the web process from ``webserver_host``, or ``None`` to use the Origin.
+
+        ``host`` and ``host:port`` are http (``webserver_port`` unless a port is given); a
+        URL with its scheme is used as it is, without ``webserver_port``.
+
+        :raises ConfigError: the value is none of those.
+        """
+        if not self.webserver_host:
+            return None
+        return configured_web_url(self.webserver_host, self.webserver_port)
+
     def with_overrides(self, **changes: Any) -> Config:
         """Return a copy with ``changes`` applied, ignoring ``None`` values (unset CLI flags)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@lru_cache(maxsize=16)
+def configured_web_url(webserver_host: str, webserver_port: int) -> str:
+    """The base URL ``webserver_host`` names (see :attr:`Config.web_url`).
+
+    :raises ConfigError: not a host, host:port or http(s) URL.
+    """
+    value = webserver_host.strip()
+    explicit = "://" in value
+    try:
+        parts = urlsplit(value if explicit else f"//{value}")
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if (
+        parts is None
+        or not parts.hostname
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+        or (explicit and parts.scheme not in ("http", "https"))
+        or (not explicit and parts.path)
+    ):
+        raise ConfigError(
+            f"webserver_host {webserver_host!r} must be a host, host:port or a URL such as "
+            "https://erp.example.com (IPv6 addresses in brackets)"
+        )
+    if explicit:
+        return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    if port is None:
+        return f"http://{parts.netloc}:{webserver_port}"
+    return f"http://{parts.netloc}"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -244,6 +299,11 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         raise ConfigError("gsocket.processes must be 1 or more")
     if presence_ttl <= 0:
         raise ConfigError("gsocket.presence_ttl must be positive")
+    ca_file = ours.get("ca_file") or None
+    if ca_file is not None:
+        ca_file = str(bench / "sites" / str(ca_file))
+        if not os.path.isfile(ca_file):
+            raise ConfigError(f"gsocket.ca_file {ca_file} is not a file")
     channel = str(ours.get("scale_out_channel", "gsocket"))
     if channel in RESERVED_CHANNELS or not channel:
         raise ConfigError(
@@ -251,7 +311,7 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
             "messages there, and every gsocket process would take them for its own"
         )
 
-    return Config(
+    config = Config(
         bench_path=bench,
         port=port,
         uds=env.get("FRAPPE_SOCKETIO_UDS") or conf.get("socketio_uds") or None,
@@ -259,7 +319,7 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         redis_url=str(redis_url),
         default_site=env.get("FRAPPE_SITE") or conf.get("default_site") or None,
         webserver_port=webserver_port,
-        webserver_host=conf.get("webserver_host") or None,
+        webserver_host=str(conf["webserver_host"]) if conf.get("webserver_host") else None,
         developer_mode=_as_bool(conf.get("developer_mode", False)),
         trusted_proxies=tuple(proxies) if proxies is not None else None,
         web_timeout=web_timeout,
@@ -273,4 +333,10 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         processes=processes,
         presence_ttl=presence_ttl,
         **engine,
+        ca_file=ca_file,
+        web_proxy_from_env=_as_bool(ours.get("web_proxy_from_env", False)),
     )
+    if config.webserver_host is not None:
+        # a bad value stops the start, not every connect
+        configured_web_url(str(config.webserver_host), webserver_port)
+    return config

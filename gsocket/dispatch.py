@@ -158,31 +158,30 @@ class Dispatcher:
         if key in self._warned:
             return
         self._warned.add(key)
-        log.warning(
-            "handler %s for event %r (app %s) on site %s user %s sid %s %s",
-            handler.qualname,
-            handler.event,
-            handler.app,
-            socket.site,
-            socket.user,
-            socket.sid,
-            what,
-        )
+        _log_handler(logging.WARNING, handler, socket, what)
 
     def _failed(self, handler: Handler, socket: Socket, what: str, exc_info: bool = False) -> None:
         """Count and log a handler that did not finish, with everything needed to find it."""
         self.metrics.handler_errors.inc(handler.event)
-        log.error(
-            "handler %s for event %r (app %s) on site %s user %s sid %s %s",
-            handler.qualname,
-            handler.event,
-            handler.app,
-            socket.site,
-            socket.user,
-            socket.sid,
-            what,
-            exc_info=exc_info,
-        )
+        _log_handler(logging.ERROR, handler, socket, what, exc_info)
+
+
+def _log_handler(
+    level: int, handler: Handler, socket: Socket, what: str, exc_info: bool = False
+) -> None:
+    """One line about a handler and the socket it ran for: enough to find both."""
+    log.log(
+        level,
+        "handler %s for event %r (app %s) on site %s user %s sid %s %s",
+        handler.qualname,
+        handler.event,
+        handler.app,
+        socket.site,
+        socket.user,
+        socket.sid,
+        what,
+        exc_info=exc_info,
+    )
 
 
 def _bytes_only(value: Any) -> Any:

@@ -203,8 +203,7 @@ class Doctor:
     def web_base_url(self) -> str:
         """Where the doctor reaches the web process: ``webserver_host`` or the local gunicorn."""
         assert self.config is not None
-        host = self.config.webserver_host or "127.0.0.1"
-        return f"http://{host}:{self.config.webserver_port}"
+        return self.config.web_url or f"http://127.0.0.1:{self.config.webserver_port}"
 
     def check_web(self) -> Iterator[Verdict]:
         """``get_user_info`` answers every site, with a Guest session, through the secret."""
@@ -219,7 +218,13 @@ class Doctor:
             )
         else:
             secret_client = self._redis
-        web = WebClient(SocketSecret(secret_client), Metrics(), timeout=self.timeout)
+        web = WebClient(
+            SocketSecret(secret_client),
+            Metrics(),
+            timeout=self.timeout,
+            ca_file=self.config.ca_file,
+            proxy_from_env=self.config.web_proxy_from_env,
+        )
         base = self.web_base_url()
         try:
             for site in sites:

@@ -3,22 +3,24 @@
 The realtime process owns no users or permissions; like the Node server it asks the web
 process, carrying the client's own credential.  Pooled keep-alive connections with short
 timeouts keep those calls cheap, and a dead or slow web process costs one connection a bounded
-wait instead of stalling the server.  Plain-HTTP calls go through gsocket's own small client
-(:mod:`gsocket.httpclient`, a fraction of requests' CPU per call); https and redirects through
-requests.
+wait instead of stalling the server.
+
+Every call, to any web URL (http, https, through redirects), goes through one client,
+:mod:`gsocket.httpclient`, which keeps no cookie jar and no credential between calls: a call
+carries the credential of the socket it is made for, the site header and the socket secret,
+and nothing else (RELIABILITY.md, "Whose identity a socket gets").
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-from requests.adapters import HTTPAdapter
-
 from gsocket import httpclient
+from gsocket.config import ConfigError
 from gsocket.metrics import Metrics
 from gsocket.secret import SocketSecret
 
@@ -75,29 +77,42 @@ class WebClient:
     :param metrics: where call latency and outcomes are counted.
     :param timeout: seconds for connecting plus reading one answer, once a pooled
         connection is free (calls wait for one up to ``httpclient.WAIT_FOR_CONNECTION``).
-    :param pool_size: connections open to each web host (plain HTTP: more calls at once wait
-        for one).  A reconnect storm makes hundreds of calls at once; reusing this many warm
-        connections cost a third less CPU per connect than opening one per call beyond a
-        smaller idle pool (the Node baseline's agent uses the same bound).
+    :param pool_size: connections open to each web host (more calls at once wait for one).
+        A reconnect storm makes hundreds of calls at once; reusing this many warm connections
+        cost a third less CPU per connect than opening one per call beyond a smaller idle
+        pool (the Node baseline's agent uses the same bound).
+    :param ca_file: a private CA trusted for https, besides the system's store and the
+        ``SSL_CERT_FILE`` / ``REQUESTS_CA_BUNDLE`` an operator sets (``gsocket.ca_file``).
+    :param proxy_from_env: go through the environment's ``https_proxy`` / ``http_proxy``
+        (``gsocket.web_proxy_from_env``); off, the environment's proxies are ignored.
     """
 
     def __init__(
-        self, secret: SocketSecret, metrics: Metrics, timeout: float = 5.0, pool_size: int = 128
+        self,
+        secret: SocketSecret,
+        metrics: Metrics,
+        timeout: float = 5.0,
+        pool_size: int = 128,
+        ca_file: str | None = None,
+        proxy_from_env: bool = False,
     ) -> None:
         self.secret = secret
         self.metrics = metrics
         self.timeout = timeout
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=10, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.trust_env = False
-        self.pool = httpclient.Pool(timeout, maxsize=pool_size)
+        try:
+            tls = httpclient.tls_context(ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"the CA certificates for https cannot be loaded: {e}") from None
+        self.pool = httpclient.Pool(
+            timeout,
+            maxsize=pool_size,
+            tls=tls,
+            proxies=httpclient.Proxies() if proxy_from_env else None,
+        )
         self._legacy_permission: set[str] = set()
 
     def close(self) -> None:
         """Close pooled connections."""
-        self.session.close()
         self.pool.close()
 
     def _get(
@@ -107,27 +122,21 @@ class WebClient:
         site: str,
         credential: Credential,
         params: dict[str, str] | None = None,
-        extra_headers: dict[str, str] | None = None,
-    ) -> requests.Response | httpclient.Response:
+    ) -> httpclient.Response:
+        """GET ``method`` for one socket: its credential, its site, the secret, nothing else.
+
+        The socket secret goes with every call when Redis has one, as Frappe's own realtime
+        server sends it.
+        """
         headers = {"X-Frappe-Site-Name": site, "Accept": "application/json"}
         headers.update(credential.headers())
-        if extra_headers:
-            headers.update(extra_headers)
+        secret = self.secret.get()
+        if secret:
+            headers["X-Frappe-Socket-Secret"] = secret
         started = time.perf_counter()
         outcome = "error"
         try:
-            response: requests.Response | httpclient.Response
-            if base_url.startswith("http://"):
-                try:
-                    response = self.pool.get(base_url + method, params=params, headers=headers)
-                except httpclient.Redirected:
-                    response = self.session.get(
-                        base_url + method, params=params, headers=headers, timeout=self.timeout
-                    )
-            else:
-                response = self.session.get(
-                    base_url + method, params=params, headers=headers, timeout=self.timeout
-                )
+            response = self.pool.get(base_url + method, params=params, headers=headers)
             outcome = str(response.status_code)
             return response
         except httpclient.PoolBusy as e:
@@ -138,19 +147,12 @@ class WebClient:
             raise WebUnavailable(f"web process at {base_url} did not answer in time") from None
         except httpclient.HTTPFailure as e:
             raise WebUnavailable(f"web process at {base_url} unreachable: {e}") from None
-        except requests.Timeout:
-            outcome = "timeout"
-            raise WebUnavailable(f"web process at {base_url} did not answer in time") from None
-        except requests.RequestException as e:
-            raise WebUnavailable(
-                f"web process at {base_url} unreachable: {type(e).__name__}"
-            ) from None
         finally:
             name = method.rsplit(".", 1)[-1]
             self.metrics.web_calls.observe(name, outcome, value=time.perf_counter() - started)
 
     @staticmethod
-    def _message(response: requests.Response | httpclient.Response) -> Any:
+    def _message(response: httpclient.Response) -> Any:
         try:
             return response.json().get("message")
         except (ValueError, AttributeError):
@@ -168,9 +170,7 @@ class WebClient:
         :raises WebUnavailable: the web process is down, slow or answered garbage.
         """
         for attempt in (1, 2):
-            secret = self.secret.get()
-            extra = {"X-Frappe-Socket-Secret": secret} if secret else None
-            response = self._get(USER_INFO, base_url, site, credential, extra_headers=extra)
+            response = self._get(USER_INFO, base_url, site, credential)
             if response.status_code in (401, 403):
                 raise Unauthorized(f"web process answered {response.status_code}")
             if response.status_code != 200:
@@ -198,25 +198,31 @@ class WebClient:
     ) -> bool:
         """Ask whether ``credential`` may read a document (``name``) or a whole doctype.
 
-        Newer Frappe answers ``frappe.realtime.has_permission``; v14/v15 only have
-        ``can_subscribe_doc``/``can_subscribe_doctype``.  The first 404/417 from the new
-        endpoint switches that web process to the old ones for good.  Anything but a clear
-        yes — an error, a timeout, garbage — is a no.
+        The decisions are those of the Node server of the Frappe version that answers:
+
+        - newer Frappe (develop, v16) has ``frappe.realtime.has_permission(doctype, name)``
+          with ``name`` required; its Node server sends ``name=""`` for a whole doctype
+          (Frappe then checks the doctype), and allows exactly when the JSON answer's
+          ``message`` is truthy.  A 403, a 500, an HTML page or a timeout is a no.
+        - v14/v15 only have ``can_subscribe_doc(doctype, docname)`` and
+          ``can_subscribe_doctype(doctype)``; their Node server allows on HTTP 200 and on
+          nothing else, and asks nothing (a no) when the doctype or the docname is empty.
+
+        The first answer saying that the new endpoint does not exist switches that web process
+        to the old ones for good.
         """
         key = f"{base_url}|{site}"
         try:
             if key not in self._legacy_permission:
-                params = {"doctype": doctype}
-                if name is not None:
-                    params["name"] = name
+                params = {"doctype": doctype, "name": name or ""}
                 response = self._get(HAS_PERMISSION, base_url, site, credential, params)
-                if response.status_code in (404, 417) or (
-                    response.status_code >= 400 and "has no attribute" in response.text
-                ):
+                if self._lacks_has_permission(response):
                     log.info("web process of %s has no has_permission; using can_subscribe_*", site)
                     self._legacy_permission.add(key)
                 else:
-                    return response.status_code == 200 and bool(self._message(response))
+                    return self._allowed(response)
+            if not doctype or (name is not None and not name):
+                return False
             if name is None:
                 response = self._get(
                     CAN_SUBSCRIBE_DOCTYPE, base_url, site, credential, {"doctype": doctype}
@@ -233,3 +239,36 @@ class WebClient:
         except WebUnavailable as e:
             log.warning("permission check for %s on %s failed: %s", doctype, site, e)
             return False
+
+    @staticmethod
+    def _lacks_has_permission(response: httpclient.Response) -> bool:
+        """Whether the web process answered that it has no ``frappe.realtime.has_permission``.
+
+        v14/v15 answer 417 "... has no attribute 'has_permission'" (the attribute is named:
+        an app's permission hook failing with some other AttributeError is not that).  A 404
+        is only that when it is not Frappe's DoesNotExistError: develop answers 404 for a
+        document or doctype that does not exist (a deleted document's form), and taking that
+        for a missing method would send every later check of the site to endpoints develop
+        does not have.
+        """
+        if response.status_code < 400:
+            return False
+        text = response.text
+        if "has no attribute 'has_permission'" in text:
+            return True
+        return response.status_code == 404 and "DoesNotExistError" not in text
+
+    @staticmethod
+    def _allowed(response: httpclient.Response) -> bool:
+        """A ``has_permission`` answer is a yes when its JSON ``message`` is truthy.
+
+        Only a 200 carries ``message`` from Frappe (its error answers never do), and an answer
+        that is not JSON (a proxy's HTML error page) is a no, as it is for the Node server.
+        """
+        if response.status_code != 200:
+            return False
+        try:
+            body = response.json()
+        except ValueError:
+            return False
+        return isinstance(body, dict) and bool(body.get("message"))

@@ -55,11 +55,16 @@ class TestRefusals:
         assert connect_error_message(client) == {"message": "Invalid origin"}
 
     def test_no_credentials(self, gsocket, clients):
+        # Node's words: no Cookie header at all, then a Cookie header without sid
         client = clients()
         refused(client, gsocket, f"/{SITE}", desk_headers(SITE, None))
-        message = connect_error_message(client)["message"]
-        assert "cookie or authorization header" in message
+        assert connect_error_message(client) == {"message": "No cookie transmitted."}
         gsocket.wait_for_log(r"no_credentials")
+        client = clients()
+        refused(client, gsocket, f"/{SITE}", {**desk_headers(SITE, None), "Cookie": "theme=dark"})
+        assert connect_error_message(client) == {
+            "message": "No authentication method used. Use cookie or authorization header."
+        }
 
     def test_socket_secret_is_sent_and_never_logged(self, gsocket, web, clients):
         web.set_secret("the-real-secret")
@@ -90,7 +95,7 @@ class TestRefusals:
         monkeypatch.setattr(web, "_get_user_info", reject)
         client = clients()
         refused(client, gsocket, f"/{SITE}", desk_headers(SITE, "sid-admin"))
-        assert connect_error_message(client) == {"message": "Unauthorized"}
+        assert connect_error_message(client)["message"].startswith("Unauthorized: ")
         gsocket.wait_for_log(r"unauthorized")
 
     def test_dead_web_process_refuses_in_bounded_time(self, start_gsocket, web, clients):

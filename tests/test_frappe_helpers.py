@@ -127,7 +127,7 @@ def test_the_wheel_puts_the_pth_file_at_the_top_of_site_packages(tmp_path):
         timeout=300,
     )
     assert built.returncode == 0, built.stderr
-    (wheel,) = tmp_path.glob("gsocket-*.whl")
+    (wheel,) = tmp_path.glob("frappe_gsocket-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         pth = archive.read("gsocket-frappe-helpers.pth").decode()
         assert "gsocket/frappe_hook.py" in archive.namelist()

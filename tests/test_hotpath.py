@@ -395,6 +395,18 @@ def test_http_retries_once_on_a_connection_the_server_closed(canned):
     pool.close()
 
 
+def test_http_bytes_past_an_answer_never_become_the_next_callers_answer(canned):
+    """An answer longer than it said, or an interim 100 before it, leaves nothing on a pooled
+    connection for the next call (which may be another user's) to read."""
+    forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+    server = canned([_ok(b"one") + forged, b"HTTP/1.1 100 Continue\r\n\r\n" + _ok(b"two")])
+    pool = httpclient.Pool(timeout=5)
+    assert pool.get(server.url + "/", None, {"Cookie": "sid=a"}).content == b"one"
+    assert pool.get(server.url + "/", None, {"Cookie": "sid=b"}).content == b"two"
+    assert server.connections == 2
+    pool.close()
+
+
 def test_http_time_limit_and_failures(canned):
     silent = canned([None])
     pool = httpclient.Pool(timeout=0.5)
@@ -438,10 +450,24 @@ def test_http_waiting_for_a_pooled_connection_is_not_the_web_process_being_slow(
     holder.kill()
 
 
-def test_http_redirects_are_handed_back(canned):
-    server = canned([b"HTTP/1.1 301 Moved\r\nLocation: https://x/\r\nContent-Length: 0\r\n\r\n"])
-    with pytest.raises(httpclient.Redirected, match="https://x/"):
-        httpclient.Pool(timeout=5).get(server.url + "/", None, {})
+def test_http_redirects_are_followed_only_on_the_same_host(canned):
+    """A redirect is followed with the caller's headers only to the same host; one to another
+    host is an error, not a call that would hand the credential to that host."""
+    target = canned([_ok(b"landed"), _ok(b"again")])
+    here = target.url + "/landed"
+    first = canned(
+        [b"HTTP/1.1 301 Moved\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n" % here.encode()]
+    )
+    pool = httpclient.Pool(timeout=5)
+    assert pool.get(first.url + "/", {"a": "1"}, {"Cookie": "sid=x"}).content == b"landed"
+    assert target.requests[0].startswith(b"GET /landed HTTP/1.1")
+    assert target.requests[0].endswith(b"\r\nCookie: sid=x")
+    away = canned(
+        [b"HTTP/1.1 302 Found\r\nLocation: http://localhost:1/\r\nContent-Length: 0\r\n\r\n"]
+    )
+    with pytest.raises(httpclient.HTTPFailure, match="to another host"):
+        pool.get(away.url + "/", None, {"Cookie": "sid=x"})
+    pool.close()
 
 
 def test_flush_in_steps_lets_other_greenlets_run_and_keeps_every_wire_in_order(monkeypatch):

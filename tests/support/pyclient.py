@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import requests
 import socketio
 
 
@@ -19,13 +20,30 @@ class PyClient:
 
     :param transports: ``["polling", "websocket"]`` (polling first, then upgrade, like the
         desk) or ``["websocket"]`` (like mobile clients).
+    :param ssl_verify: check the server's certificate (off for a test nginx's self-signed one,
+        where the client's trust is not what is tested).
     :param reconnection: reconnect when the connection is lost, as the desk does.
     """
 
-    def __init__(self, transports: list[str] | None = None, reconnection: bool = False) -> None:
+    def __init__(
+        self,
+        transports: list[str] | None = None,
+        ssl_verify: bool = True,
+        reconnection: bool = False,
+    ) -> None:
         self.transports = transports or ["polling", "websocket"]
+        session = None
+        if not ssl_verify:
+            # requests would take REQUESTS_CA_BUNDLE from the environment over verify=False
+            session = requests.Session()
+            session.trust_env = False
+            session.verify = False
         self.client = socketio.Client(
-            reconnection=reconnection, reconnection_delay=0.2, reconnection_delay_max=1
+            reconnection=reconnection,
+            reconnection_delay=0.2,
+            reconnection_delay_max=1,
+            ssl_verify=ssl_verify,
+            http_session=session,
         )
         self.received: list[tuple[str, str, tuple[Any, ...]]] = []
         self.namespace: str | None = None

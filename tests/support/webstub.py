@@ -16,6 +16,12 @@ permission a bare 403 ``PermissionError``, a missing argument a 500 ``TypeError`
 secret is checked only while its Redis key exists, a behaviour of newer Frappe that neither
 real bench of the lane has.
 
+Like Frappe, it believes a ``sid`` cookie before an ``Authorization`` header (a token is only
+looked at when the cookie gives no session) and sets ``sid`` on every answer: the session it
+served, a new one for a token, ``Guest`` otherwise.  A client that keeps cookies between calls
+made for different users would so carry one user's session into another's call; the tests
+of gsocket's calls rely on that to catch it.
+
 It runs in a thread of the test process (which is not gevent-patched) on a threaded WSGI
 server, so one slow request never holds up the others.
 """
@@ -91,6 +97,7 @@ class WebStub:
         # does not exist on the installed version; some deployments turn that into 404.
         self.missing_method_status: int = 417
         self.calls: list[dict[str, Any]] = []
+        self._minted = 0
         self._calls_cond = threading.Condition()
         self._stopping = threading.Event()
         self._server: BaseWSGIServer | None = None
@@ -193,6 +200,8 @@ class WebStub:
     def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = Request(environ)
         response = self._respond(request)
+        if request.path.startswith(METHOD_PREFIX):
+            response.set_cookie("sid", self._session(request)[1], path="/", httponly=True)
         return response(environ, start_response)
 
     def _record(self, request: Request) -> dict[str, Any]:
@@ -269,19 +278,36 @@ class WebStub:
     def _sid(self, request: Request) -> str | None:
         return _sid_cookie(request.headers.get("Cookie")) or request.args.get("sid")
 
-    def _user(self, request: Request) -> str:
-        """Resolve the caller like Frappe: Authorization, else sid cookie, else sid arg.
+    def _session(self, request: Request) -> tuple[str, str, bool]:
+        """Resolve the caller like Frappe: ``(user, sid, by_token)``.
 
-        An unknown session is not an error in Frappe: it falls back to Guest.  (An unknown
-        token never gets here: it is refused with a 401 before any method runs.)
+        The session of the ``sid`` cookie (or ``sid`` argument) first; only when that gives
+        Guest, the ``Authorization`` token, which opens a session of its own (Frappe's
+        ``validate_api_key_secret`` sets the user only while the session's is Guest).  An
+        unknown session is not an error in Frappe: it falls back to Guest; an unknown token
+        never gets here, it is refused with a 401 before any method runs.  Resolved once per
+        request (the answer's cookie names the same session).
         """
-        auth = request.headers.get("Authorization")
-        if auth:
-            return self.tokens.get(auth, GUEST)
+        known = request.environ.get("webstub.session")
+        if known is None:
+            known = request.environ["webstub.session"] = self._resolve(request)
+        return known
+
+    def _resolve(self, request: Request) -> tuple[str, str, bool]:
         sid = self._sid(request)
-        if not sid or sid == GUEST:
-            return GUEST
-        return self.sessions.get(sid, GUEST)
+        if sid and sid != GUEST and sid in self.sessions:
+            return self.sessions[sid], sid, False
+        user = self.tokens.get(request.headers.get("Authorization") or "", GUEST)
+        if user == GUEST:
+            return GUEST, GUEST, False
+        with self._calls_cond:
+            self._minted += 1
+            sid = f"sid-token-{self._minted}"
+            self.sessions[sid] = user
+        return user, sid, True
+
+    def _user(self, request: Request) -> str:
+        return self._session(request)[0]
 
     def _user_type(self, user: str) -> str | None:
         """Frappe's session data has no user type for Guest: ``null`` in the answer."""
@@ -290,8 +316,7 @@ class WebStub:
         return self.users.get(user, "System User")
 
     def _get_user_info(self, request: Request) -> Response:
-        user = self._user(request)
-        by_token = bool(request.headers.get("Authorization"))
+        user, _, by_token = self._session(request)
         # Frappe reads user_type from the session's data, which a token login does not have.
         info: dict[str, Any] = {
             "user": user,
