@@ -22,8 +22,9 @@ from gevent.pywsgi import WSGIServer
 from gsocket.arrival import DOCTOR_PATH, serve_arrival
 from gsocket.auth import Authenticator
 from gsocket.bridge import Bridge
+from gsocket.cluster import Presence, name_sessions, node_name
 from gsocket.config import Config
-from gsocket.core_handlers import register_core_handlers
+from gsocket.core_handlers import announce_lost_viewers, register_core_handlers
 from gsocket.frappe_ctx import FrappeContext
 from gsocket.frappe_shim import install_frappe_realtime
 from gsocket.handlers_loader import load_handlers, read_apps
@@ -82,6 +83,8 @@ class App:
             "bridge": self.bridge.reason,
             "sockets": len(self.server.sockets()),
         }
+        if self.server.presence is not None:
+            body["node"] = self.server.presence.node
         if self.draining:
             return 503, {"status": "draining", **body}
         if self.bridge.subscribed:
@@ -135,6 +138,8 @@ class App:
         self._wsgi_server.start()
         if self.config.scale_out:
             start_client_manager(self.server)
+        if self.server.presence is not None:
+            self.server.presence.start()
         self.bridge.start()
         where = self.config.uds or f"{self.config.host}:{self.config.port}"
         log.info("gsocket listening on %s for bench %s", where, self.config.bench_path)
@@ -153,6 +158,8 @@ class App:
         drain(self.server, self.in_flight, timeout, self._stop_accepting)
         self.server.dispatcher.aio.close()
         self.bridge.stop()
+        if self.server.presence is not None:
+            self.server.presence.stop()
         with gevent.Timeout(1.0, False):
             self.server.shutdown()
         if self._wsgi_server is not None:
@@ -190,6 +197,23 @@ def _installed_apps_resolver(frappe_ctx: FrappeContext) -> Callable[[str], tuple
         return ("frappe",)
 
     return installed_apps_of
+
+
+def join_cluster(server: Server, redis_client: redis.Redis, config: Config) -> None:
+    """Make a scaled-out server one node of the bench's cluster (:mod:`gsocket.cluster`):
+    session ids that name it, and presence shared with the other processes."""
+    node = node_name(config.process or 0)
+    name_sessions(server.eio, node)
+    presence = Presence(
+        redis_client,
+        node,
+        f"{config.scale_out_channel}:presence:",
+        config.presence_ttl,
+        lambda namespace, rooms: announce_lost_viewers(server, namespace, rooms),
+        lambda: ((s.namespace, s.sid, s.user, s.rooms) for s in server.sockets()),
+    )
+    server.presence = presence
+    server.manager.presence = presence
 
 
 def create_app(
@@ -237,5 +261,7 @@ def create_app(
         ping_interval=config.ping_interval,
         ping_timeout=config.ping_timeout,
     )
+    if config.scale_out:
+        join_cluster(server, redis_client, config)
     bridge = Bridge(server, config.redis_url, metrics)
     return App(config, registry, metrics, redis_client, web, frappe_ctx, server, bridge, in_flight)

@@ -50,7 +50,15 @@ def tune_collector() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a bench until SIGTERM or SIGINT (with ``--handover``, through a parent process)."""
-    config = load_config(args.bench).with_overrides(
+    config = load_config(args.bench)
+    if args.process is not None:
+        config = config.for_process(args.process)
+    elif config.processes > 1:
+        raise ConfigError(
+            f"gsocket.processes is {config.processes}: start each with --process K "
+            "(gsocket setup supervisor writes them)"
+        )
+    config = config.with_overrides(
         port=args.port,
         host=args.host,
         log_level=args.log_level,
@@ -150,6 +158,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return run_doctor(bench)
 
 
+def cmd_setup_nginx(args: argparse.Namespace) -> int:
+    """Write a complete nginx.conf for the bench, or show/make the change to its own."""
+    from gsocket.nginx_setup import setup_nginx
+
+    return setup_nginx(
+        load_config(args.bench), listen=args.listen, output=args.output, apply=args.apply
+    )
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     """Write the supervisord program or the Procfile line that runs gsocket on a bench."""
     from gsocket.supervisor_setup import setup_procfile, setup_supervisor
@@ -233,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="share rooms with other gsocket processes through Redis (gsocket.scale_out)",
     )
     serve.add_argument(
+        "--process",
+        type=int,
+        metavar="K",
+        help="serve process K (0-based) of gsocket.processes, on socketio_port + K",
+    )
+    serve.add_argument(
         "--handover",
         action="store_true",
         help="hold the socket in a parent process; SIGHUP restarts without a gap",
@@ -274,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--apply", action="store_true", help="edit the file (keeps a copy)")
         sub.add_argument("--python", help="interpreter with gsocket (default: this one)")
         sub.set_defaults(func=cmd_setup)
+    nginx = targets.add_parser(
+        "nginx",
+        help="nginx in front of the web process and every gsocket process (routes by session)",
+    )
+    nginx.add_argument("--bench", required=True, help="the bench folder")
+    nginx.add_argument("--listen", help="with --output: where nginx listens, e.g. 0.0.0.0:80")
+    nginx.add_argument("--output", help="write a complete nginx.conf to this file")
+    nginx.add_argument("--apply", action="store_true", help="edit config/nginx.conf (keeps a copy)")
+    nginx.set_defaults(func=cmd_setup_nginx)
 
     demo = commands.add_parser(
         "demo",

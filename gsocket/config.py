@@ -82,6 +82,12 @@ class Config:
     :param scale_out: share rooms with the other gsocket processes of the bench through
         python-socketio's Redis manager on ``redis_url``.
     :param scale_out_channel: Redis channel of that manager; never Frappe's ``events``.
+    :param processes: how many gsocket processes serve the bench (``gsocket.processes``);
+        above 1 they form a cluster (:mod:`gsocket.cluster`) and each is started with
+        ``--process K``.
+    :param process: which of them this one is (0-based), ``None`` when not started as one.
+    :param presence_ttl: seconds without a heartbeat after which a cluster process counts as
+        dead and the presence of its sockets is removed (``gsocket.presence_ttl``).
     :param ping_interval: seconds between a client's PONG and the next PING (Engine.IO's
         ``pingInterval``; fractions are kept, to the millisecond).
     :param ping_timeout: seconds a client has to answer a PING before it is closed.
@@ -111,6 +117,9 @@ class Config:
     reuse_port: bool = False
     scale_out: bool = False
     scale_out_channel: str = "gsocket"
+    processes: int = 1
+    process: int | None = None
+    presence_ttl: float = 15.0
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     connect_timeout: float = 45.0
@@ -126,6 +135,29 @@ class Config:
     def apps_txt(self) -> Path:
         """The bench's list of apps, one per line."""
         return self.sites_path / "apps.txt"
+
+    def for_process(self, process: int) -> Config:
+        """Return the configuration of process ``process`` of the bench's ``processes``.
+
+        Process K listens on ``socketio_port + K``, or on ``socketio_uds`` with ``.K``
+        appended (process 0 keeps the bench's own address, so one process is served where
+        the bench always served it); with more than one process the Redis manager is on.
+
+        :raises ConfigError: when ``process`` is not one of ``0 .. processes - 1``.
+        """
+        if not 0 <= process < self.processes:
+            raise ConfigError(
+                f"--process {process} is not one of the bench's gsocket.processes "
+                f"({self.processes}): use 0 to {self.processes - 1}"
+            )
+        uds = f"{self.uds}.{process}" if self.uds and process else self.uds
+        return replace(
+            self,
+            process=process,
+            port=self.port + process,
+            uds=uds,
+            scale_out=self.scale_out or self.processes > 1,
+        )
 
     @property
     def web_url(self) -> str | None:
@@ -218,8 +250,9 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
     :param bench_path: the bench folder holding ``sites/common_site_config.json``.
     :param env: environment to read overrides from (``os.environ`` by default): the Node
         process's ``FRAPPE_*`` ones, and ``GSOCKET_HOST``, ``GSOCKET_TRUSTED_PROXIES``
-        (comma-separated), ``GSOCKET_LOG_LEVEL``, ``GSOCKET_LOG_FORMAT``, so that a container
-        (frappe_docker's ``websocket`` service) is configured by its environment alone.
+        (comma-separated), ``GSOCKET_LOG_LEVEL``, ``GSOCKET_LOG_FORMAT``, ``GSOCKET_PROCESSES``,
+        so that a container (frappe_docker's ``websocket`` service) is configured by its
+        environment alone.
     :raises ConfigError: when the file is missing, unreadable or holds a bad value.
     """
     env = os.environ if env is None else env
@@ -242,6 +275,8 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         webserver_port = int(conf.get("webserver_port") or 8000)
         web_timeout = float(ours.get("web_timeout", 5.0))
         drain_timeout = float(ours.get("drain_timeout", 5.0))
+        processes = int(env.get("GSOCKET_PROCESSES") or ours.get("processes", 1))
+        presence_ttl = float(ours.get("presence_ttl", 15.0))
         engine = {k: float(ours.get(k, Config.__dataclass_fields__[k].default)) for k in ENGINE}
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad port or timeout in common_site_config.json: {e}") from None
@@ -260,6 +295,10 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         raise ConfigError(f"gsocket.log_format must be one of {', '.join(LOG_FORMATS)}")
     if drain_timeout < 0:
         raise ConfigError("gsocket.drain_timeout must not be negative")
+    if processes < 1:
+        raise ConfigError("gsocket.processes must be 1 or more")
+    if presence_ttl <= 0:
+        raise ConfigError("gsocket.presence_ttl must be positive")
     ca_file = ours.get("ca_file") or None
     if ca_file is not None:
         ca_file = str(bench / "sites" / str(ca_file))
@@ -291,6 +330,8 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         reuse_port=_as_bool(ours.get("reuse_port", False)),
         scale_out=_as_bool(ours.get("scale_out", False)),
         scale_out_channel=channel,
+        processes=processes,
+        presence_ttl=presence_ttl,
         **engine,
         ca_file=ca_file,
         web_proxy_from_env=_as_bool(ours.get("web_proxy_from_env", False)),

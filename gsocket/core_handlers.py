@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -34,6 +34,9 @@ from gsocket.rooms import (
     user_room,
 )
 from gsocket.socket import Socket
+
+if TYPE_CHECKING:
+    from gsocket.server import Server
 
 log = logging.getLogger("gsocket.core_handlers")
 
@@ -78,14 +81,19 @@ def doc_unsubscribe(socket: Socket, doctype: str, name: str) -> None:
     socket.leave(doc_room(doctype, name))
 
 
-def viewers(socket: Socket, doctype: str, name: str) -> list[str]:
-    """Distinct users with the document's form open, in the order they opened it."""
+def distinct_users(sids: Iterable[str], user_of: Callable[[str], str | None]) -> list[str]:
+    """The users of ``sids`` (gone sockets left out), each once, in the order of ``sids``."""
     users: dict[str, None] = {}
-    for sid in socket.participants(open_doc_room(doctype, name)):
-        user = socket.user_of(sid)
+    for sid in sids:
+        user = user_of(sid)
         if user is not None:
             users[user] = None
     return list(users)
+
+
+def viewers(socket: Socket, doctype: str, name: str) -> list[str]:
+    """Distinct users with the document's form open, in the order they opened it."""
+    return distinct_users(socket.participants(open_doc_room(doctype, name)), socket.user_of)
 
 
 def notify_viewers(socket: Socket, doctype: str, name: str, skip_if_alone: bool) -> None:
@@ -129,6 +137,25 @@ def close_open_docs(socket: Socket) -> None:
         socket.leave(open_doc_room(doctype, name))
         notify_viewers(socket, doctype, name, skip_if_alone=False)
     socket.set(OPEN_DOCS, [])
+
+
+def announce_lost_viewers(server: Server, namespace: str, rooms: Iterable[str]) -> None:
+    """Tell the viewers of each form in ``rooms`` who is left, after the sockets of a dead
+    cluster process were removed from them (they never sent ``doc_close``)."""
+    prefix = open_doc_room("", "").removesuffix("/")
+    for room in rooms:
+        if not room.startswith(prefix):
+            continue
+        doctype, _, name = room[len(prefix) :].partition("/")
+        users = distinct_users(
+            server.participants(namespace, room), lambda sid: server.user_of(namespace, sid)
+        )
+        server.emit(
+            "doc_viewers",
+            {"doctype": doctype, "docname": name, "users": users},
+            to=room,
+            namespace=namespace,
+        )
 
 
 def task_subscribe(socket: Socket, task_id: str) -> None:

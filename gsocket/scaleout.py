@@ -15,12 +15,15 @@ not be ``events``.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import socketio
 
 from gsocket.config import Config
 from gsocket.manager import RoomIndex
+
+if TYPE_CHECKING:
+    from gsocket.cluster import Presence
 
 log = logging.getLogger("gsocket.scaleout")
 
@@ -33,7 +36,28 @@ class ScaleOutManager(RoomIndex, socketio.RedisManager):
     Handlers mostly answer their own client (``pong``, ``doc_viewers`` to a single sid ...);
     publishing those only for every other process to find no such socket would cost a Redis
     round trip and a decode in every process per answer.
+
+    Every room a socket enters or leaves (but its own and the "everyone" one) is also told to
+    the cluster's :class:`~gsocket.cluster.Presence`, when there is one, whichever way the
+    room was changed (a handler's ``join``, a disconnect).
     """
+
+    presence: Presence | None = None
+
+    def basic_enter_room(
+        self, sid: str, namespace: str, room: Any, eio_sid: str | None = None
+    ) -> None:
+        """Enter the room here, and in the cluster's presence."""
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if self.presence is not None and room is not None and room != sid:
+            self.presence.joined(namespace, sid, room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        """Leave the room here, and in the cluster's presence if ``sid`` was in it."""
+        member = sid in self.rooms.get(namespace, {}).get(room, ())
+        super().basic_leave_room(sid, namespace, room)
+        if member and self.presence is not None and room is not None and room != sid:
+            self.presence.left(namespace, sid, room)
 
     def emit(
         self,

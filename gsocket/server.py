@@ -26,6 +26,7 @@ from gevent.event import Event
 from socketio import packet
 
 from gsocket.auth import Authenticator, Refused
+from gsocket.cluster import Presence
 from gsocket.core_handlers import join_default_rooms
 from gsocket.dispatch import Dispatcher
 from gsocket.limits import MAX_ATTACHMENTS, ClientGuard, watch_event_loop
@@ -82,6 +83,9 @@ class Server(socketio.Server):
         self.web = web
         self.metrics = metrics
         self._sockets: dict[str, Socket] = {}
+        self.presence: Presence | None = None
+        """The cluster's shared presence (:mod:`gsocket.cluster`), when this process is one
+        of several; set by the application factory."""
         self._connecting: dict[tuple[str, str], Event] = {}
         self.guard = ClientGuard(self.eio, authenticator.config, metrics)
         self.transport = Transport(
@@ -108,8 +112,22 @@ class Server(socketio.Server):
         return [ns for ns in self.manager.get_namespaces() if ns != "/"]
 
     def participants(self, namespace: str, room: str) -> list[str]:
-        """Return the sids of this process's sockets in ``room`` of ``namespace``."""
-        return [sid for sid, _ in self.manager.get_participants(namespace, room)]
+        """Return the sids of the sockets in ``room`` of ``namespace``: this process's, then
+        the other cluster processes' ones."""
+        local = [sid for sid, _ in self.manager.get_participants(namespace, room)]
+        if self.presence is None:
+            return local
+        return local + self.presence.participants(namespace, room)
+
+    def user_of(self, namespace: str, sid: str) -> str | None:
+        """Return the user of socket ``sid`` of ``namespace``, on any cluster process, or
+        ``None`` if it is gone."""
+        socket = self._sockets.get(sid)
+        if socket is not None:
+            return socket.user if f"/{socket.site}" == namespace else None
+        if self.presence is None:
+            return None
+        return self.presence.user_of(namespace, sid)
 
     def _send_connect_error(self, eio_sid: str, namespace: str, message: str) -> None:
         self._send_packet(
@@ -162,6 +180,8 @@ class Server(socketio.Server):
         self._unconnected.discard(eio_sid)
         socket = Socket(self, sid, identity)
         self._sockets[sid] = socket
+        if self.presence is not None:
+            self.presence.connected(namespace, sid, identity.user)
         join_default_rooms(socket)
         self._send_connected(eio_sid, namespace, sid)
         self.metrics.connects.inc(identity.site)
@@ -181,6 +201,8 @@ class Server(socketio.Server):
         self.manager.pre_disconnect(sid, namespace=namespace)
         self._binary_packet.pop(eio_sid, None)
         self.manager.disconnect(sid, namespace, ignore_queue=True)
+        if self.presence is not None:
+            self.presence.gone(namespace, sid)
         socket = self._sockets.pop(sid, None)
         if socket is None:
             return

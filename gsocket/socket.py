@@ -114,7 +114,8 @@ class Socket:
         )
 
     def participants(self, room: str) -> list[str]:
-        """Return the sids of the sockets of this site in ``room`` (on this process).
+        """Return the sids of the sockets of this site in ``room``, on every process of the
+        bench's cluster (this process's first).
 
         :param room: room name.
         """
@@ -123,10 +124,9 @@ class Socket:
     def user_of(self, sid: str) -> str | None:
         """Return the user of another socket of this site, or ``None`` if it is gone.
 
-        :param sid: a sid, e.g. from :meth:`participants`.
+        :param sid: a sid, e.g. from :meth:`participants` (of any process of the cluster).
         """
-        other = self._server.socket_of(sid)
-        return other.user if other is not None and other.site == self.site else None
+        return self._server.user_of(self.namespace, sid)
 
     def __repr__(self) -> str:
         return f"<Socket {self.sid} site={self.site} user={self.user}>"

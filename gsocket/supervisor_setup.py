@@ -17,6 +17,7 @@ import re
 import shlex
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -38,8 +39,8 @@ PROGRAM_TEMPLATE = """\
 ; lets running handlers finish for up to gsocket.drain_timeout ({drain:g} s); stopwaitsecs leaves
 ; room for that.  The server runs in a child of this program (--handover, hence killasgroup);
 ; to restart it without a moment when nobody listens:
-;   supervisorctl signal HUP {name}-web:{name}-gsocket
-[program:{name}-gsocket]
+;   supervisorctl signal HUP {name}-web:{program}
+[program:{program}]
 command={command}
 priority=4
 autostart=true
@@ -49,8 +50,8 @@ startretries={startretries}
 stopsignal=TERM
 stopwaitsecs={stopwaitsecs}
 killasgroup=true
-stdout_logfile={bench}/logs/gsocket.log
-stderr_logfile={bench}/logs/gsocket.error.log
+stdout_logfile={bench}/logs/{log}.log
+stderr_logfile={bench}/logs/{log}.error.log
 {user_line}directory={bench}
 """
 
@@ -65,6 +66,8 @@ class Program:
     :param drain_timeout: ``gsocket.drain_timeout`` of the bench.
     :param user: the ``user=`` of the Node program it replaces, if any.
     :param startretries: the Node program's ``startretries``, else :data:`START_RETRIES`.
+    :param process: with ``gsocket.processes`` above 1, which process of the cluster this
+        program runs (``--process K``); its program is ``<name>-gsocket-K``.
     """
 
     name: str
@@ -73,6 +76,13 @@ class Program:
     drain_timeout: float
     user: str | None = None
     startretries: int = START_RETRIES
+    process: int | None = None
+
+    @property
+    def program(self) -> str:
+        """The supervisord program name."""
+        suffix = "" if self.process is None else f"-{self.process}"
+        return f"{self.name}-gsocket{suffix}"
 
     @property
     def stopwaitsecs(self) -> int:
@@ -92,6 +102,7 @@ class Program:
                 "--bench",
                 str(self.bench),
                 "--handover",
+                *(() if self.process is None else ("--process", str(self.process))),
             )
         )
 
@@ -99,6 +110,8 @@ class Program:
         """The ``[program:<name>-gsocket]`` section, with its explanatory comment."""
         return PROGRAM_TEMPLATE.format(
             name=self.name,
+            program=self.program,
+            log="gsocket" if self.process is None else f"gsocket-{self.process}",
             command=self.command,
             drain=self.drain_timeout,
             stopwaitsecs=self.stopwaitsecs,
@@ -160,7 +173,11 @@ def node_option(text: str | None, name: str, key: str) -> str | None:
     if not text:
         return None
     for section in _sections(text):
-        if section.name in (f"program:{name}-node-socketio", f"program:{name}-gsocket"):
+        if section.name in (
+            f"program:{name}-node-socketio",
+            f"program:{name}-gsocket",
+            f"program:{name}-gsocket-0",
+        ):
             value = _option(section, key)
             if value:
                 return value
@@ -186,32 +203,39 @@ def _with_blank_line(lines: list[str]) -> list[str]:
     return [*lines, "\n"]
 
 
-def patch_supervisor_conf(text: str, program: Program) -> str:
+def render_programs(programs: Sequence[Program]) -> str:
+    """The programs' sections, one after the other, as ``config/gsocket.conf`` holds them."""
+    return "\n".join(program.render() for program in programs)
+
+
+def patch_supervisor_conf(text: str, programs: Program | Sequence[Program]) -> str:
     """Return ``supervisor.conf`` running gsocket instead of the Node realtime process.
 
-    The Node program's section is replaced by gsocket's (an earlier gsocket section too, so
-    the change can be made again after ``bench setup supervisor``), and the ``<name>-web``
-    group lists gsocket where it listed Node.
+    The Node program's section is replaced by gsocket's programs (earlier gsocket sections
+    too, however many processes they ran, so the change can be made again after ``bench
+    setup supervisor`` or a change of ``gsocket.processes``), and the ``<name>-web`` group
+    lists gsocket's programs where it listed Node.
     """
-    name = program.name
-    node, ours, group = (
-        f"program:{name}-node-socketio",
-        f"program:{name}-gsocket",
-        f"group:{name}-web",
-    )
-    block = _sections(program.render())
+    programs = [programs] if isinstance(programs, Program) else list(programs)
+    name = programs[0].name
+    node, group = f"program:{name}-node-socketio", f"group:{name}-web"
+    ours = re.compile(rf"^program:{re.escape(name)}-gsocket(-\d+)?$")
+    block = _sections(render_programs(programs))
     # The template's comment lines form the head section; they travel with the program.
     new_lines = [line for s in block for line in s.lines]
+    names = [program.program for program in programs]
     out: list[str] = []
     placed = False
     for section in _sections(text):
-        if section.name in (node, ours):
+        if section.name == node or (section.name and ours.match(section.name)):
             if not placed:
                 out.extend(_with_blank_line(new_lines))
                 placed = True
             continue
         if section.name == group:
-            section = _Section(section.name, [_group_line(line, name) for line in section.lines])
+            section = _Section(
+                section.name, [_group_line(line, name, names) for line in section.lines]
+            )
             if not placed:
                 out.extend(_with_blank_line(new_lines))
                 placed = True
@@ -221,14 +245,15 @@ def patch_supervisor_conf(text: str, program: Program) -> str:
     return "".join(out)
 
 
-def _group_line(line: str, name: str) -> str:
+def _group_line(line: str, name: str, names: list[str]) -> str:
     key, sep, value = line.partition("=")
     if not sep or key.strip() != "programs":
         return line
-    programs = [p.strip() for p in value.split(",") if p.strip()]
-    programs = [f"{name}-gsocket" if p == f"{name}-node-socketio" else p for p in programs]
-    if f"{name}-gsocket" not in programs:
-        programs.append(f"{name}-gsocket")
+    ours = re.compile(rf"^{re.escape(name)}-(node-socketio|gsocket(-\d+)?)$")
+    programs: list[str] = []
+    for p in (p.strip() for p in value.split(",") if p.strip()):
+        programs.extend(names if ours.match(p) else [p])
+    programs.extend(names)
     return f"{key}={','.join(dict.fromkeys(programs))}\n"
 
 
@@ -266,16 +291,21 @@ def setup_supervisor(
     supervisor_conf = conf_dir / "supervisor.conf"
     text = supervisor_conf.read_text() if supervisor_conf.is_file() else None
     name = bench_name(text, bench)
-    program = Program(
-        name=name,
-        bench=bench,
-        python=python or sys.executable,
-        drain_timeout=config.drain_timeout,
-        user=node_user(text, name),
-        startretries=node_startretries(text, name),
-    )
+    processes = range(config.processes) if config.processes > 1 else [None]
+    programs = [
+        Program(
+            name=name,
+            bench=bench,
+            python=python or sys.executable,
+            drain_timeout=config.drain_timeout,
+            user=node_user(text, name),
+            startretries=node_startretries(text, name),
+            process=process,
+        )
+        for process in processes
+    ]
     target = conf_dir / PROGRAM_FILE
-    target.write_text(program.render())
+    target.write_text(render_programs(programs))
     print(f"wrote {target}", file=out)
     if text is None:
         print(
@@ -284,7 +314,7 @@ def setup_supervisor(
             file=out,
         )
         return 0
-    patched = patch_supervisor_conf(text, program)
+    patched = patch_supervisor_conf(text, programs)
     if patched == text:
         print(f"{supervisor_conf} already runs gsocket; nothing to change", file=out)
         return 0
@@ -295,7 +325,8 @@ def setup_supervisor(
     else:
         print(
             f"\nIn {supervisor_conf}, replace the [program:{name}-node-socketio] section by the "
-            f"one in {target}, and list {name}-gsocket instead of {name}-node-socketio in "
+            f"{'ones' if len(programs) > 1 else 'one'} in {target}, and list "
+            f"{','.join(p.program for p in programs)} instead of {name}-node-socketio in "
             f"[group:{name}-web]; this is the change (--apply makes it for you):\n",
             file=out,
         )

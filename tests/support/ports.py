@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 
@@ -37,3 +38,21 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> 
         if time.monotonic() > deadline:
             raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
         time.sleep(0.02)
+
+
+def free_port_run(count: int, host: str = "127.0.0.1") -> int:
+    """Return a port ``p`` with ``p .. p + count - 1`` all free a moment ago.
+
+    For servers that take consecutive ports (gsocket's process K on ``socketio_port + K``).
+    Taken below Linux's ephemeral range (32768 and up), where no outgoing connection holds a
+    local port that a later bind would collide with.
+    """
+    while True:
+        base = random.randrange(20_000, 30_000)
+        try:
+            for k in range(count):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.bind((host, base + k))
+        except OSError:
+            continue
+        return base

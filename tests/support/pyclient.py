@@ -22,9 +22,15 @@ class PyClient:
         desk) or ``["websocket"]`` (like mobile clients).
     :param ssl_verify: check the server's certificate (off for a test nginx's self-signed one,
         where the client's trust is not what is tested).
+    :param reconnection: reconnect when the connection is lost, as the desk does.
     """
 
-    def __init__(self, transports: list[str] | None = None, ssl_verify: bool = True) -> None:
+    def __init__(
+        self,
+        transports: list[str] | None = None,
+        ssl_verify: bool = True,
+        reconnection: bool = False,
+    ) -> None:
         self.transports = transports or ["polling", "websocket"]
         session = None
         if not ssl_verify:
@@ -33,7 +39,11 @@ class PyClient:
             session.trust_env = False
             session.verify = False
         self.client = socketio.Client(
-            reconnection=False, ssl_verify=ssl_verify, http_session=session
+            reconnection=reconnection,
+            reconnection_delay=0.2,
+            reconnection_delay_max=1,
+            ssl_verify=ssl_verify,
+            http_session=session,
         )
         self.received: list[tuple[str, str, tuple[Any, ...]]] = []
         self.namespace: str | None = None

@@ -34,3 +34,9 @@ def ops_shout(socket: Socket, room: str, message: dict) -> bool:
     """Emit ``shout`` to ``room``: on every process of a scaled-out bench."""
     socket.emit("shout", message, room=room)
     return True
+
+
+@realtime.on("ops_who")
+def ops_who(socket: Socket, room: str) -> list[list[str | None]]:
+    """The ``[sid, user]`` of every socket in ``room``, as an app handler sees them."""
+    return [[sid, socket.user_of(sid)] for sid in socket.participants(room)]
