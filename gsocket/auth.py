@@ -1,4 +1,4 @@
-"""Connection checks: who may open ``/<site>``, in the order the Node server applies them.
+"""Connection checks: who may open ``/<site>``, in the Node server's order (contract section 4).
 
 1. the namespace must be the site resolved from the request headers;
 2. the Origin's host must be the Host's host (no cross-site websocket hijacking);
@@ -116,7 +116,7 @@ class Authenticator:
         self.installed_apps_of = installed_apps_of
 
     def web_url(self, environ: Mapping[str, Any]) -> str:
-        """The web process's base URL for this connection (contract section 3.5).
+        """The web process's base URL for this connection (contract section 4.5).
 
         ``webserver_host`` when configured (:attr:`Config.web_url`), else the client's
         Origin, with ``webserver_port`` in developer mode.

@@ -21,6 +21,7 @@ import gevent
 
 from gsocket import __version__
 from gsocket.config import ConfigError, load_config
+from gsocket.dependencies import check_supported
 from gsocket.errors import StartupError
 from gsocket.logs import LOG_FORMAT, LOG_FORMATS, setup_logging
 
@@ -49,7 +50,12 @@ def tune_collector() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve a bench until SIGTERM or SIGINT (with ``--handover``, through a parent process)."""
+    """Serve a bench until SIGTERM or SIGINT (with ``--handover``, through a parent process).
+
+    Refuses first to run on dependency versions it was not tested with (see
+    :mod:`gsocket.dependencies`), before it reads the bench: the environment is at fault then.
+    """
+    check_supported()
     config = load_config(args.bench)
     if args.process is not None:
         config = config.for_process(args.process)

@@ -1,4 +1,4 @@
-"""The events every Frappe desk sends, as handlers owned by ``frappe`` in the common registry.
+"""The events every Frappe desk sends (contract section 7), as ``frappe``'s handlers.
 
 They are what the Node server's ``frappe_handlers.js`` does: subscriptions to doctype,
 document and task rooms (checked with the web process where the Node server checks), the

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Literal, TextIO
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +28,7 @@ import redis
 
 from gsocket.bridge import CHANNEL
 from gsocket.config import Config, ConfigError, load_config
+from gsocket.dependencies import SUPPORTED, unsupported
 from gsocket.errors import StartupError
 from gsocket.frappe_shim import install_frappe_realtime
 from gsocket.handlers_loader import SERVED_BY_GSOCKET, load_handlers, read_apps
@@ -104,6 +106,7 @@ class Doctor:
             yield from self.check_redis()
             yield from self.check_web()
             yield from self.check_secret()
+        yield self.check_dependencies()
         yield self.check_mysqlclient()
         yield from self.check_handlers()
         yield from self.check_node_handlers()
@@ -287,6 +290,15 @@ class Doctor:
             )
 
     # ---- the Python environment -----------------------------------------------------------
+
+    def check_dependencies(self) -> Verdict:
+        """The libraries whose internals gsocket uses are at versions it was tested with
+        (``gsocket serve`` refuses to start otherwise)."""
+        problems = unsupported()
+        if problems:
+            return Verdict("fail", "dependencies", "; ".join(problems))
+        found = ", ".join(f"{name} {version(name)}" for name in SUPPORTED)
+        return Verdict("ok", "dependencies", f"tested versions: {found}")
 
     def check_mysqlclient(self) -> Verdict:
         """mysqlclient (its C calls block the gevent hub) is not loaded, ideally not installed."""

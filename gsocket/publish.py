@@ -2,7 +2,7 @@
 
 The web process and the workers of a bench never talk to the realtime process directly: they
 ``PUBLISH`` one JSON message on the Redis channel ``events`` of ``redis_queue`` and the realtime
-process emits it (contract section 6).  Scripts, operators and services that are not a Frappe
+process emits it (contract section 8).  Scripts, operators and services that are not a Frappe
 process still need to push events to the browsers of a bench, and they must send byte for byte
 what Frappe sends, room derivation included, or the desk would not recognise the event.
 :class:`Publisher` does that for one site; its methods carry the names and room mapping of

@@ -1,4 +1,4 @@
-"""Which site a connection belongs to, and whether its Origin may open it.
+"""The site of a connection, and whether its Origin may open it (contract sections 4.1, 4.2).
 
 A bench is multi-tenant: one realtime process serves every site, each as the Socket.IO
 namespace ``/<site>``.  The site is derived from request headers exactly as the Node server

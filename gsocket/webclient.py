@@ -196,7 +196,7 @@ class WebClient:
         doctype: str,
         name: str | None = None,
     ) -> bool:
-        """Ask whether ``credential`` may read a document (``name``) or a whole doctype.
+        """Ask whether ``credential`` may read a document or a doctype (contract section 6).
 
         The decisions are those of the Node server of the Frappe version that answers:
 

@@ -1,4 +1,4 @@
-"""Reading a bench's configuration like the Node server reads it (contract section 1)."""
+"""Reading a bench's configuration like the Node server reads it (contract section 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Redis -> bridge -> emit (contract section 6), and faults of Redis and the web process."""
+"""Redis -> bridge -> emit (contract section 8), and faults of Redis and the web process."""
 
 from __future__ import annotations
 

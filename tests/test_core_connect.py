@@ -1,4 +1,4 @@
-"""Connection checks, transports, namespaces and default rooms (contract sections 2-4)."""
+"""Connection checks, transports, namespaces and default rooms (contract sections 3-5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The desk's events and their permission checks (contract sections 4, 5 and 7)."""
+"""The desk's events and their permission checks (contract sections 5-7 and 9)."""
 
 from __future__ import annotations
 

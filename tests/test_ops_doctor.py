@@ -75,6 +75,7 @@ def test_a_good_bench_passes_every_check(tmp_path, redis_server, redis_client, w
         "events channel",
         f"web process ({SITE})",
         "socket secret",
+        "dependencies",
         "mysqlclient",
         "handlers (opsapp)",
         "node handlers",

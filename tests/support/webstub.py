@@ -1,7 +1,7 @@
 """A stand-in for the Frappe web process, answering the realtime endpoints like Frappe does.
 
 gsocket asks the web process who a client is and whether it may join a room (contract
-sections 3.4, 4 and 7). Running a real Frappe for every test is far too slow, so this stub
+sections 4.4, 6 and 9). Running a real Frappe for every test is far too slow, so this stub
 serves those endpoints from plain tables the test fills in, in the answer shape of either
 Frappe v16 (``has_permission``, socket secret, ``installed_apps``) or v15
 (``can_subscribe_*``, no secret, no ``installed_apps``), and can misbehave on purpose
