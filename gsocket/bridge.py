@@ -151,7 +151,8 @@ class Bridge:
         # one without it) gets python-socketio's emit.
         self._emit_encoded = getattr(server.manager, "emit_encoded", None)
         # Connection state recovery numbers each event (its offset is its last argument).
-        self._log = server.recovery.log if server.recovery is not None else None
+        recovery = getattr(server, "recovery", None)
+        self._log = recovery.log if recovery is not None else None
 
     def start(self) -> None:
         """Start the bridge greenlet."""

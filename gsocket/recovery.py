@@ -97,14 +97,24 @@ def credential_hash(credential: Any) -> str:
 
 @dataclass(slots=True)
 class Entry:
-    """One logged event: ``namespace`` and ``room`` empty mean every site / every socket."""
+    """One logged event: ``namespace`` and ``room`` empty mean every site / every socket.
+
+    Its digest is computed when it is first needed (its copy to Redis, or placing another
+    process's log), not in the bridge.
+    """
 
     seq: int
-    digest: bytes
     at: int
     namespace: str
     room: str
     body: str
+    digest: bytes = b""
+
+    def identity(self) -> bytes:
+        """The event's digest (:func:`digest`), computed once."""
+        if not self.digest:
+            self.digest = digest(self.namespace, self.room, self.body)
+        return self.digest
 
 
 @dataclass(slots=True)
@@ -158,7 +168,7 @@ class EventLog:
     def append(self, namespace: str, room: str, body: str) -> str:
         """Log one event about to be delivered; return its offset."""
         self.seq = seq = self.seq + 1
-        entry = Entry(seq, digest(namespace, room, body), _now_ms(), namespace, room, body)
+        entry = Entry(seq, _now_ms(), namespace, room, body)
         self.ring.append(entry)
         pending = self.pending
         pending.append(entry)
@@ -175,7 +185,7 @@ class EventLog:
             pipe = self.client.pipeline(transaction=False)
             key = self.key(self.node)
             for e in batch:
-                fields = {"d": e.digest, "t": e.at, "n": e.namespace, "r": e.room, "b": e.body}
+                fields = {"d": e.identity(), "t": e.at, "n": e.namespace, "r": e.room, "b": e.body}
                 pipe.xadd(key, fields, id=f"0-{e.seq}", maxlen=self.cap, approximate=True)
             pipe.expire(key, ttl)
             pipe.execute()
@@ -201,11 +211,11 @@ class EventLog:
         return [
             Entry(
                 int(rid.decode().partition("-")[2]),
-                f[b"d"],
                 int(f[b"t"]),
                 f[b"n"].decode(),
                 f[b"r"].decode(),
                 f[b"b"].decode(),
+                f[b"d"],
             )
             for rid, f in rows
         ]
@@ -255,10 +265,10 @@ class EventLog:
             e = ring[i]
             if e.at < last_at - ALIGN_WINDOW_MS:
                 break
-            if e.digest != digests[-1] or abs(e.at - last_at) > ALIGN_WINDOW_MS:
+            if e.identity() != digests[-1] or abs(e.at - last_at) > ALIGN_WINDOW_MS:
                 continue
             n = min(len(digests), i + 1)
-            if [x.digest for x in ring[i - n + 1 : i + 1]] != digests[-n:]:
+            if [x.identity() for x in ring[i - n + 1 : i + 1]] != digests[-n:]:
                 continue
             distance = abs(e.at - last_at)
             if best is None or distance < best[0]:
