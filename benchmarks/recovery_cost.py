@@ -6,8 +6,9 @@ Usage (from the repository root)::
 
 Measures, on a private redis-server: the work the bridge adds per event (numbering, digest,
 keeping it in memory, appending the offset to the encoded packet), the CPU this process
-spends copying the log to Redis in pipelines, per event, and the Redis memory per logged
-event (a typical Frappe ``list_update``).  The numbers go in :mod:`gsocket.recovery`'s
+spends copying the log to Redis in batches, per event, and the Redis memory per logged
+event (a typical Frappe ``list_update``); and the CPU of copying one event alone (a round
+trip of its own, as on a quiet bench).  The numbers go in :mod:`gsocket.recovery`'s
 docstring.
 """
 
@@ -51,6 +52,12 @@ def main() -> None:
             flush_cpu = time.process_time() - cpu
             flush_wall = time.perf_counter() - wall
             memory = client.memory_usage(log.key(log.node), samples=0) or 0
+            alone = min(events, 2000)
+            cpu = time.process_time()
+            for _ in range(alone):
+                log.append("site1.local", "doctype:ToDo", BODY)
+                log.flush()
+            alone_cpu = time.process_time() - cpu
         finally:
             server.stop()
     print(f"events: {events}")
@@ -58,6 +65,7 @@ def main() -> None:
     print(f"copy to Redis, this process's CPU per event: {flush_cpu / events * 1e6:.2f} µs")
     print(f"copy to Redis, wall time per event: {flush_wall / events * 1e6:.2f} µs")
     print(f"Redis memory per logged event: {memory / events:.0f} bytes")
+    print(f"copy to Redis of an event alone (a quiet bench): {alone_cpu / alone * 1e6:.0f} µs CPU")
 
 
 if __name__ == "__main__":
