@@ -68,6 +68,9 @@ TAIL = 16
 """Entries of another process's log compared to place one of its offsets in this one's."""
 ALIGN_WINDOW_MS = 10_000
 """Most milliseconds between two processes' logging of one event."""
+ALIGNED_KEPT = 64
+"""Other processes' logs whose place in this one is remembered (a cluster restarted many
+times while this process lived starts over past that)."""
 PIPELINE = 500
 """Log entries or session records written per Redis round trip."""
 RETRY_SECONDS = 1.0
@@ -248,6 +251,8 @@ class EventLog:
             if aligned is None:
                 return None
             if aligned[0] >= 0:
+                if len(self._aligned) >= ALIGNED_KEPT:
+                    self._aligned.clear()
                 self._aligned[node] = aligned
         theirs, ours = aligned
         if theirs >= 0:
