@@ -75,7 +75,8 @@ PIPELINE = 500
 """Log entries or session records written per Redis round trip."""
 RETRY_SECONDS = 1.0
 GATHER_SECONDS = 0.02
-"""How long the writer waits after the first change, so that a burst is one round trip."""
+"""How long the writer waits after the first logged event, so that a burst of events is one
+round trip."""
 
 _TAKE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -236,9 +237,11 @@ class EventLog:
         rows += self.client.xrange(key, min=f"(0-{max(seq, 1)}", max="+")
         return [e for e in self._entries(rows) if e.seq > seq]
 
-    def place(self, node: str, seq: int) -> tuple[int, list[Entry]] | None:
+    def place(self, node: str, seq: int, alive_at: int = 0) -> tuple[int, list[Entry]] | None:
         """Where offset ``<node>:<seq>`` is in this log, and what to send before it.
 
+        :param alive_at: a time (ms) ``node`` was known to live at (its client's record was
+            written then): a process started before it cannot be its restart.
         :returns: ``(position, first)``: the client has seen this log up to ``position``,
             and ``first`` are events of ``node``'s log to send before this log's; ``None``
             when the offset cannot be placed (its log is gone, or this one moved on).
@@ -247,7 +250,7 @@ class EventLog:
             return seq, []
         aligned = self._aligned.get(node)
         if aligned is None:
-            aligned = self._align(node)
+            aligned = self._align(node, alive_at)
             if aligned is None:
                 return None
             if aligned[0] >= 0:
@@ -259,7 +262,7 @@ class EventLog:
             return ours + (seq - theirs), []
         return 0, self._after(node, seq)
 
-    def _align(self, node: str) -> tuple[int, int] | None:
+    def _align(self, node: str, alive_at: int) -> tuple[int, int] | None:
         """``(their number, our number)`` of one event, or ``(-1, 0)`` when this process
         started after ``node``'s last event."""
         start = self.client.get(self.start_key(node))
@@ -267,7 +270,7 @@ class EventLog:
             return None
         tail = self._tail(node)
         last_at = tail[-1].at if tail else int(start)
-        if self.started > last_at:
+        if self.started > max(last_at, alive_at):
             return -1, 0
         if not tail:
             # Nothing published while it lived: its number 0 is our last event before it
@@ -380,6 +383,7 @@ class Recovery:
         if rooms is None:
             return None
         body = {"sid": sid, "ns": namespace, "user": user, "cred": cred, "since": since}
+        body["at"] = _now_ms()
         body["rooms"] = [r for r in rooms if r != sid]
         return json.dumps(body)
 
@@ -424,6 +428,7 @@ class Recovery:
         try:
             raw = self.client.get(key)
             if raw is None:
+                log.info("%s came back with an unknown or expired session: a new one", user)
                 return None
             record = json.loads(raw)
             if (
@@ -440,13 +445,18 @@ class Recovery:
             if not isinstance(offset, str):
                 offset = record["since"]
             node, _, number = offset.rpartition(":")
-            if not node or not number.isdigit():
+            alive_at = int(record.get("at", 0))
+            placed = (
+                self.log.place(node, int(number), alive_at) if node and number.isdigit() else None
+            )
+            if placed is None:
+                log.info("session %s came back with offset %r, not found", record["sid"], offset)
                 return None
-            placed = self.log.place(node, int(number))
-            if placed is None or not self._take(keys=[key], args=[raw]):
+            if not self._take(keys=[key], args=[raw]):
+                log.info("session %s was recovered meanwhile", record["sid"])
                 return None
-        except (redis.RedisError, ValueError, KeyError, TypeError) as e:
-            log.warning("cannot recover session %s: %s", pid, e)
+        except (redis.RedisError, ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("cannot recover a session of %s: %s", user, e)
             return None
         position, first = placed
         rooms = [r for r in record.get("rooms", ()) if isinstance(r, str)]
@@ -457,6 +467,7 @@ class Recovery:
         when they are not all known any more or exceed ``recovery_missed``."""
         ours = self.log.since(claim.position)
         if ours is None:
+            log.info("session %s missed events no longer kept: a new session", claim.sid)
             return None
         rooms = set(claim.rooms)
         site = namespace[1:]
@@ -494,7 +505,10 @@ class Recovery:
         wake = self.log.wake
         while True:
             wake.wait()
-            gevent.sleep(GATHER_SECONDS)
+            if not self._dirty and not self._gone:
+                # events only: gather a burst; a socket is recoverable once its record is
+                # written, so records go at once
+                gevent.sleep(GATHER_SECONDS)
             wake.clear()
             try:
                 self.flush()

@@ -211,11 +211,21 @@ def test_a_restarted_process_recovers_its_desks_and_a_late_one_gets_a_new_sessio
         _wait_number(node, "desk", "doc_update", 2)
         assert _numbers(node, "desk", "doc_update") == [0, 1, 2]
 
+        # A graceful restart (the drain closes every client): recovered again.
+        assert single.stop() == 0
+        single.start()
+        wait_until(lambda: len(_connects(node, "desk")) == 3, 20, lambda: node.events("desk"))
+        third = _connects(node, "desk")[2]
+        assert third["recovered"] is True and third["sid"] == first["sid"], third
+        _publish(redis_client, "doc_update", {"n": 3}, DOC_ROOM)
+        _wait_number(node, "desk", "doc_update", 3)
+        assert _numbers(node, "desk", "doc_update") == [0, 1, 2, 3]
+
         back = _open(
             node, url, "back", "sid-jane", auth={"pid": late["pid"], "offset": late_offset}
         )
         assert back["recovered"] is False and back["sid"] != late["sid"], back
-        _publish(redis_client, "doc_update", {"n": 3}, DOC_ROOM)
+        _publish(redis_client, "doc_update", {"n": 4}, DOC_ROOM)
         _publish(redis_client, "done", None, "website")
         node.wait_event("back", "done", timeout=10)
         assert _numbers(node, "back", "doc_update") == []
