@@ -442,13 +442,19 @@ class Recovery:
                     user,
                 )
                 return None
+            since = record["since"]
             if not isinstance(offset, str):
-                offset = record["since"]
-            node, _, number = offset.rpartition(":")
+                offset = since
             alive_at = int(record.get("at", 0))
+            node, _, number = offset.rpartition(":")
             placed = (
                 self.log.place(node, int(number), alive_at) if node and number.isdigit() else None
             )
+            if placed is None and number.isdigit() and node != since.rpartition(":")[0]:
+                # An offset of an earlier process (whose log may be gone): the client got
+                # nothing since it (re)connected, or its offset would be of the later one.
+                node, _, number = since.rpartition(":")
+                placed = self.log.place(node, int(number), alive_at)
             if placed is None:
                 log.info("session %s came back with offset %r, not found", record["sid"], offset)
                 return None

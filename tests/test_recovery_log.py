@@ -100,3 +100,27 @@ def test_events_dropped_from_memory_are_not_replayed_as_if_complete(redis_client
         log.append("site1", "website", _body("tick", n))
     assert log.since(1) is None
     assert [e.seq for e in log.since(3) or []] == [4, 5, 6]
+
+
+def test_an_offset_of_an_earlier_process_falls_back_to_the_sessions_own_start(redis_client):
+    live = Recovery(
+        redis_client, "1.live", "gsocket:recovery:", 60, 1000, 1000, lambda ns, sid: ["website"]
+    )
+    live.log.append("site1", "website", _body("tick", 0))
+    pid = live.connected("/site1", "0.old.sid", "jane", "cred", pid="p1")
+    assert pid == "p1"
+    live.log.append("site1", "website", _body("tick", 1))
+    live.flush()
+    live.disconnected("0.old.sid", recoverable=True)
+    live.flush()
+    # The client still holds the offset of a process whose log is gone: it got nothing since.
+    claim = live.claim("p1", "0.gone:7", "/site1", "jane", "cred")
+    assert claim is not None and claim.sid == "0.old.sid" and claim.rooms == ["website"]
+    assert [json.loads(p)[:-1] for p in live.missed(claim, "/site1") or []] == [["tick", {"n": 1}]]
+    # Taken once; and a string that is no offset at all gives a new session.
+    assert live.claim("p1", "0.gone:7", "/site1", "jane", "cred") is None
+    live.connected("/site1", "0.old.sid", "jane", "cred", pid="p2")
+    live.flush()
+    assert live.claim("p2", "hello", "/site1", "jane", "cred") is None
+    assert live.claim("p2", None, "/site1", "jane", "other cred") is None
+    assert live.claim("p2", None, "/site1", "jane", "cred") is not None
