@@ -344,6 +344,8 @@ class Recovery:
         self._gone: list[tuple[str, bool]] = []
         self._take = client.register_script(_TAKE)
         self._greenlets: list[gevent.Greenlet] = []
+        self._urgent = Event()
+        """Set when a record changed: it is written without waiting for a burst of events."""
 
     def _key(self, pid: str) -> str:
         return f"{self.prefix}session:{hashlib.sha256(pid.encode()).hexdigest()}"
@@ -368,6 +370,7 @@ class Recovery:
         if sid in self._live:
             self._dirty[sid] = None
             self.log.wake.set()
+            self._urgent.set()
 
     def disconnected(self, sid: str, recoverable: bool) -> None:
         """Keep the record of a lost connection for the window; drop a closed one's."""
@@ -376,6 +379,7 @@ class Recovery:
         if live is not None:
             self._gone.append((live[1], recoverable))
             self.log.wake.set()
+            self._urgent.set()
 
     def _record(self, sid: str) -> str | None:
         namespace, pid, user, cred, since = self._live[sid]
@@ -511,10 +515,10 @@ class Recovery:
         wake = self.log.wake
         while True:
             wake.wait()
-            if not self._dirty and not self._gone:
-                # events only: gather a burst; a socket is recoverable once its record is
-                # written, so records go at once
-                gevent.sleep(GATHER_SECONDS)
+            # events only: gather a burst; a socket is recoverable (with its latest rooms)
+            # once its record is written, so a changed record ends the wait
+            self._urgent.wait(GATHER_SECONDS)
+            self._urgent.clear()
             wake.clear()
             try:
                 self.flush()
