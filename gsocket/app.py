@@ -31,6 +31,7 @@ from gsocket.handlers_loader import load_handlers, read_apps
 from gsocket.lifecycle import InFlight, TrackedDispatcher, drain
 from gsocket.listener import open_listener
 from gsocket.metrics import Metrics
+from gsocket.recovery import Recovery
 from gsocket.registry import Registry, realtime
 from gsocket.scaleout import make_client_manager, start_client_manager
 from gsocket.secret import SocketSecret
@@ -140,6 +141,8 @@ class App:
             start_client_manager(self.server)
         if self.server.presence is not None:
             self.server.presence.start()
+        if self.server.recovery is not None:
+            self.server.recovery.start()
         self.bridge.start()
         where = self.config.uds or f"{self.config.host}:{self.config.port}"
         log.info("gsocket listening on %s for bench %s", where, self.config.bench_path)
@@ -160,6 +163,8 @@ class App:
         self.bridge.stop()
         if self.server.presence is not None:
             self.server.presence.stop()
+        if self.server.recovery is not None:
+            self.server.recovery.stop()
         with gevent.Timeout(1.0, False):
             self.server.shutdown()
         if self._wsgi_server is not None:
@@ -216,6 +221,29 @@ def join_cluster(server: Server, redis_client: redis.Redis, config: Config) -> N
     server.manager.presence = presence
 
 
+def enable_recovery(server: Server, redis_client: redis.Redis, config: Config) -> None:
+    """Turn on connection state recovery (:mod:`gsocket.recovery`), logging under this
+    process's cluster node name (a fresh one per start when it is the bench's only process)."""
+    presence = server.presence
+    node = presence.node if presence is not None else node_name(config.process or 0)
+    manager = server.manager
+
+    def rooms_of(namespace: str, sid: str) -> list[str] | None:
+        return manager.get_rooms(sid, namespace) if manager.is_connected(sid, namespace) else None
+
+    recovery = Recovery(
+        redis_client,
+        node,
+        f"{config.scale_out_channel}:recovery:",
+        config.recovery_seconds,
+        config.recovery_events,
+        config.recovery_missed,
+        rooms_of,
+    )
+    server.recovery = recovery
+    manager.rooms_changed = recovery.rooms_changed
+
+
 def create_app(
     config: Config, registry: Registry | None = None, load_app_handlers: bool = True
 ) -> App:
@@ -263,5 +291,7 @@ def create_app(
     )
     if config.scale_out:
         join_cluster(server, redis_client, config)
+    if config.recovery_seconds > 0:
+        enable_recovery(server, redis_client, config)
     bridge = Bridge(server, config.redis_url, metrics)
     return App(config, registry, metrics, redis_client, web, frappe_ctx, server, bridge, in_flight)

@@ -150,6 +150,9 @@ class Bridge:
         # gsocket's room index encodes once for all recipients; another manager (a Redis
         # one without it) gets python-socketio's emit.
         self._emit_encoded = getattr(server.manager, "emit_encoded", None)
+        # Connection state recovery numbers each event (its offset is its last argument).
+        recovery = getattr(server, "recovery", None)
+        self._log = recovery.log if recovery is not None else None
 
     def start(self) -> None:
         """Start the bridge greenlet."""
@@ -203,6 +206,9 @@ class Bridge:
             body = _encode([event] if message is None else [event, message])
         except (TypeError, ValueError) as e:
             raise BadMessage(f"cannot be sent as JSON ({e})") from None
+        if self._log is not None:
+            offset = self._log.append(namespace or "", room or "", body)
+            body = f'{body[:-1]},"{offset}"]'
         if room is not None:  # what Frappe publishes nearly always: one room of one site
             ns = "/" + namespace  # type: ignore[operator] - a room comes with its namespace
             return emit_encoded(ns, room, "2" + ns + "," + body)

@@ -88,6 +88,13 @@ class Config:
     :param process: which of them this one is (0-based), ``None`` when not started as one.
     :param presence_ttl: seconds without a heartbeat after which a cluster process counts as
         dead and the presence of its sockets is removed (``gsocket.presence_ttl``).
+    :param recovery_seconds: Socket.IO connection state recovery (:mod:`gsocket.recovery`):
+        how long after losing its connection a client may come back with its session id,
+        rooms and missed events (``gsocket.recovery_seconds``); 0, the default, turns it off.
+    :param recovery_events: published events each process keeps for recovery
+        (``gsocket.recovery_events``), in memory and in Redis.
+    :param recovery_missed: most events replayed to one recovering client
+        (``gsocket.recovery_missed``); one that missed more gets a fresh session.
     :param ping_interval: seconds between a client's PONG and the next PING (Engine.IO's
         ``pingInterval``; fractions are kept, to the millisecond).
     :param ping_timeout: seconds a client has to answer a PING before it is closed.
@@ -120,6 +127,9 @@ class Config:
     processes: int = 1
     process: int | None = None
     presence_ttl: float = 15.0
+    recovery_seconds: float = 0.0
+    recovery_events: int = 10_000
+    recovery_missed: int = 1_000
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     connect_timeout: float = 45.0
@@ -277,6 +287,9 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         drain_timeout = float(ours.get("drain_timeout", 5.0))
         processes = int(env.get("GSOCKET_PROCESSES") or ours.get("processes", 1))
         presence_ttl = float(ours.get("presence_ttl", 15.0))
+        recovery_seconds = float(ours.get("recovery_seconds", 0.0))
+        recovery_events = int(ours.get("recovery_events", 10_000))
+        recovery_missed = int(ours.get("recovery_missed", 1_000))
         engine = {k: float(ours.get(k, Config.__dataclass_fields__[k].default)) for k in ENGINE}
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad port or timeout in common_site_config.json: {e}") from None
@@ -299,6 +312,11 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         raise ConfigError("gsocket.processes must be 1 or more")
     if presence_ttl <= 0:
         raise ConfigError("gsocket.presence_ttl must be positive")
+    if recovery_seconds < 0 or recovery_events < 1 or recovery_missed < 1:
+        raise ConfigError(
+            "gsocket.recovery_seconds must be 0 (off) or more, "
+            "recovery_events and recovery_missed 1 or more"
+        )
     ca_file = ours.get("ca_file") or None
     if ca_file is not None:
         ca_file = str(bench / "sites" / str(ca_file))
@@ -332,6 +350,9 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         scale_out_channel=channel,
         processes=processes,
         presence_ttl=presence_ttl,
+        recovery_seconds=recovery_seconds,
+        recovery_events=recovery_events,
+        recovery_missed=recovery_missed,
         **engine,
         ca_file=ca_file,
         web_proxy_from_env=_as_bool(ours.get("web_proxy_from_env", False)),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import socketio
@@ -53,6 +53,9 @@ class RoomIndex:
     rooms: dict[str, dict[Any, dict[str, str]]]
     callbacks: dict[str, Any]
     server: Any
+    rooms_changed: Callable[[str, str], None] | None = None
+    """``rooms_changed(namespace, sid)`` after a socket entered or left a room of its own
+    choosing (connection state recovery keeps a copy of every socket's rooms)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -160,6 +163,8 @@ class RoomIndex:
         if room is None:
             self._eio_sids.setdefault(namespace, {})[eio_sid] = sid
         self._rooms_of.setdefault(namespace, {}).setdefault(sid, {})[room] = None
+        if self.rooms_changed is not None and room is not None and room != sid:
+            self.rooms_changed(namespace, sid)
 
     def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
         """Take ``sid`` out of ``room``; empty rooms and namespaces are dropped."""
@@ -181,6 +186,8 @@ class RoomIndex:
         self._discard(self._rooms_of.get(namespace, {}), sid, room)
         if not self._rooms_of.get(namespace, True):
             del self._rooms_of[namespace]
+        if self.rooms_changed is not None and room is not None and room != sid:
+            self.rooms_changed(namespace, sid)
 
     def basic_close_room(self, room: Any, namespace: str) -> None:
         """Take every socket out of ``room``.

@@ -32,6 +32,7 @@ from gsocket.dispatch import Dispatcher
 from gsocket.limits import MAX_ATTACHMENTS, ClientGuard, watch_event_loop
 from gsocket.manager import Manager
 from gsocket.metrics import Metrics
+from gsocket.recovery import Claim, Recovery
 from gsocket.socket import Socket
 from gsocket.transport import Timeline, Transport, accepted_post, request_refusal
 from gsocket.webclient import WebClient
@@ -86,6 +87,9 @@ class Server(socketio.Server):
         self.presence: Presence | None = None
         """The cluster's shared presence (:mod:`gsocket.cluster`), when this process is one
         of several; set by the application factory."""
+        self.recovery: Recovery | None = None
+        """Connection state recovery (:mod:`gsocket.recovery`), when
+        ``gsocket.recovery_seconds`` turns it on; set by the application factory."""
         self._connecting: dict[tuple[str, str], Event] = {}
         self.guard = ClientGuard(self.eio, authenticator.config, metrics)
         self.transport = Transport(
@@ -151,12 +155,14 @@ class Server(socketio.Server):
             return
         done = self._connecting[key] = Event()
         try:
-            self._connect(eio_sid, namespace, environ)
+            self._connect(eio_sid, namespace, environ, data)
         finally:
             del self._connecting[key]
             done.set()
 
-    def _connect(self, eio_sid: str, namespace: str, environ: dict[str, Any]) -> None:
+    def _connect(
+        self, eio_sid: str, namespace: str, environ: dict[str, Any], data: Any = None
+    ) -> None:
         peer = environ.get("REMOTE_ADDR") or "unix"
         try:
             identity = self.authenticator.authenticate(namespace, environ)
@@ -172,9 +178,19 @@ class Server(socketio.Server):
             )
             self._send_connect_error(eio_sid, namespace, refusal.message)
             return
+        claim = None
+        if self.recovery is not None and isinstance(data, dict) and "pid" in data:
+            claim = self.recovery.claim(
+                data["pid"], data.get("offset"), namespace, identity.user, identity.credential
+            )
         if eio_sid not in self.environ:
             return
-        sid = self.manager.connect(eio_sid, namespace)
+        missed = self._missed(claim, namespace)
+        if claim is None or missed is None:
+            claim = None
+            sid = self.manager.connect(eio_sid, namespace)
+        else:
+            sid = self._connect_as(eio_sid, namespace, claim.sid)
         if sid is None:
             return
         self._unconnected.discard(eio_sid)
@@ -183,12 +199,41 @@ class Server(socketio.Server):
         if self.presence is not None:
             self.presence.connected(namespace, sid, identity.user)
         join_default_rooms(socket)
-        self._send_connected(eio_sid, namespace, sid)
+        pid = None
+        if self.recovery is not None:
+            for room in claim.rooms if claim is not None else ():
+                self.enter_room(sid, room, namespace=namespace)
+            pid = self.recovery.connected(
+                namespace, sid, identity.user, identity.credential, claim and claim.pid
+            )
+        self._send_connected(eio_sid, namespace, sid, pid)
+        for body in missed or ():
+            self._send_eio_packet(
+                eio_sid, eio_packet.Packet(eio_packet.MESSAGE, f"{packet.EVENT}{namespace},{body}")
+            )
+        if claim is not None:
+            log.info("recovered session %s with %d missed events", sid, len(missed or ()))
         self.metrics.connects.inc(identity.site)
         self.metrics.sockets.inc(identity.site)
         log.info("connect site=%s user=%s sid=%s peer=%s", identity.site, identity.user, sid, peer)
         if self.dispatcher.registry.handlers_for("connect"):
             self.start_background_task(self.dispatcher.dispatch, socket, "connect", ())
+
+    def _missed(self, claim: Claim | None, namespace: str) -> list[str] | None:
+        """The packets a recovered session missed; ``None`` when it cannot be recovered here
+        (its sid is still a live socket of this process, or its events are not all known)."""
+        if claim is None or self.recovery is None or claim.sid in self._sockets:
+            return None
+        return self.recovery.missed(claim, namespace)
+
+    def _connect_as(self, eio_sid: str, namespace: str, sid: str) -> str | None:
+        """Register a recovered socket under its old ``sid``, as ``manager.connect`` does a
+        new one."""
+        if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
+            return None
+        self.manager.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)
+        self.manager.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
+        return sid
 
     def _handle_disconnect(
         self, eio_sid: str, namespace: str | None, reason: str | None = None
@@ -203,6 +248,8 @@ class Server(socketio.Server):
         self.manager.disconnect(sid, namespace, ignore_queue=True)
         if self.presence is not None:
             self.presence.gone(namespace, sid)
+        if self.recovery is not None:
+            self.recovery.disconnected(sid, reason not in (None, self.reason.CLIENT_DISCONNECT))
         socket = self._sockets.pop(sid, None)
         if socket is None:
             return
@@ -357,12 +404,15 @@ class Server(socketio.Server):
             return
         super().enter_room(sid, room, namespace=namespace)
 
-    def _send_connected(self, eio_sid: str, namespace: str, sid: str) -> None:
-        """Answer CONNECT with the socket's sid, encoded as python-socketio encodes it but
-        without building its ``Packet`` (whose binary walk and per-call JSON encoder were
-        3 % of a connect's CPU)."""
+    def _send_connected(
+        self, eio_sid: str, namespace: str, sid: str, pid: str | None = None
+    ) -> None:
+        """Answer CONNECT with the socket's sid (and the ``pid`` of its recoverable session),
+        encoded as python-socketio encodes it but without building its ``Packet`` (whose
+        binary walk and per-call JSON encoder were 3 % of a connect's CPU)."""
         prefix = "" if namespace == "/" else f"{namespace},"
-        encoded = f'{packet.CONNECT}{prefix}{{"sid":{json.dumps(sid)}}}'
+        offer = "" if pid is None else f',"pid":{json.dumps(pid)}'
+        encoded = f'{packet.CONNECT}{prefix}{{"sid":{json.dumps(sid)}{offer}}}'
         self._send_eio_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, encoded))
 
     def _send_packet(self, eio_sid: str, pkt: Any) -> None:

@@ -9,6 +9,7 @@ requests on their own process: a request that reached another one would be answe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -69,6 +70,16 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path, redis_server: Any, web: Any) -> Iterator[Cluster]:
+    with running_cluster(tmp_path, redis_server, web) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def running_cluster(
+    tmp_path: Path, redis_server: Any, web: Any, **gsocket: Any
+) -> Iterator[Cluster]:
+    """Start the three processes (``gsocket`` adds keys to the bench's ``gsocket`` object)
+    and nginx in front of them; stop them all on exit."""
     web.sessions.update(USERS)
     web.tokens.update(TOKENS)
     web.permissions.update({("Administrator", "ToDo", None), ("jane@example.com", "ToDo", None)})
@@ -78,7 +89,7 @@ def cluster(tmp_path: Path, redis_server: Any, web: Any) -> Iterator[Cluster]:
         "webserver_host": "127.0.0.1",
         "webserver_port": web.port,
         "socketio_port": base,
-        "gsocket": {"processes": PROCESSES, "presence_ttl": PRESENCE_TTL},
+        "gsocket": {"processes": PROCESSES, "presence_ttl": PRESENCE_TTL, **gsocket},
     }
     bench = make_bench(
         tmp_path, conf, sites=(SITE,), apps=("frappe", "opsapp"), copy_apps=("opsapp",)

@@ -70,11 +70,25 @@ def test_environment_overrides(tmp_path):
         ({"socketio_port": "nine"}, "bad port"),
         ({"gsocket": {"limits": {"nope": 1}}}, "unknown gsocket.limits"),
         ({"gsocket": {"trusted_proxies": "10.0.0.1"}}, "must be a list"),
+        ({"gsocket": {"recovery_seconds": -1}}, "recovery_seconds must be 0"),
+        ({"gsocket": {"recovery_missed": 0}}, "recovery_missed 1 or more"),
     ],
 )
 def test_bad_values_say_what_is_wrong(tmp_path, conf, fragment):
     with pytest.raises(ConfigError, match=fragment):
         load_config(bench(tmp_path, conf), env={})
+
+
+def test_recovery_is_off_unless_asked(tmp_path):
+    assert load_config(bench(tmp_path, {}), env={}).recovery_seconds == 0
+    conf = {"gsocket": {"recovery_seconds": 120, "recovery_events": 500, "recovery_missed": 50}}
+    (tmp_path / "on").mkdir()
+    config = load_config(bench(tmp_path / "on", conf), env={})
+    assert (config.recovery_seconds, config.recovery_events, config.recovery_missed) == (
+        120,
+        500,
+        50,
+    )
 
 
 def test_not_a_bench(tmp_path):

@@ -57,7 +57,16 @@ function connect(cmd) {
   const manager = socket.io;
 
   socket.on("connect", () => {
-    out({ id, type: "connect", sid: socket.id, transport: transportName(socket) });
+    // pid, offset and recovered: socket.io-client's connection state recovery, as it stands
+    out({
+      id,
+      type: "connect",
+      sid: socket.id,
+      transport: transportName(socket),
+      pid: socket._pid ?? null,
+      offset: socket._lastOffset ?? null,
+      recovered: Boolean(socket.recovered),
+    });
   });
   socket.on("connect_error", (err) => {
     out({ id, type: "connect_error", message: err.message, data: err.data ?? null });
