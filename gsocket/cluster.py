@@ -160,9 +160,17 @@ class Presence:
         member = json.dumps([namespace, room])
         self._queue("hset", self._room_key(namespace, room), sid, self.node, member)
 
-    def left(self, namespace: str, sid: str, room: str) -> None:
-        """Record that ``sid`` left ``room``."""
+    def left(self, namespace: str, sid: str, room: str, emptied: bool = False) -> None:
+        """Record that ``sid`` left ``room``.
+
+        :param emptied: no socket of this process is in ``room`` any more: the room leaves
+            this node's index too.  Rooms come and go for the life of a process (one per task
+            followed, per form opened); without this the index, in memory and in Redis, would
+            only ever grow.
+        """
         self._queue("hdel", self._room_key(namespace, room), sid, None, "")
+        if emptied:
+            self._queue("srem", "", "", None, json.dumps([namespace, room]))
 
     def flush(self) -> None:
         """Send the queued writes in one pipeline, in order; on failure they stay queued."""
@@ -173,11 +181,18 @@ class Presence:
         if not self._pending:
             return
         ops, self._pending = self._pending, []
-        new_members: set[str] = set()
+        added: set[str] = set()
+        dropped: set[str] = set()
         pipe = self.client.pipeline(transaction=False)
         for op, key, sid, value, member in ops:
-            if member and member not in self._indexed and member not in new_members:
-                new_members.add(member)
+            if op == "srem":
+                pipe.srem(self._index_key(self.node), member)
+                added.discard(member)
+                dropped.add(member)
+                continue
+            indexed = member in self._indexed and member not in dropped
+            if member and not indexed and member not in added:
+                added.add(member)
                 pipe.sadd(self._index_key(self.node), member)
             if op == "hset":
                 pipe.hset(key, sid, value)
@@ -188,7 +203,7 @@ class Presence:
         except redis.RedisError:
             self._pending[:0] = ops
             raise
-        self._indexed |= new_members
+        self._indexed = (self._indexed - dropped) | added
 
     # ---- reads (the other processes' sockets) ---------------------------------------------
 

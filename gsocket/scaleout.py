@@ -57,7 +57,8 @@ class ScaleOutManager(RoomIndex, socketio.RedisManager):
         member = sid in self.rooms.get(namespace, {}).get(room, ())
         super().basic_leave_room(sid, namespace, room)
         if member and self.presence is not None and room is not None and room != sid:
-            self.presence.left(namespace, sid, room)
+            emptied = room not in self.rooms.get(namespace, {})
+            self.presence.left(namespace, sid, room, emptied=emptied)
 
     def emit(
         self,
