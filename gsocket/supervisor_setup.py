@@ -257,7 +257,9 @@ def _group_line(line: str, name: str, names: list[str]) -> str:
     return f"{key}={','.join(dict.fromkeys(programs))}\n"
 
 
-def _diff(old: str, new: str, path: Path) -> str:
+def show_diff(old: str, new: str, path: Path) -> str:
+    """The change from ``old`` to ``new`` of ``path`` as a unified diff, for an operator to
+    read before ``--apply`` (shared by ``setup supervisor`` and ``setup nginx``)."""
     return "".join(
         difflib.unified_diff(
             old.splitlines(keepends=True),
@@ -268,7 +270,9 @@ def _diff(old: str, new: str, path: Path) -> str:
     )
 
 
-def _backup(path: Path) -> Path:
+def backup_file(path: Path) -> Path:
+    """Keep the first original of a bench file as ``<name>.orig`` before it is rewritten (a
+    second ``--apply`` keeps that first one, not gsocket's own earlier output)."""
     backup = path.with_name(path.name + ".orig")
     if not backup.exists():
         shutil.copy2(path, backup)
@@ -319,7 +323,7 @@ def setup_supervisor(
         print(f"{supervisor_conf} already runs gsocket; nothing to change", file=out)
         return 0
     if apply:
-        backup = _backup(supervisor_conf)
+        backup = backup_file(supervisor_conf)
         supervisor_conf.write_text(patched)
         print(f"rewrote {supervisor_conf} (original kept as {backup})", file=out)
     else:
@@ -330,7 +334,7 @@ def setup_supervisor(
             f"[group:{name}-web]; this is the change (--apply makes it for you):\n",
             file=out,
         )
-        print(_diff(text, patched, supervisor_conf), file=out)
+        print(show_diff(text, patched, supervisor_conf), file=out)
     print(
         "Then load it: sudo supervisorctl reread && sudo supervisorctl update\n"
         "`bench setup supervisor` writes the Node program back: run "
@@ -379,7 +383,7 @@ def setup_procfile(
     if patched == text:
         print(f"{procfile} already runs gsocket", file=out)
     elif apply:
-        backup = _backup(procfile)
+        backup = backup_file(procfile)
         procfile.write_text(patched)
         print(f"rewrote {procfile} (original kept as {backup}):\n{line}", file=out)
     else:
