@@ -6,6 +6,9 @@ client talking to the gsocket process over real HTTP and websockets.
 
 from __future__ import annotations
 
+import os
+import selectors
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +16,80 @@ from typing import Any
 
 import requests
 import socketio
+
+
+class SerialTLSSocket(ssl.SSLSocket):
+    """A TLS socket that never lets two threads into OpenSSL at once.
+
+    python-engineio's client reads its websocket in one thread while another writes to it, and
+    CPython's ``ssl`` lets both into OpenSSL on the same connection, which OpenSSL does not
+    support.  Over TLS about one websocket in a thousand then read a false end of stream just
+    after the upgrade, while the socket's CONNECT was being written: the client closed its own
+    connection (nginx saw the client's FIN first, gsocket a clean EOF), and the test blamed the
+    server.  Here every read and write runs under one lock and never blocks inside it: a call
+    that would wait leaves the lock and waits for the socket outside, then tries again.
+    """
+
+    _creating = threading.Lock()
+
+    def _serial(self) -> threading.Lock:
+        with SerialTLSSocket._creating:
+            lock = self.__dict__.get("_serial_lock")
+            if lock is None:
+                lock = self.__dict__["_serial_lock"] = threading.Lock()
+        return lock
+
+    def _one_at_a_time(self, call: Callable[[], Any]) -> Any:
+        lock = self._serial()
+        with lock:
+            timeout = self.gettimeout()
+            if timeout == 0.0:
+                return call()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with lock:
+                timeout = self.gettimeout()
+                super().settimeout(0.0)
+                try:
+                    return call()
+                except ssl.SSLWantReadError:
+                    event = selectors.EVENT_READ
+                except ssl.SSLWantWriteError:
+                    event = selectors.EVENT_WRITE
+                finally:
+                    super().settimeout(timeout)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            with selectors.DefaultSelector() as selector:
+                selector.register(self, event)
+                if (remaining is not None and remaining <= 0) or not selector.select(remaining):
+                    raise TimeoutError("timed out")
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        """Read what the connection has, waiting for it outside the lock."""
+        return self._one_at_a_time(lambda: super(SerialTLSSocket, self).recv(buflen, flags))
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        """Write what the kernel takes, waiting for room outside the lock."""
+        return self._one_at_a_time(lambda: super(SerialTLSSocket, self).send(data, flags))
+
+    def settimeout(self, value: float | None) -> None:
+        """Change the timeout between two calls, never during one."""
+        with self._serial():
+            super().settimeout(value)
+
+
+def websocket_tls(verify: bool) -> ssl.SSLContext:
+    """The TLS context of a client's websocket: :class:`SerialTLSSocket` connections that check
+    the server's certificate (against ``REQUESTS_CA_BUNDLE`` when set, as the client's polling
+    requests do) or, with ``verify`` off, accept any."""
+    if verify:
+        context = ssl.create_default_context(cafile=os.environ.get("REQUESTS_CA_BUNDLE") or None)
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.sslsocket_class = SerialTLSSocket
+    return context
 
 
 class PyClient:
@@ -44,6 +121,7 @@ class PyClient:
             reconnection_delay_max=1,
             ssl_verify=ssl_verify,
             http_session=session,
+            websocket_extra_options={"sslopt": {"context": websocket_tls(ssl_verify)}},
         )
         self.received: list[tuple[str, str, tuple[Any, ...]]] = []
         self.namespace: str | None = None
