@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TextIO
 
 from gsocket.config import Config
-from gsocket.supervisor_setup import backup_file, show_diff
+from gsocket.supervisor_setup import apply_or_show
 
 BEGIN = "# gsocket: begin (written by `gsocket setup nginx`)"
 END = "# gsocket: end"
@@ -204,12 +204,8 @@ def setup_nginx(
     if patched == text:
         print(f"{nginx_conf} already fronts the {config.processes} gsocket process(es)", file=out)
         return 0
-    if apply:
-        backup = backup_file(nginx_conf)
-        nginx_conf.write_text(patched)
-        print(f"rewrote {nginx_conf} (original kept as {backup})", file=out)
-    else:
-        print(f"The change to {nginx_conf} (--apply makes it):\n", file=out)
-        print(show_diff(text, patched, nginx_conf), file=out)
+    apply_or_show(
+        nginx_conf, text, patched, apply, out, f"The change to {nginx_conf} (--apply makes it):\n"
+    )
     print("Then check and load it: sudo nginx -t && sudo systemctl reload nginx", file=out)
     return 0

@@ -270,6 +270,25 @@ def show_diff(old: str, new: str, path: Path) -> str:
     )
 
 
+def apply_or_show(
+    path: Path, text: str, patched: str, apply: bool, out: TextIO, intro: str
+) -> None:
+    """Rewrite a bench file (keeping its first original), or show the change to it.
+
+    :param path: the bench's file (``config/supervisor.conf``, ``config/nginx.conf``).
+    :param text: what it holds now.
+    :param patched: what gsocket would write.
+    :param apply: rewrite it; otherwise print ``intro`` and the diff for the operator.
+    """
+    if apply:
+        backup = backup_file(path)
+        path.write_text(patched)
+        print(f"rewrote {path} (original kept as {backup})", file=out)
+    else:
+        print(intro, file=out)
+        print(show_diff(text, patched, path), file=out)
+
+
 def backup_file(path: Path) -> Path:
     """Keep the first original of a bench file as ``<name>.orig`` before it is rewritten (a
     second ``--apply`` keeps that first one, not gsocket's own earlier output)."""
@@ -322,19 +341,17 @@ def setup_supervisor(
     if patched == text:
         print(f"{supervisor_conf} already runs gsocket; nothing to change", file=out)
         return 0
-    if apply:
-        backup = backup_file(supervisor_conf)
-        supervisor_conf.write_text(patched)
-        print(f"rewrote {supervisor_conf} (original kept as {backup})", file=out)
-    else:
-        print(
-            f"\nIn {supervisor_conf}, replace the [program:{name}-node-socketio] section by the "
-            f"{'ones' if len(programs) > 1 else 'one'} in {target}, and list "
-            f"{','.join(p.program for p in programs)} instead of {name}-node-socketio in "
-            f"[group:{name}-web]; this is the change (--apply makes it for you):\n",
-            file=out,
-        )
-        print(show_diff(text, patched, supervisor_conf), file=out)
+    apply_or_show(
+        supervisor_conf,
+        text,
+        patched,
+        apply,
+        out,
+        f"\nIn {supervisor_conf}, replace the [program:{name}-node-socketio] section by the "
+        f"{'ones' if len(programs) > 1 else 'one'} in {target}, and list "
+        f"{','.join(p.program for p in programs)} instead of {name}-node-socketio in "
+        f"[group:{name}-web]; this is the change (--apply makes it for you):\n",
+    )
     print(
         "Then load it: sudo supervisorctl reread && sudo supervisorctl update\n"
         "`bench setup supervisor` writes the Node program back: run "
