@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,18 @@ def _nginx(tmp_path: Path, gsocket_port: int, conf: str = BENCH_TEMPLATE, **kw) 
     return Nginx(tmp_path / "nginx", text, **kw).start()
 
 
+@contextmanager
+def _fronted(
+    tmp_path: Path, gsocket_port: int, conf: str = BENCH_TEMPLATE, **kw
+) -> Iterator[Nginx]:
+    """nginx in front of gsocket for the length of a block, stopped whatever the block does."""
+    nginx = _nginx(tmp_path, gsocket_port, conf, **kw)
+    try:
+        yield nginx
+    finally:
+        nginx.stop()
+
+
 def _doctor(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gsocket", "doctor", "--url", url, "--resolve", "127.0.0.1",
@@ -78,11 +92,8 @@ def served(start_gsocket) -> GsocketProcess:
 
 
 def test_bench_template_passes_every_step(tmp_path, served):
-    nginx = _nginx(tmp_path, served.port)
-    try:
+    with _fronted(tmp_path, served.port) as nginx:
         result = _doctor(f"http://site1.local:{nginx.port}", "--bench", str(served.bench))
-    finally:
-        nginx.stop()
     assert result.returncode == 0, result.stdout + result.stderr
     ok = _lines(result, "OK")
     for check in ("reach", "Origin", "site", "websocket", "handshake", "connect", "upgrade",
@@ -99,11 +110,8 @@ def test_a_proxy_without_upgrade_headers_is_named(tmp_path, served):
     conf = BENCH_TEMPLATE.replace("proxy_set_header Upgrade $http_upgrade;", "").replace(
         'proxy_set_header Connection "upgrade";', ""
     )
-    nginx = _nginx(tmp_path, served.port, conf)
-    try:
+    with _fronted(tmp_path, served.port, conf) as nginx:
         result = _doctor(f"http://site1.local:{nginx.port}", "--bench", str(served.bench))
-    finally:
-        nginx.stop()
     assert result.returncode == 1, result.stdout
     fail = _lines(result, "FAIL")
     assert "arrive at gsocket as Upgrade None" in fail["websocket"], result.stdout
@@ -118,11 +126,8 @@ def test_an_overwritten_origin_is_named(tmp_path, served):
         "proxy_set_header Origin $scheme://$http_host;",
         "proxy_set_header Origin $scheme://erp-internal.example;",
     )
-    nginx = _nginx(tmp_path, served.port, conf)
-    try:
+    with _fronted(tmp_path, served.port, conf) as nginx:
         result = _doctor(f"http://site1.local:{nginx.port}")
-    finally:
-        nginx.stop()
     assert result.returncode == 1, result.stdout
     fail = _lines(result, "FAIL")
     assert "replaced it by 'http://erp-internal.example'" in fail["Origin"], result.stdout
@@ -135,11 +140,8 @@ def test_another_sites_header_is_named(tmp_path, served):
     conf = BENCH_TEMPLATE.replace(
         "X-Frappe-Site-Name site1.local;", "X-Frappe-Site-Name site2.local;"
     )
-    nginx = _nginx(tmp_path, served.port, conf)
-    try:
+    with _fronted(tmp_path, served.port, conf) as nginx:
         result = _doctor(f"http://site1.local:{nginx.port}")
-    finally:
-        nginx.stop()
     assert result.returncode == 1, result.stdout
     fail = _lines(result, "FAIL")
     assert "X-Frappe-Site-Name 'site2.local', another site" in fail["site"], result.stdout
@@ -148,11 +150,8 @@ def test_another_sites_header_is_named(tmp_path, served):
 
 
 def test_a_dead_upstream_is_named(tmp_path):
-    nginx = _nginx(tmp_path, free_port())
-    try:
+    with _fronted(tmp_path, free_port()) as nginx:
         result = _doctor(f"http://site1.local:{nginx.port}")
-    finally:
-        nginx.stop()
     assert result.returncode == 1, result.stdout
     fail = _lines(result, "FAIL")
     assert "HTTP 502" in fail["reach"] and "cannot reach gsocket" in fail["reach"], result.stdout
@@ -165,13 +164,10 @@ def test_nothing_listening_is_named(tmp_path):
 
 
 def test_tls_passes_with_its_ca_and_fails_without(tmp_path, served):
-    nginx = _nginx(tmp_path, served.port, tls=True, tls_names=("site1.local",))
-    try:
+    with _fronted(tmp_path, served.port, tls=True, tls_names=("site1.local",)) as nginx:
         url = f"https://site1.local:{nginx.port}"
         trusted = _doctor(url, "--ca-bundle", str(nginx.cert), "--bench", str(served.bench))
         untrusted = _doctor(url)
-    finally:
-        nginx.stop()
     assert trusted.returncode == 0, trusted.stdout + trusted.stderr
     assert "came back over the websocket" in _lines(trusted, "OK")["published event"]
     assert untrusted.returncode == 1
@@ -180,11 +176,8 @@ def test_tls_passes_with_its_ca_and_fails_without(tmp_path, served):
 
 
 def test_a_certificate_for_another_host_is_named(tmp_path, served):
-    nginx = _nginx(tmp_path, served.port, tls=True, tls_names=("other.example",))
-    try:
+    with _fronted(tmp_path, served.port, tls=True, tls_names=("other.example",)) as nginx:
         result = _doctor(f"https://site1.local:{nginx.port}", "--ca-bundle", str(nginx.cert))
-    finally:
-        nginx.stop()
     assert result.returncode == 1
     assert "not valid for site1.local" in _lines(result, "FAIL")["tls"], result.stdout
 
@@ -210,11 +203,8 @@ server {
 
 def test_an_untrusted_proxy_and_a_user_session(tmp_path, start_gsocket):
     served = start_gsocket(conf={"gsocket": {"trusted_proxies": ["10.0.0.0/8"]}})
-    nginx = _nginx(tmp_path, served.port)
-    try:
+    with _fronted(tmp_path, served.port) as nginx:
         result = _doctor(f"http://site1.local:{nginx.port}", "--sid", "sid-admin")
-    finally:
-        nginx.stop()
     fail = _lines(result, "FAIL")
     # The Origin is site1.local too, so the site still resolves right, from the Origin; the
     # doctor says the header was ignored only when that changes the site.  Here it does not:
@@ -227,11 +217,8 @@ def test_an_untrusted_proxy_and_a_user_session(tmp_path, start_gsocket):
 def test_an_untrusted_proxy_naming_a_mapped_site(tmp_path, start_gsocket):
     served = start_gsocket(conf={"gsocket": {"trusted_proxies": ["10.0.0.0/8"]}})
     conf = BENCH_TEMPLATE.replace("server_name site1.local;", "server_name erp.example;")
-    nginx = _nginx(tmp_path, served.port, conf)
-    try:
+    with _fronted(tmp_path, served.port, conf) as nginx:
         result = _doctor(f"http://erp.example:{nginx.port}", "--site", SITE)
-    finally:
-        nginx.stop()
     assert result.returncode == 1, result.stdout
     fail = _lines(result, "FAIL")["site"]
     assert "arrives from 127.0.0.1, which gsocket does not trust" in fail, fail
@@ -241,11 +228,8 @@ def test_an_untrusted_proxy_naming_a_mapped_site(tmp_path, start_gsocket):
 def test_a_rewritten_host_is_named(tmp_path, served):
     # Without "proxy_set_header Host $host;" nginx sends the upstream's name as Host.
     conf = BENCH_TEMPLATE.replace("proxy_set_header Host $host;", "")
-    nginx = _nginx(tmp_path, served.port, conf)
-    try:
+    with _fronted(tmp_path, served.port, conf) as nginx:
         result = _doctor(f"http://site1.local:{nginx.port}")
-    finally:
-        nginx.stop()
     assert result.returncode == 1, result.stdout
     fail = _lines(result, "FAIL")
     assert "a hop replaced it by 'bench-socketio-server'" in fail["Host"], result.stdout
