@@ -12,7 +12,10 @@ With the fake (tests/fake_frappe) a private MariaDB server is started on loopbac
 Python; nothing is written).  Reported per event, sequentially: the whole ``FrappeContext.run``
 around a handler that does nothing, each step of it, and the same with PyMySQL's per-connection
 TLS context (what gsocket shares); then a concurrent batch: events per second and the longest
-time the gevent hub went without running other greenlets.
+time the gevent hub went without running other greenlets.  Each is measured twice, in turns:
+with a connection opened and closed per event (no pool, ``gsocket.db_pool_size`` 0) and with
+connections borrowed from a :class:`gsocket.dbpool.DBPool` (``pooled``: the same figures plus
+the median of the pool's reset, which runs between ``commit`` and ``destroy``).
 """
 
 # ruff: noqa: E402 - gevent must patch the stdlib before anything else is imported
@@ -41,10 +44,12 @@ import gevent.pool
 REPO = Path(__file__).resolve().parent.parent
 FAKE = REPO / "tests" / "fake_frappe"
 STEPS = ("init", "connect", "set_user", "commit", "destroy")
+POOL_SIZE = 64
 
 
 def _timed_steps(frappe: Any, spent: dict[str, list[float]]) -> None:
-    """Wrap Frappe's per-event calls so that each records its duration in ``spent``."""
+    """Wrap Frappe's per-event calls (and the pool's reset) so each records its duration."""
+    from gsocket import dbpool
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -58,6 +63,7 @@ def _timed_steps(frappe: Any, spent: dict[str, list[float]]) -> None:
 
     for name in ("init", "connect", "set_user", "destroy"):
         setattr(frappe, name, wrap(name, getattr(frappe, name)))
+    dbpool.reset = wrap("reset", dbpool.reset)
     original_connect = frappe.connect
 
     def connect_and_time_commit(*args: Any, **kwargs: Any) -> None:
@@ -127,11 +133,14 @@ def measure(sites_path: str, site: str, events: int) -> dict[str, Any]:
     import frappe
     import pymysql.connections
 
+    from gsocket.dbpool import DBPool
     from gsocket.frappe_ctx import FrappeContext
 
     unshared_tls = pymysql.connections.Connection._create_ssl_ctx
     ctx = FrappeContext(sites_path)
-    assert ctx.available(), "Frappe is not importable"
+    pooled = FrappeContext(sites_path, pool=DBPool(POOL_SIZE))
+    assert ctx.available() and pooled.available(), "Frappe is not importable"
+    assert pooled.pool is not None, "this PyMySQL is not one the pool was verified with"
     spent: dict[str, list[float]] = defaultdict(list)
 
     began = time.perf_counter()
@@ -144,21 +153,39 @@ def measure(sites_path: str, site: str, events: int) -> dict[str, Any]:
     unshared_ms = _per_event_ms(ctx, site, max(events // 5, 50))
     pymysql.connections.Connection._create_ssl_ctx = shared_tls
 
-    run_ms = _per_event_ms(ctx, site, events)
+    # In turns, so that a change of load on a shared machine hits both alike.
+    run_ms, pooled_ms = [], []
+    for _ in range(3):
+        run_ms.append(_per_event_ms(ctx, site, events))
+        pooled_ms.append(_per_event_ms(pooled, site, events))
     raw_ms = _raw_connection_ms(ctx, site, events)
     _timed_steps(frappe, spent)
     _per_event_ms(ctx, site, events)
     steps = {name: statistics.median(spent[name]) * 1000 for name in STEPS}
+    spent.clear()
+    _per_event_ms(pooled, site, events)
+    pooled_steps = {name: statistics.median(spent[name]) * 1000 for name in (*STEPS, "reset")}
+    concurrent = _concurrent(ctx, site, events, 50)
+    pooled_concurrent = _concurrent(pooled, site, events, 50)
     return {
         "frappe": getattr(frappe, "__version__", "?"),
         "shape": os.environ.get("FAKE_FRAPPE_LOCAL", "real"),
         "events": events,
         "bare_call_ms": bare_ms,
-        "run_ms": run_ms,
+        "run_ms": statistics.median(run_ms),
+        "run_ms_all": run_ms,
         "raw_connection_ms": raw_ms,
         "run_ms_tls_per_conn": unshared_ms,
         "step_median_ms": steps,
-        "concurrent": _concurrent(ctx, site, events, 50),
+        "concurrent": concurrent,
+        "pooled": {
+            "pool_size": POOL_SIZE,
+            "run_ms": statistics.median(pooled_ms),
+            "run_ms_all": pooled_ms,
+            "step_median_ms": pooled_steps,
+            "concurrent": pooled_concurrent,
+            "pool_counts": dict(pooled.pool.counts),
+        },
     }
 
 
@@ -187,6 +214,9 @@ def _with_fake(shape: str, events: int) -> dict[str, Any]:
 def _report(result: dict[str, Any]) -> str:
     steps = ", ".join(f"{k} {v:.3f}" for k, v in result["step_median_ms"].items())
     c = result["concurrent"]
+    p = result["pooled"]
+    pc = p["concurrent"]
+    pooled_steps = ", ".join(f"{k} {v:.3f}" for k, v in p["step_median_ms"].items())
     return (
         f"frappe {result['frappe']} ({result['shape']}), {result['events']} events: "
         f"run {result['run_ms']:.3f} ms/event "
@@ -194,7 +224,10 @@ def _report(result: dict[str, Any]) -> str:
         f"(with a TLS context per connection: {result['run_ms_tls_per_conn']:.3f}); "
         f"bare call {result['bare_call_ms'] * 1000:.2f} us; step medians ms: {steps}; "
         f"50 at a time: {c['events_per_s']:.0f} events/s, longest hub stall "
-        f"{c['max_hub_stall_ms']:.1f} ms"
+        f"{c['max_hub_stall_ms']:.1f} ms\n"
+        f"  pooled (size {p['pool_size']}): run {p['run_ms']:.3f} ms/event; step medians ms: "
+        f"{pooled_steps}; 50 at a time: {pc['events_per_s']:.0f} events/s, longest hub stall "
+        f"{pc['max_hub_stall_ms']:.1f} ms; pool {p['pool_counts']}"
     )
 
 

@@ -25,6 +25,7 @@ from gsocket.bridge import Bridge
 from gsocket.cluster import Presence, name_sessions, node_name
 from gsocket.config import Config
 from gsocket.core_handlers import announce_lost_viewers, register_core_handlers
+from gsocket.dbpool import DBPool
 from gsocket.frappe_ctx import FrappeContext
 from gsocket.frappe_shim import install_frappe_realtime
 from gsocket.handlers_loader import load_handlers, read_apps
@@ -160,6 +161,7 @@ class App:
         self.draining = True
         drain(self.server, self.in_flight, timeout, self._stop_accepting)
         self.server.dispatcher.aio.close()
+        self.frappe_ctx.close()
         self.bridge.stop()
         if self.server.presence is not None:
             self.server.presence.stop()
@@ -266,7 +268,8 @@ def create_app(
         ca_file=config.ca_file,
         proxy_from_env=config.web_proxy_from_env,
     )
-    frappe_ctx = FrappeContext(str(config.sites_path))
+    pool = DBPool(config.db_pool_size, config.db_pool_idle_seconds) if config.db_pool_size else None
+    frappe_ctx = FrappeContext(str(config.sites_path), pool=pool)
 
     register_core_handlers(registry, redis_client, config.developer_mode)
     if load_app_handlers:

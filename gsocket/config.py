@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gsocket.dbpool import DEFAULT_IDLE_SECONDS as DEFAULT_POOL_IDLE_SECONDS
+from gsocket.dbpool import DEFAULT_SIZE as DEFAULT_POOL_SIZE
 from gsocket.logs import LOG_FORMATS
 
 log = logging.getLogger("gsocket.config")
@@ -91,6 +93,11 @@ class Config:
     :param recovery_seconds: Socket.IO connection state recovery (:mod:`gsocket.recovery`):
         how long after losing its connection a client may come back with its session id,
         rooms and missed events (``gsocket.recovery_seconds``); 0, the default, turns it off.
+    :param db_pool_size: database connections kept open per site between
+        ``frappe_context=True`` events (``gsocket.db_pool_size``), reset before reuse
+        (:mod:`gsocket.dbpool`); 0 opens and closes one per event.
+    :param db_pool_idle_seconds: seconds such a connection is kept unused before it is closed
+        (``gsocket.db_pool_idle_seconds``).
     :param recovery_events: published events each process keeps for recovery
         (``gsocket.recovery_events``), in memory and in Redis.
     :param recovery_missed: most events replayed to one recovering client
@@ -129,6 +136,8 @@ class Config:
     presence_ttl: float = 15.0
     recovery_seconds: float = 0.0
     recovery_events: int = 10_000
+    db_pool_size: int = DEFAULT_POOL_SIZE
+    db_pool_idle_seconds: float = DEFAULT_POOL_IDLE_SECONDS
     recovery_missed: int = 1_000
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
@@ -290,6 +299,8 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         recovery_seconds = float(ours.get("recovery_seconds", 0.0))
         recovery_events = int(ours.get("recovery_events", 10_000))
         recovery_missed = int(ours.get("recovery_missed", 1_000))
+        db_pool_size = int(ours.get("db_pool_size", DEFAULT_POOL_SIZE))
+        db_pool_idle_seconds = float(ours.get("db_pool_idle_seconds", DEFAULT_POOL_IDLE_SECONDS))
         engine = {k: float(ours.get(k, Config.__dataclass_fields__[k].default)) for k in ENGINE}
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad port or timeout in common_site_config.json: {e}") from None
@@ -316,6 +327,11 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         raise ConfigError(
             "gsocket.recovery_seconds must be 0 (off) or more, "
             "recovery_events and recovery_missed 1 or more"
+        )
+    if db_pool_size < 0 or not db_pool_idle_seconds > 0:
+        raise ConfigError(
+            "gsocket.db_pool_size must be 0 (no pool) or more, "
+            "db_pool_idle_seconds a positive number of seconds"
         )
     ca_file = ours.get("ca_file") or None
     if ca_file is not None:
@@ -353,6 +369,8 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         recovery_seconds=recovery_seconds,
         recovery_events=recovery_events,
         recovery_missed=recovery_missed,
+        db_pool_size=db_pool_size,
+        db_pool_idle_seconds=db_pool_idle_seconds,
         **engine,
         ca_file=ca_file,
         web_proxy_from_env=_as_bool(ours.get("web_proxy_from_env", False)),

@@ -12,6 +12,10 @@ The per-event sequence is Frappe's own bench-script sequence, with two gevent-sp
 ``init(force=True)`` -> force the pure-Python PyMySQL driver -> ``connect`` -> ``set_user`` ->
 handler -> ``commit`` (or ``rollback`` and re-raise) -> ``destroy`` (always).
 
+With a :class:`gsocket.dbpool.DBPool` the event's database connection is borrowed from the
+site's pool instead of opened, and given back (reset) instead of closed: see :class:`_Lease`
+for the Frappe internals that takes, verified on Frappe v15.44.2 and develop (Oct 2024).
+
 Frappe is imported lazily, on first use, so that gsocket runs without Frappe installed.
 """
 
@@ -30,6 +34,7 @@ from typing import Any, TypeVar
 
 import gevent
 
+from gsocket.dbpool import DBPool, close_quietly, pymysql_supported
 from gsocket.errors import StartupError
 
 log = logging.getLogger("gsocket.frappe_ctx")
@@ -213,12 +218,73 @@ class _Lookup:
         return list(self._apps)
 
 
+class _Lease:
+    """The database connection(s) one Frappe context borrowed from the pool.
+
+    The Frappe internals this depends on, the same in Frappe v15.44.2 and develop (Oct 2024),
+    both ``frappe.database.database.Database`` with ``MariaDBConnectionUtil``:
+
+    - ``Database.connect()`` gets its connection from ``self.get_connection()`` (a PyMySQL
+      ``Connection``; Frappe connects lazily, on the first query) and keeps it in
+      ``self._conn``, with a cursor of it in ``self._cursor``; it then sets the session's
+      ``max_statement_time`` itself.  The lease replaces ``get_connection`` on the event's own
+      ``frappe.local.db`` object (not the class), so Frappe's ``connect()`` runs unchanged on
+      a borrowed connection.
+    - ``Database.close()`` (which ``frappe.destroy()`` calls) closes ``self._conn`` only when
+      it is set, so the lease takes the connection out of ``_conn``/``_cursor`` before
+      ``destroy`` to give it back instead.
+    - ``host``, ``port``, ``socket`` (develop), ``user``, ``password`` and ``cur_db_name`` on
+      the ``Database`` object name the database: with the site, they are the pool's key.
+
+    ``frappe.local`` (site, user, flags, caches, the ``Database`` object and its caches) is new
+    for every event in any case; the pool only shares the MariaDB session, which it resets.
+    """
+
+    def __init__(self, pool: DBPool, site: str, frappe: ModuleType) -> None:
+        self.pool = pool
+        self.db = frappe.local.db
+        conf = frappe.local.conf
+        names = ("socket", "host", "port", "user", "password", "cur_db_name")
+        ssl_keys = ("db_ssl_ca", "db_ssl_cert", "db_ssl_key", "local_infile")
+        self.key = (
+            site,
+            *(getattr(self.db, name, None) for name in names),
+            *(conf.get(key) for key in ssl_keys),
+        )
+        self.borrowed: list[Any] = []
+        open_new = self.db.get_connection
+
+        def get_connection() -> Any:
+            conn = pool.checkout(self.key, open_new)
+            self.borrowed.append(conn)
+            return conn
+
+        self.db.get_connection = get_connection
+
+    def end(self, reusable: bool) -> None:
+        """Give back the connection Frappe holds; close any other this context opened.
+
+        Called before ``frappe.destroy()``.  A connection Frappe replaced or closed during the
+        event (``frappe.db.close()``, a reconnect) is closed here if still open, never kept.
+        """
+        current = getattr(self.db, "_conn", None)
+        if current is not None and any(conn is current for conn in self.borrowed):
+            self.db._conn = None
+            self.db._cursor = None
+            self.pool.checkin(self.key, current, reusable)
+        for conn in self.borrowed:
+            if conn is not current and conn.open:
+                close_quietly(conn)
+
+
 class FrappeContext:
     """Opens an isolated Frappe context around handler calls for the sites of one bench.
 
     :param sites_path: the bench's ``sites`` folder (what ``frappe.init`` calls ``sites_path``).
     :param installed_apps_ttl: seconds a site's installed-apps list is cached.
     :param rollback_timeout: seconds a rollback after a failed handler may take.
+    :param pool: the pool events borrow database connections from; None opens and closes one
+        per event.  Not used with a PyMySQL whose internals the pool was not verified with.
     """
 
     def __init__(
@@ -226,6 +292,7 @@ class FrappeContext:
         sites_path: str,
         installed_apps_ttl: float = INSTALLED_APPS_TTL,
         rollback_timeout: float = ROLLBACK_TIMEOUT,
+        pool: DBPool | None = None,
     ) -> None:
         # Absolute once, so a later chdir (Frappe's log files want cwd = sites/) changes nothing.
         self.sites_path = os.path.abspath(sites_path)
@@ -238,6 +305,12 @@ class FrappeContext:
         self._apps_lock = threading.Lock()
         self._apps_cache: dict[str, tuple[float, list[str]]] = {}
         self._apps_inflight: dict[str, _Lookup] = {}
+        self.pool = pool
+
+    def close(self) -> None:
+        """Close the pool's idle connections; those still in use close when their event ends."""
+        if self.pool is not None:
+            self.pool.close()
 
     def _load(self) -> ModuleType:
         """Import Frappe once; remember a failure so that each event costs no import attempt."""
@@ -266,6 +339,12 @@ class FrappeContext:
             return f"the importable module `frappe` ({origin}) has no {missing}; {advice}"
         self._frappe = module
         share_pymysql_default_tls_context()
+        if self.pool is not None and not pymysql_supported():
+            log.warning(
+                "this PyMySQL is not one gsocket's database pool was verified with; every "
+                "Frappe context opens and closes a connection of its own"
+            )
+            self.pool = None
         return ""
 
     def available(self) -> bool:
@@ -295,7 +374,8 @@ class FrappeContext:
         outlives the call.  Commits when ``fn`` returns; rolls back and re-raises when it
         raises an ``Exception`` (a ``BaseException`` such as ``GreenletExit`` only closes the
         connection, which discards the transaction); always calls ``frappe.destroy()``, even
-        when ``init`` or ``connect`` failed.
+        when ``init`` or ``connect`` failed.  With a pool, the connection goes back to it
+        (reset) after a commit or a rollback that succeeded, and is closed otherwise.
 
         :raises FrappeUnavailable: Frappe cannot be imported in this process.
         """
@@ -311,25 +391,32 @@ class FrappeContext:
         fn: Callable[..., T],
         args: tuple[Any, ...],
     ) -> T:
+        lease: _Lease | None = None
+        reusable = False
         try:
             frappe.init(site, sites_path=self.sites_path, force=True)
             # Newer Frappe picks the mysqlclient C driver unless this key is 0 (absent means
             # 1), and that driver blocks the gevent hub; v15 ignores the key and uses PyMySQL.
             frappe.local.conf["use_mysqlclient"] = 0
             frappe.connect(set_admin_as_user=False)
+            if self.pool is not None:
+                lease = _Lease(self.pool, site, frappe)
             self._report_blocking_driver()
             frappe.set_user(user)
             result = fn(*args)
             frappe.db.commit()
+            reusable = True
             return result
         except Exception:
-            self._rollback(frappe, site)
+            reusable = self._rollback(frappe, site)
             raise
         # GreenletExit, gevent.Timeout and the like may land in the middle of a query; the
         # connection is then in no state to take a ROLLBACK (it would first read the rest of
         # the interrupted answer), so it is only closed below: MariaDB discards the open
         # transaction of a connection that goes away.
         finally:
+            if lease is not None:
+                lease.end(reusable)
             self._destroy(frappe, site)
 
     def _report_blocking_driver(self) -> None:
@@ -342,8 +429,11 @@ class FrappeContext:
             "socket while one handler waits on MariaDB. Find the import and remove it."
         )
 
-    def _rollback(self, frappe: ModuleType, site: str) -> None:
+    def _rollback(self, frappe: ModuleType, site: str) -> bool:
         """Roll back when a DB object was bound; a failure here must not hide the cause.
+
+        Returns whether the connection may be reused: the rollback went through (or there
+        was nothing to roll back).
 
         Bounded in time: when the failure was a time limit that interrupted a query (the
         dispatcher's limit is an ``Exception``), the connection may still owe the rest of
@@ -351,11 +441,12 @@ class FrappeContext:
         ``destroy`` discards the transaction just as well.
         """
         if getattr(frappe.local, "db", None) is None:
-            return
+            return True
         limit = gevent.Timeout(self.rollback_timeout)
         limit.start()
         try:
             frappe.db.rollback()
+            return True
         except gevent.Timeout as exc:
             if exc is not limit:
                 raise
@@ -371,6 +462,7 @@ class FrappeContext:
             log.warning("rollback failed on site %s: %r", site, exc)
         finally:
             limit.close()
+        return False
 
     @staticmethod
     def _destroy(frappe: ModuleType, site: str) -> None:

@@ -90,6 +90,7 @@ class MariaDBServer:
             if self.running:
                 return self
             deadline = time.monotonic() + timeout
+            os.makedirs(self._sockdir, exist_ok=True)  # stop() removed it: a restart
             if not (self.datadir / "mysql").is_dir():
                 self._install()
             while True:

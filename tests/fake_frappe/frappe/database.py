@@ -25,7 +25,12 @@ class Database:
         self._conn: pymysql.Connection | None = None
 
     def connect(self) -> None:
-        self._conn = pymysql.connect(
+        self._conn = self.get_connection()
+        frappe.test_counters["db_open"] += 1
+
+    def get_connection(self) -> pymysql.Connection:
+        """A new connection, from the method Frappe's ``connect()`` gets it from."""
+        return pymysql.connect(
             host=self.host,
             port=self.port,
             user=self.user,
@@ -34,7 +39,6 @@ class Database:
             autocommit=False,
             charset="utf8mb4",
         )
-        frappe.test_counters["db_open"] += 1
 
     def sql(self, query: str, values: Any = (), as_dict: bool = False) -> tuple[Any, ...]:
         if self._conn is None:
