@@ -72,6 +72,9 @@ def test_environment_overrides(tmp_path):
         ({"gsocket": {"trusted_proxies": "10.0.0.1"}}, "must be a list"),
         ({"gsocket": {"recovery_seconds": -1}}, "recovery_seconds must be 0"),
         ({"gsocket": {"recovery_missed": 0}}, "recovery_missed 1 or more"),
+        ({"gsocket": {"db_pool_size": -1}}, "db_pool_size must be 0"),
+        ({"gsocket": {"db_pool_idle_seconds": 0}}, "db_pool_idle_seconds a positive"),
+        ({"gsocket": {"db_pool_size": "many"}}, "bad port or timeout"),
     ],
 )
 def test_bad_values_say_what_is_wrong(tmp_path, conf, fragment):
@@ -89,6 +92,15 @@ def test_recovery_is_off_unless_asked(tmp_path):
         500,
         50,
     )
+
+
+def test_the_database_pool_keeps_32_per_site_for_a_minute_unless_told(tmp_path):
+    config = load_config(bench(tmp_path, {}), env={})
+    assert (config.db_pool_size, config.db_pool_idle_seconds) == (32, 60.0)
+    (tmp_path / "off").mkdir()
+    conf = {"gsocket": {"db_pool_size": 0, "db_pool_idle_seconds": 5}}
+    config = load_config(bench(tmp_path / "off", conf), env={})
+    assert (config.db_pool_size, config.db_pool_idle_seconds) == (0, 5.0)
 
 
 def test_not_a_bench(tmp_path):

@@ -112,7 +112,12 @@ def test_installed_apps_come_from_the_site_on_v15(ctx_gsocket, clients):
     assert here.call("db_sleep", 0) == {"site": SITE, "user": "Administrator"}
 
 
-def test_concurrent_events_interleave_and_close_their_connections(ctx_gsocket, clients):
+def aborted_clients(mariadb: MariaDBServer) -> int:
+    """Clients MariaDB saw go away without saying goodbye (no COM_QUIT), since it started."""
+    return int(mariadb.admin_sql("SHOW GLOBAL STATUS LIKE 'Aborted_clients'")[0][1])
+
+
+def test_concurrent_events_interleave_and_reuse_their_connections(ctx_gsocket, clients):
     users = ["sid-admin", "sid-jane"] * 5
     sockets = [connect(clients, ctx_gsocket, sid) for sid in users]
     results: list[dict] = []
@@ -137,11 +142,20 @@ def test_concurrent_events_interleave_and_close_their_connections(ctx_gsocket, c
     for client, answer in results:
         expected = "Administrator" if client in sockets[::2] else "jane@example.com"
         assert answer == {"site": SITE, "user": expected}
+    # At most 10 events were in the database at once: their connections were reused by the
+    # other 40, and wait in the pool (gsocket.db_pool_size is 32 by default).
+    mariadb = ctx_gsocket.mariadb
+    assert 1 <= mariadb.count_connections(mariadb.user) <= 10
+    # A graceful stop closes them, each with a goodbye: a process that just exits leaves
+    # MariaDB counting an aborted client per connection.
+    aborted = aborted_clients(mariadb)
+    assert ctx_gsocket.stop() == 0
     wait_until(
-        lambda: ctx_gsocket.mariadb.count_connections(ctx_gsocket.mariadb.user) == 0,
+        lambda: mariadb.count_connections(mariadb.user) == 0,
         10,
         "frappe contexts left database connections open",
     )
+    assert aborted_clients(mariadb) == aborted
 
 
 def test_without_frappe_a_context_handler_logs_one_clear_error(start_gsocket, web, clients):
