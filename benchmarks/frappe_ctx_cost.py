@@ -14,8 +14,8 @@ around a handler that does nothing, each step of it, and the same with PyMySQL's
 TLS context (what gsocket shares); then a concurrent batch: events per second and the longest
 time the gevent hub went without running other greenlets.  Each is measured twice, in turns:
 with a connection opened and closed per event (no pool, ``gsocket.db_pool_size`` 0) and with
-connections borrowed from a :class:`gsocket.dbpool.DBPool` (``pooled``: the same figures plus
-the median of the pool's reset, which runs between ``commit`` and ``destroy``).
+connections borrowed from a :class:`gsocket.contract.dbpool.DBPool` (``pooled``: the same
+figures plus the median of the pool's reset, which runs between ``commit`` and ``destroy``).
 """
 
 # ruff: noqa: E402 - gevent must patch the stdlib before anything else is imported
@@ -49,7 +49,7 @@ POOL_SIZE = 64
 
 def _timed_steps(frappe: Any, spent: dict[str, list[float]]) -> None:
     """Wrap Frappe's per-event calls (and the pool's reset) so each records its duration."""
-    from gsocket import dbpool
+    from gsocket.contract import dbpool
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -133,7 +133,7 @@ def measure(sites_path: str, site: str, events: int) -> dict[str, Any]:
     import frappe
     import pymysql.connections
 
-    from gsocket.dbpool import DBPool
+    from gsocket.contract.dbpool import DBPool
     from gsocket.frappe_ctx import FrappeContext
 
     unshared_tls = pymysql.connections.Connection._create_ssl_ctx

@@ -12,7 +12,7 @@ The per-event sequence is Frappe's own bench-script sequence, with two gevent-sp
 ``init(force=True)`` -> force the pure-Python PyMySQL driver -> ``connect`` -> ``set_user`` ->
 handler -> ``commit`` (or ``rollback`` and re-raise) -> ``destroy`` (always).
 
-With a :class:`gsocket.dbpool.DBPool` the event's database connection is borrowed from the
+With a :class:`gsocket.contract.dbpool.DBPool` the event's database connection is borrowed from the
 site's pool instead of opened, and given back (reset) instead of closed: see :class:`_Lease`
 for the Frappe internals that takes, verified on Frappe v15.44.2 and develop (Oct 2024).
 
@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import gevent
 
-from gsocket.dbpool import DBPool, close_quietly, pymysql_supported
+from gsocket.contract.dbpool import DBPool, close_quietly, pymysql_supported
 from gsocket.errors import StartupError
 
 log = logging.getLogger("gsocket.frappe_ctx")

@@ -1,5 +1,5 @@
-"""The database pool (gsocket.dbpool) against a real MariaDB: what a reused connection keeps
-of its last user (nothing), and which connections are never reused.
+"""The database pool (gsocket.contract.dbpool) against a real MariaDB: what a reused
+connection keeps of its last user (nothing), and which connections are never reused.
 
 The pool here is driven directly, with PyMySQL connections as Frappe opens them; the same
 pool under Frappe contexts of the real Frappe v15 and develop is tested in
@@ -16,7 +16,7 @@ import pymysql
 import pytest
 from pymysql.constants import COMMAND
 
-from gsocket.dbpool import DBPool, pymysql_supported
+from gsocket.contract.dbpool import DBPool, pymysql_supported
 from tests.support.bench import wait_until
 from tests.support.mariadb import MariaDBServer
 
