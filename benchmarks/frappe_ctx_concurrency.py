@@ -4,6 +4,8 @@ Usage (from the repository root)::
 
     python benchmarks/frappe_ctx_concurrency.py                      # sizes 200 and 1000
     python benchmarks/frappe_ctx_concurrency.py --sizes 200 --out results.jsonl
+    python benchmarks/frappe_ctx_concurrency.py --sizes 1000 --db-pool-size 0 --batches 2
+    python benchmarks/frappe_ctx_concurrency.py --sizes 1000 --db-pool-size 1000 --batches 2
 
 For each batch size N, everything is started fresh: a private MariaDB (``max_connections``
 well above N), Redis, the web stand-in of the tests, a bench with one site that has the
@@ -16,6 +18,10 @@ If the events run concurrently, the batch takes a little more than 0.2 s.  Whate
 beyond that, divided by N, is the overhead per event of running it in a context (plus the
 Socket.IO round trip).  The sequential cost of opening and closing one context is measured
 next to it on the same database by ``benchmarks/frappe_ctx_cost.py``'s ``measure``.
+
+``--db-pool-size`` sets ``gsocket.db_pool_size`` (0: one connection opened and closed per
+event, as before the pool); ``--batches`` fires that many batches on the same server, so a
+pool that the first batch filled serves the next.
 
 benchmarks/run.py can call :func:`run`.
 """
@@ -100,8 +106,13 @@ class Rig:
     sites_path: Path
 
 
-def _start_rig(stack: contextlib.ExitStack, root: Path, size: int, shape: str) -> Rig:
-    """Start MariaDB, Redis, the web stand-in and gsocket; ``stack`` stops each of them."""
+def _start_rig(
+    stack: contextlib.ExitStack, root: Path, size: int, shape: str, db_pool_size: int | None
+) -> Rig:
+    """Start MariaDB, Redis, the web stand-in and gsocket; ``stack`` stops each of them.
+
+    ``db_pool_size`` is written as ``gsocket.db_pool_size``; None leaves gsocket's default.
+    """
     mariadb = MariaDBServer(root / "mariadb", max_connections=size + max(100, size // 2))
     stack.callback(mariadb.stop)
     mariadb.start()
@@ -122,6 +133,8 @@ def _start_rig(stack: contextlib.ExitStack, root: Path, size: int, shape: str) -
     common.update(
         {"redis_queue": redis.url, "webserver_host": "127.0.0.1", "webserver_port": web.port}
     )
+    if db_pool_size is not None:
+        common["gsocket"] = {"db_pool_size": db_pool_size}
     bench = make_bench(root, common, sites=(SITE,), apps=APPS, copy_apps=("ctxapp",))
     env = {"PYTHONPATH": str(FAKE), "FAKE_FRAPPE_LOCAL": shape}
     proc = GsocketProcess(bench, env=env)
@@ -247,63 +260,84 @@ def _log_problems(proc: GsocketProcess) -> int:
     return sum(1 for line in proc.log().splitlines() if any(m in line for m in markers))
 
 
+def _one_batch(rig: Rig, clients: list[PyClient], size: int) -> dict[str, Any]:
+    """Emit ``size`` events at once over ``clients`` and return the batch's figures."""
+    rig.mariadb.admin_sql("FLUSH STATUS")
+    assert rig.gsocket.proc is not None
+    pid = rig.gsocket.proc.pid
+    batch = Batch(size)
+    cpu_before, own_before = processes.cpu_seconds([pid]), time.process_time()
+    batch.fire(clients)
+    complete = batch.wait(ACK_TIMEOUT_S)
+    cpu_after, own_after = processes.cpu_seconds([pid]), time.process_time()
+
+    first_emit = batch.emitted[0]
+    acked = [t for t in batch.acked if t is not None]
+    if not acked:
+        raise RuntimeError(f"no event was acknowledged; gsocket log:\n{rig.gsocket.log()}")
+    wall = max(acked) - first_emit
+    ok = sum(1 for a in batch.answers if a == ({"site": SITE, "user": USER},))
+    latencies = [a - e for a, e in zip(batch.acked, batch.emitted, strict=True) if a is not None]
+    return {
+        "complete": complete,
+        "acks_ok": ok,
+        "acks_failed": len(acked) - ok,
+        "acks_missing": size - len(acked),
+        "wall_s": wall,
+        "wall_over_query": wall / QUERY_S,
+        "excess_s": wall - QUERY_S,
+        "overhead_per_event_ms": (wall - QUERY_S) / size * 1000,
+        "emit_span_s": batch.emitted[-1] - first_emit,
+        "latency_ms": _percentiles_ms(latencies),
+        "server_cpu_s": cpu_after - cpu_before,
+        "server_cpu_per_event_ms": (cpu_after - cpu_before) / size * 1000,
+        "client_cpu_s": own_after - own_before,
+        "db_max_used_connections": _max_used_connections(rig.mariadb),
+        "db_connections_after": rig.mariadb.count_connections(),
+    }
+
+
 def measure_size(
-    size: int, shape: str = "werkzeug", cost_events: int = COST_EVENTS
+    size: int,
+    shape: str = "werkzeug",
+    cost_events: int = COST_EVENTS,
+    *,
+    db_pool_size: int | None = None,
+    batches: int = 1,
 ) -> dict[str, Any]:
-    """Start a fresh rig, run one batch of ``size`` events, and return its figures."""
+    """Start a fresh rig, run ``batches`` batches of ``size`` events, return their figures.
+
+    The top-level figures are the last batch's; ``batches`` lists each one.  With a pool the
+    first batch finds only the warm-up's connections in it (a cold pool); later batches
+    find the connections the earlier ones gave back, up to ``db_pool_size``.
+    ``db_connections_left`` is counted after gsocket's graceful stop, which closes the pool.
+    """
     clients_needed = math.ceil(size / EVENTS_PER_CLIENT)
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gs-ctxconc-")))
-        rig = _start_rig(stack, root, size, shape)
+        rig = _start_rig(stack, root, size, shape, db_pool_size)
         clients = _connect(rig.gsocket.url, clients_needed, stack)
         _warm_up(clients)
-        rig.mariadb.wait_for_connections(0)
-        rig.mariadb.admin_sql("FLUSH STATUS")
-        assert rig.gsocket.proc is not None
-        pid = rig.gsocket.proc.pid
-
-        batch = Batch(size)
-        cpu_before, own_before = processes.cpu_seconds([pid]), time.process_time()
-        batch.fire(clients)
-        complete = batch.wait(ACK_TIMEOUT_S)
-        cpu_after, own_after = processes.cpu_seconds([pid]), time.process_time()
-
-        first_emit = batch.emitted[0]
-        acked = [t for t in batch.acked if t is not None]
-        if not acked:
-            raise RuntimeError(f"no event was acknowledged; gsocket log:\n{rig.gsocket.log()}")
-        wall = max(acked) - first_emit
-        ok = sum(1 for a in batch.answers if a == ({"site": SITE, "user": USER},))
-        max_used = _max_used_connections(rig.mariadb)
+        if db_pool_size == 0:
+            rig.mariadb.wait_for_connections(0)
+        figures = [_one_batch(rig, clients, size) for _ in range(batches)]
+        problems = _log_problems(rig.gsocket)
+        _stop_gsocket(rig.gsocket)
         left_open = rig.mariadb.wait_for_connections(0)
-        latencies = [
-            a - e for a, e in zip(batch.acked, batch.emitted, strict=True) if a is not None
-        ]
         sequential = sequential_cost(rig.sites_path, shape, cost_events)
         return {
             "type": "frappe_ctx_concurrency",
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "size": size,
             "shape": shape,
+            "db_pool_size": db_pool_size,
             "clients": clients_needed,
             "events_per_client": EVENTS_PER_CLIENT,
             "query_s": QUERY_S,
-            "complete": complete,
-            "acks_ok": ok,
-            "acks_failed": len(acked) - ok,
-            "acks_missing": size - len(acked),
-            "wall_s": wall,
-            "wall_over_query": wall / QUERY_S,
-            "excess_s": wall - QUERY_S,
-            "overhead_per_event_ms": (wall - QUERY_S) / size * 1000,
-            "emit_span_s": batch.emitted[-1] - first_emit,
-            "latency_ms": _percentiles_ms(latencies),
-            "server_cpu_s": cpu_after - cpu_before,
-            "server_cpu_per_event_ms": (cpu_after - cpu_before) / size * 1000,
-            "client_cpu_s": own_after - own_before,
-            "db_max_used_connections": max_used,
+            **figures[-1],
+            "batches": figures,
             "db_connections_left": left_open,
-            "server_log_problems": _log_problems(rig.gsocket),
+            "server_log_problems": problems,
             "sequential": sequential,
             "loadavg": processes.loadavg(),
         }
@@ -315,6 +349,8 @@ def run(
     *,
     shape: str = "werkzeug",
     cost_events: int = COST_EVENTS,
+    db_pool_size: int | None = None,
+    batches: int = 1,
 ) -> list[dict[str, Any]]:
     """Measure every batch size in turn; append one JSON line per size to ``out``.
 
@@ -324,7 +360,7 @@ def run(
     """
     results = []
     for size in sizes:
-        result = measure_size(size, shape, cost_events)
+        result = measure_size(size, shape, cost_events, db_pool_size=db_pool_size, batches=batches)
         results.append(result)
         if out is not None:
             with out.open("a") as f:
@@ -334,29 +370,39 @@ def run(
 
 def summary(result: dict[str, Any]) -> str:
     """One size's figures in a few lines a person can read."""
-    lat = result["latency_ms"] or dict.fromkeys(("p50", "p90", "p99", "max"), math.nan)
     seq = result["sequential"]
     steps = ", ".join(f"{k} {v:.3f}" for k, v in seq["step_median_ms"].items())
-    return "\n".join(
-        [
-            f"{result['size']} concurrent frappe_context events "
-            f"({result['clients']} clients x {result['events_per_client']}, "
-            f"SELECT SLEEP({result['query_s']}), frappe.local {result['shape']}):",
-            f"  acks ok {result['acks_ok']}, failed {result['acks_failed']}, "
-            f"missing {result['acks_missing']}; server log problems "
-            f"{result['server_log_problems']}",
-            f"  wall {result['wall_s']:.3f} s = {result['wall_over_query']:.2f} x the query "
-            f"(+{result['excess_s'] * 1000:.0f} ms); emit span {result['emit_span_s'] * 1000:.0f}"
-            f" ms; overhead {result['overhead_per_event_ms']:.3f} ms/event",
+    pool = result.get("db_pool_size")
+    lines = [
+        f"{result['size']} concurrent frappe_context events "
+        f"({result['clients']} clients x {result['events_per_client']}, "
+        f"SELECT SLEEP({result['query_s']}), frappe.local {result['shape']}, "
+        f"db_pool_size {'default' if pool is None else pool}):",
+    ]
+    for number, batch in enumerate(result.get("batches", [result]), 1):
+        lat = batch["latency_ms"] or dict.fromkeys(("p50", "p90", "p99", "max"), math.nan)
+        lines += [
+            f" batch {number}: acks ok {batch['acks_ok']}, failed {batch['acks_failed']}, "
+            f"missing {batch['acks_missing']}",
+            f"  wall {batch['wall_s']:.3f} s = {batch['wall_over_query']:.2f} x the query "
+            f"(+{batch['excess_s'] * 1000:.0f} ms); emit span {batch['emit_span_s'] * 1000:.0f}"
+            f" ms; overhead {batch['overhead_per_event_ms']:.3f} ms/event",
             f"  per-event latency ms: p50 {lat['p50']:.0f}, p90 {lat['p90']:.0f}, "
             f"p99 {lat['p99']:.0f}, max {lat['max']:.0f}",
-            f"  server CPU {result['server_cpu_s']:.2f} s "
-            f"({result['server_cpu_per_event_ms']:.2f} ms/event); client CPU "
-            f"{result['client_cpu_s']:.2f} s; DB max used connections "
-            f"{result['db_max_used_connections']}, left open {result['db_connections_left']}",
+            f"  server CPU {batch['server_cpu_s']:.2f} s "
+            f"({batch['server_cpu_per_event_ms']:.2f} ms/event); client CPU "
+            f"{batch['client_cpu_s']:.2f} s; DB max used connections "
+            f"{batch['db_max_used_connections']}, open after the batch "
+            f"{batch.get('db_connections_after', '?')}",
+        ]
+    return "\n".join(
+        [
+            *lines,
+            f"  server log problems {result['server_log_problems']}; DB connections left "
+            f"after gsocket stopped {result['db_connections_left']}",
             f"  sequential open+close ({seq['events']} events): run {seq['run_ms']:.3f} ms/event"
             f" (PyMySQL connect+commit+close alone {seq['raw_connection_ms']:.3f}); "
-            f"steps ms: {steps}",
+            f"steps ms: {steps}; pooled run {seq['pooled']['run_ms']:.3f} ms/event",
             f"  load average {' '.join(f'{v:.2f}' for v in result['loadavg'])}",
         ]
     )
@@ -391,14 +437,32 @@ def main() -> None:
         default=COST_EVENTS,
         help="events of the sequential open/close measurement (default 200)",
     )
+    parser.add_argument(
+        "--db-pool-size",
+        type=int,
+        help="gsocket.db_pool_size for the run (0: a connection per event; default: gsocket's)",
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=1,
+        help="batches per size on the same server (a pool is cold in the first only)",
+    )
     args = parser.parse_args()
     sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
     try:
         with _signals_unwind():
             for size in sizes:
-                (result,) = run([size], args.out, shape=args.shape, cost_events=args.cost_events)
+                (result,) = run(
+                    [size],
+                    args.out,
+                    shape=args.shape,
+                    cost_events=args.cost_events,
+                    db_pool_size=args.db_pool_size,
+                    batches=args.batches,
+                )
                 print(summary(result), flush=True)
-                if result["acks_ok"] != size:
+                if any(batch["acks_ok"] != size for batch in result["batches"]):
                     sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted; every process this run started has been stopped", file=sys.stderr)

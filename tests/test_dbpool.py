@@ -210,3 +210,17 @@ def test_the_pool_is_bounded_per_key_expires_idle_connections_and_closes(
     pool.checkin(KEY, lent)
     assert not lent.open and pool.idle() == 0
     assert mariadb.wait_for_connections(0) == 0
+
+
+def test_a_connection_with_an_unread_unbuffered_result_is_closed(
+    mariadb: MariaDBServer, connect: Callable[[], pymysql.Connection]
+) -> None:
+    pool = DBPool(4)
+    conn = pool.checkout(KEY, connect)
+    cursor = conn.cursor(pymysql.cursors.SSCursor)
+    cursor.execute("SELECT SEQ FROM seq_1_to_1000")  # rows left on the wire
+    pool.checkin(KEY, conn)
+    assert pool.counts["reset_failed"] == 1 and pool.idle(KEY) == 0 and not conn.open
+    # Left as it is, PyMySQL's abandoned result would try to drain its rows from the closed
+    # connection when collected, and print that failure.
+    conn._result.unbuffered_active = False

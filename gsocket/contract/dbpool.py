@@ -8,13 +8,13 @@ reset instead.
 
 What makes a reused connection safe to hand to another event (user, site or transaction):
 
-- **Reset on return.**  ``COM_RESET_CONNECTION`` (MariaDB >= 10.2, MySQL >= 5.7) rolls back
-  the open transaction and releases its row locks, drops temporary tables, sets every session
-  variable back to its global value, clears user variables, releases ``GET_LOCK`` and table
-  locks and closes prepared statements, without a new login.  Then the session is put back as
-  PyMySQL's ``connect()`` left it (``SET NAMES``, ``autocommit``, ``sql_mode``,
-  ``init_command``); what Frappe's own ``connect()`` sets afterwards (``max_statement_time``)
-  it sets again when it next borrows the connection.
+- **Reset on return**, in one write of three commands.  ``COM_RESET_CONNECTION`` (MariaDB
+  >= 10.2, MySQL >= 5.7) rolls back the open transaction and releases its row locks, drops
+  temporary tables, sets every session variable back to its global value, clears user
+  variables, releases ``GET_LOCK`` and table locks and closes prepared statements, without a
+  new login.  Then the session is put back as PyMySQL's ``connect()`` left it (``SET NAMES``,
+  ``autocommit``, ``sql_mode``, ``init_command``); what Frappe's own ``connect()`` sets
+  afterwards (``max_statement_time``) it sets again when it next borrows the connection.
 - **Proof the connection is in step.**  A command whose answer was never read (a query that
   a time limit or a kill interrupted, and whose exception some code swallowed) would hand its
   late answer to the next command, and every answer after that to the wrong query.  So the
@@ -66,17 +66,21 @@ RESET_TIMEOUT = 5.0
 class _PyMySQL:
     """The PyMySQL internals the pool uses, all of them, in one place.
 
-    Verified with PyMySQL 1.1.1 (the version Frappe v15 and develop pin) and 1.2.4: both have
-    ``Connection._execute_command(command, payload)``, ``Connection._read_ok_packet()`` (no
-    argument; raises on anything but an OK packet) and ``Connection._sock`` (the socket, None
-    once closed).  Outside :data:`VERIFIED` the pool is not used (:func:`pymysql_supported`).
+    Verified with PyMySQL 1.1.1 (the version Frappe v15 and develop pin) and 1.2.4, which
+    both have, on ``Connection``: ``_sock`` (the socket, None once closed), ``_result`` (the
+    last result, with ``unbuffered_active``), ``_write_bytes(data)``, ``_next_seq_id``,
+    ``_read_ok_packet()`` (no argument; raises on anything but an OK packet) and
+    ``_read_query_result()`` (reads one command's answer into ``_result``, updating
+    ``server_status``, which ``get_autocommit()`` reads).  Outside :data:`VERIFIED` the pool is
+    not used (:func:`pymysql_supported`).
     """
 
     #: Lowest version verified, and the first version not verified.
     VERIFIED = ((1, 1, 1), (1, 3, 0))
 
-    #: COM_RESET_CONNECTION, which PyMySQL does not name or offer as a method.
+    #: COM_RESET_CONNECTION, which PyMySQL does not name or offer as a method, and COM_QUERY.
     COM_RESET_CONNECTION = 0x1F
+    COM_QUERY = 0x03
 
     @staticmethod
     def version() -> tuple[int, ...]:
@@ -90,15 +94,32 @@ class _PyMySQL:
 
         return isinstance(conn, Connection)
 
-    @classmethod
-    def reset_connection(cls, conn: Any) -> None:
-        """Send ``COM_RESET_CONNECTION`` and read its OK packet."""
-        conn._execute_command(cls.COM_RESET_CONNECTION, b"")
-        conn._read_ok_packet()
-
     @staticmethod
     def socket(conn: Any) -> Any:
         return conn._sock
+
+    @classmethod
+    def reset_then_query(cls, conn: Any, statements: list[str]) -> Any:
+        """Send ``COM_RESET_CONNECTION`` and each of ``statements`` in one write, read every
+        answer in turn, and return the rows of the last.
+
+        One write instead of one round trip each: on loopback each ``send`` of a command
+        costs the hub about as much CPU as parsing its answer.  MariaDB reads the commands one
+        after another from the socket and answers each in order.
+        """
+        if conn._sock is None:
+            raise ConnectionError("the connection is closed")
+        if conn._result is not None and conn._result.unbuffered_active:
+            raise RuntimeError("an unbuffered result was left unread")
+        packets = [bytes((cls.COM_RESET_CONNECTION,))]
+        packets += [bytes((cls.COM_QUERY,)) + sql.encode(conn.encoding) for sql in statements]
+        conn._write_bytes(b"".join(len(p).to_bytes(3, "little") + b"\0" + p for p in packets))
+        conn._next_seq_id = 1
+        conn._read_ok_packet()
+        for _ in statements:
+            conn._next_seq_id = 1
+            conn._read_query_result()
+        return conn._result.rows
 
 
 def pymysql_supported() -> bool:
@@ -156,16 +177,14 @@ def reset(conn: Any) -> None:
     """Make a used connection as good as new for another user, or raise.
 
     See the module docstring: reset, restore PyMySQL's session settings, prove the
-    connection answers the last command it was sent.
+    connection answers the last command it was sent.  All in one write.
     """
-    _PyMySQL.reset_connection(conn)
-    with conn.cursor() as cursor:
-        cursor.execute(_restore_statement(conn))
-        if conn.init_command is not None:
-            cursor.execute(conn.init_command)
-        nonce = random.getrandbits(62)
-        cursor.execute(f"SELECT {nonce}")
-        answer = cursor.fetchall()
+    statements = [_restore_statement(conn)]
+    if conn.init_command is not None:
+        statements.append(conn.init_command)
+    nonce = random.getrandbits(62)
+    statements.append(f"SELECT {nonce}")
+    answer = _PyMySQL.reset_then_query(conn, statements)
     if answer != ((nonce,),):
         raise RuntimeError(f"the connection answered {answer!r} to SELECT {nonce}")
 

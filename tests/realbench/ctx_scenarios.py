@@ -338,12 +338,145 @@ def installed_apps(a: dict[str, Any]) -> dict[str, Any]:
     return {"sites": answers, "cached_lookups": CALLS["init"] - before}
 
 
+def pooled(a: dict[str, Any]) -> dict[str, Any]:
+    """``events`` events on both sites and several users, ``width`` at a time, through a pool
+    of ``pool_size`` connections per site, so that most events run on a connection an earlier
+    event (another user, perhaps one that failed) used.  Each event first looks for what an
+    earlier user of its connection could have left, then leaves all of it behind itself:
+    an uncommitted ORM row (every third event raises, so its row is rolled back), a temporary
+    table, a user variable, a changed session variable, a ``frappe.flags`` entry."""
+    import time
+
+    import frappe
+    import gevent
+    import gevent.pool
+
+    from gsocket.contract.dbpool import DBPool
+    from gsocket.frappe_ctx import FrappeContext
+
+    sites, users, token = a["sites"], a["users"], a["token"]
+    ctx = FrappeContext(".", pool=DBPool(a["pool_size"]))
+    leaks: list[str] = []
+    conns: list[int] = []
+    committed: list[str] = []
+    failures: list[str] = []
+
+    def handler(i: int, site: str, user: str, fail: bool) -> int:
+        def leak(what: str) -> None:
+            leaks.append(f"event {i} ({site}, {user}): {what}")
+
+        if frappe.session.user != user or frappe.local.site != site:
+            leak(f"runs as {frappe.session.user} on {frappe.local.site}")
+        if frappe.flags.gsocket_pool_marker is not None:
+            leak(f"frappe.flags from event {frappe.flags.gsocket_pool_marker}")
+        frappe.flags.gsocket_pool_marker = i
+        conn, user_var, lock_wait, global_lock_wait = frappe.db.sql(
+            "SELECT CONNECTION_ID(), @gsocket_marker, @@session.lock_wait_timeout, "
+            "@@global.lock_wait_timeout"
+        )[0]
+        conns.append(int(conn))
+        if user_var is not None:
+            leak(f"user variable from event {user_var}")
+        if lock_wait != global_lock_wait:
+            leak(f"session lock_wait_timeout {lock_wait} left by an earlier event")
+        try:
+            frappe.db.sql("CREATE TEMPORARY TABLE gsocket_pool_tmp (v INT)")
+        except Exception as exc:
+            leak(f"temporary table left by an earlier event: {exc!r}")
+        frappe.db.sql("SET @gsocket_marker = %s", (i,))
+        frappe.db.sql("SET SESSION lock_wait_timeout = %s", (1000 + i,))
+        label = f"{token}-{'fail' if fail else 'keep'}-{i}"
+        todo = frappe.get_doc({"doctype": "ToDo", "description": label})
+        todo.insert(ignore_permissions=True)
+        frappe.db.sql("SELECT SLEEP(%s)", (a["sleep"],))
+        gevent.sleep(0)
+        seen = frappe.get_all(
+            "ToDo", filters={"description": ["like", f"{token}-%"]}, pluck="description"
+        )
+        others_failed = [d for d in seen if "-fail-" in d and d != label]
+        if others_failed:
+            leak(f"sees rolled-back rows {others_failed}")
+        if label not in seen:
+            leak("does not see its own row")
+        if fail:
+            raise RuntimeError(f"event {i} fails on purpose")
+        committed.append(label)
+        return int(conn)
+
+    def event(i: int) -> None:
+        site, user = sites[i % len(sites)], users[i % len(users)]
+        try:
+            ctx.run(site, user, handler, i, site, user, i % 3 == 2)
+        except RuntimeError as exc:
+            if "on purpose" not in str(exc):
+                failures.append(f"event {i}: {exc!r}")
+        except Exception as exc:
+            failures.append(f"event {i}: {exc!r}")
+
+    started = time.monotonic()
+    gevent.pool.Pool(a["width"]).map(event, range(a["events"]))
+    elapsed = time.monotonic() - started
+
+    def rows() -> list[str]:
+        return frappe.get_all(
+            "ToDo", filters={"description": ["like", f"{token}-%"]}, pluck="description"
+        )
+
+    stored = {site: sorted(ctx.run(site, "Administrator", rows)) for site in sites}
+    counts = dict(ctx.pool.counts) if ctx.pool is not None else {}
+    ctx.close()
+    return {
+        "elapsed": elapsed,
+        "leaks": leaks[:10],
+        "failures": failures[:5],
+        "events": len(conns),
+        "distinct_conns": len(set(conns)),
+        "stored": sorted(d for found in stored.values() for d in found),
+        "committed": sorted(committed),
+        "counts": counts,
+        "pool_enabled": ctx.pool is not None,
+        "left_open": _open_connections(FrappeContext("."), sites[0], conns),
+    }
+
+
+def dead(a: dict[str, Any]) -> dict[str, Any]:
+    """A pooled connection that MariaDB killed while it was idle is not lent again."""
+    import frappe
+
+    from gsocket.contract.dbpool import DBPool
+    from gsocket.frappe_ctx import FrappeContext
+
+    site = a["site"]
+    ctx = FrappeContext(".", pool=DBPool(4))
+    admin = FrappeContext(".")
+
+    def conn_id() -> int:
+        return int(frappe.db.sql("SELECT CONNECTION_ID()")[0][0])
+
+    first = ctx.run(site, "Administrator", conn_id)
+    again = ctx.run(site, "Administrator", conn_id)
+    admin.run(site, "Administrator", lambda: frappe.db.sql(f"KILL {first}"))
+    gone = _open_connections(admin, site, [first]) == 0
+    after_kill = ctx.run(site, "Administrator", conn_id)
+    counts = dict(ctx.pool.counts) if ctx.pool is not None else {}
+    ctx.close()
+    return {
+        "reused_before_kill": again == first,
+        "gone": gone,
+        "new_after_kill": after_kill != first,
+        "counts": counts,
+        "left_open": _open_connections(admin, site, [first, after_kill]),
+    }
+
+
 SCENARIOS = {
     "isolation": isolation,
     "rollback": rollback,
     "paths": paths,
     "many": many,
     "installed_apps": installed_apps,
+    "pooled": pooled,
+    "dead": dead,
 }
 
 
