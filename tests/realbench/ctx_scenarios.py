@@ -195,17 +195,19 @@ def rollback(a: dict[str, Any]) -> dict[str, Any]:
 
 def paths(a: dict[str, Any]) -> dict[str, Any]:
     """One event down each path; ``frappe.destroy()`` must run on every one of them and no
-    connection may outlive its event."""
+    connection may outlive its event, or with a pool (``pool_size``), the pool's close."""
     import time
 
     import frappe
     import gevent
     import gevent.event
 
+    from gsocket.contract.dbpool import DBPool
     from gsocket.frappe_ctx import FrappeContext
     from gsocket.handlers.dispatch import HandlerTimeout
 
-    ctx = FrappeContext(".", rollback_timeout=0.5)
+    pool = DBPool(a["pool_size"]) if a["pool_size"] else None
+    ctx = FrappeContext(".", rollback_timeout=0.5, pool=pool)
     good, bad_password, missing = a["site"], a["bad_password_site"], a["missing_site"]
     outcomes: dict[str, str] = {}
     conns: list[int] = []
@@ -265,12 +267,16 @@ def paths(a: dict[str, Any]) -> dict[str, Any]:
         quick = time.monotonic() - began < 0.5 + 1.0
         outcomes["timed_out_mid_query"] = f"raised HandlerTimeout, {'quickly' if quick else 'late'}"
     outcomes["timed_out_mid_query"] += f"; destroy calls so far {CALLS['destroy']}"
+    counts = dict(pool.counts) if pool is not None else {}
+    ctx.close()
     return {
         "outcomes": outcomes,
         "calls": dict(CALLS),
         "local_is_clean": local_is_clean(),
         "conns": len(conns),
-        "left_open": _open_connections(ctx, good, conns),
+        "distinct_conns": len(set(conns)),
+        "pool_counts": counts,
+        "left_open": _open_connections(FrappeContext("."), good, conns),
     }
 
 

@@ -126,14 +126,16 @@ def bad_password_site(ctx_bench: RealBench) -> Iterator[str]:
     shutil.rmtree(site_dir)
 
 
+@pytest.mark.parametrize("pool_size", [0, 4], ids=["no pool", "pool"])
 def test_destroy_runs_and_the_connection_closes_on_every_path(
-    ctx_bench: RealBench, bad_password_site: str
+    ctx_bench: RealBench, bad_password_site: str, pool_size: int
 ) -> None:
     args = {
         "site": SITE,
         "user": USER,
         "bad_password_site": bad_password_site,
         "missing_site": MISSING_SITE,
+        "pool_size": pool_size,
     }
     r = scenario(ctx_bench, "paths", args)
     assert r["outcomes"] == {
@@ -146,7 +148,20 @@ def test_destroy_runs_and_the_connection_closes_on_every_path(
         "timed_out_mid_query": "raised HandlerTimeout, quickly; destroy calls so far 7",
     }
     assert r["local_is_clean"]
-    assert r["conns"] == 4  # success, raises, killed, timed out: each had its own
+    assert r["conns"] == 4  # success, raises, killed, timed out
+    if pool_size:
+        # The failing handler's connection was rolled back and reused; a killed or timed-out
+        # event (perhaps in mid-query) closed its connection instead of giving it back.
+        assert r["distinct_conns"] == 2
+        assert r["pool_counts"] == {
+            "opened": 2,
+            "reused": 2,
+            "dead": 0,
+            "reset_failed": 0,
+            "not_kept": 2,
+        }
+    else:
+        assert r["distinct_conns"] == 4  # each had its own
     assert r["left_open"] == 0
 
 
