@@ -150,12 +150,13 @@ def test_destroy_runs_and_the_connection_closes_on_every_path(
     assert r["local_is_clean"]
     assert r["conns"] == 4  # success, raises, killed, timed out
     if pool_size:
-        # The failing handler's connection was rolled back and reused; a killed or timed-out
-        # event (perhaps in mid-query) closed its connection instead of giving it back.
+        # One connection served success, success_without_db (Frappe's commit connects) and
+        # the raising handler (rolled back, then reused); the killed event closed it instead
+        # of giving it back, and so did the timed-out one (perhaps in mid-query) its own.
         assert r["distinct_conns"] == 2
         assert r["pool_counts"] == {
             "opened": 2,
-            "reused": 2,
+            "reused": 3,
             "dead": 0,
             "reset_failed": 0,
             "not_kept": 2,
@@ -197,10 +198,13 @@ def test_pooled_connections_carry_nothing_from_one_event_to_the_next(ctx_bench: 
     assert r["pool_enabled"], "the bench's PyMySQL is not one the pool was verified with"
     assert r["failures"] == [] and r["events"] == events
     assert r["leaks"] == [], r["leaks"]
-    # Connections were reused: at most `width` events were in the database at once.
-    assert r["distinct_conns"] <= width + len(ctx_bench.sites) * pool_size
-    assert r["counts"]["reused"] >= events - r["distinct_conns"] - 2
-    assert r["counts"]["reset_failed"] == r["counts"]["dead"] == 0
+    # Most events ran on a connection an earlier event used (`width` at once, 4 kept per
+    # site: the rest are opened and closed again); every event and the 2 lookups borrowed.
+    counts = r["counts"]
+    assert counts["opened"] == r["distinct_conns"]
+    assert counts["opened"] + counts["reused"] == events + len(ctx_bench.sites)
+    assert counts["reused"] >= events // 2, counts
+    assert counts["reset_failed"] == counts["dead"] == 0
     # Exactly the events that returned have their row; those that raised were rolled back.
     assert r["stored"] == r["committed"] and len(r["committed"]) == events - events // 3
     assert r["left_open"] == 0  # ctx.close() closed every idle connection
