@@ -35,9 +35,9 @@ from gsocket.metrics import Metrics
 from gsocket.ops.arrival import DOCTOR_PATH, serve_arrival
 from gsocket.ops.lifecycle import InFlight, TrackedDispatcher, drain
 from gsocket.ops.listener import open_listener
+from gsocket.protocol.http import LeanWebSocketHandler
 from gsocket.protocol.scaleout import make_client_manager, start_client_manager
 from gsocket.protocol.server import Server
-from gsocket.protocol.transport import LeanWebSocketHandler
 
 log = logging.getLogger("gsocket.app")
 
@@ -242,6 +242,7 @@ def enable_recovery(server: Server, redis_client: redis.Redis, config: Config) -
     )
     server.recovery = recovery
     manager.rooms_changed = recovery.rooms_changed
+    manager.numbering = recovery.log.append
 
 
 def create_app(

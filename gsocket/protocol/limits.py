@@ -39,7 +39,6 @@ from urllib.parse import parse_qs
 import gevent
 from gevent._tracer import GreenletTracer
 from geventwebsocket.exceptions import WebSocketError
-from geventwebsocket.handler import WebSocketHandler
 
 from gsocket.config import Config
 from gsocket.contract.sites import is_trusted_proxy
@@ -138,15 +137,14 @@ def client_address(
     return None
 
 
-def frame_problem(data: str | bytes, handshake: bool, max_bytes: int) -> str | None:
+def frame_problem(data: str | bytes, handshake: bool) -> str | None:
     """Return why a websocket frame is not an Engine.IO packet a client may send, or ``None``.
+
+    Its size was bounded while it was read (:class:`GuardedWebSocket`).
 
     :param data: the frame as gevent-websocket returns it (text as ``str``).
     :param handshake: the frame is one of the two of an upgrade (``2probe``, then ``5``).
-    :param max_bytes: ``max_message_bytes``.
     """
-    if len(data) > max_bytes:
-        return f"frame of {len(data)} bytes over the {max_bytes} limit"
     if isinstance(data, bytes | bytearray):
         return None
     if handshake and data in HANDSHAKE_FRAMES:
@@ -244,7 +242,7 @@ class GuardedWebSocket:
         handshake = self._handshake > 0
         if handshake:
             self._handshake -= 1
-        problem = frame_problem(data, handshake, self._max_bytes)
+        problem = frame_problem(data, handshake)
         if problem is None:
             return data
         self.rejected = problem
@@ -429,23 +427,21 @@ class ClientGuard:
             )
         return False
 
-    def congested(self, eio_sid: str) -> bool:
-        """Tell whether a session's send queue is full; a full one is put out at once.
+    def binary_problem(self, attachments: list[bytes], count: int, data: str | bytes) -> str | None:
+        """Why a binary Socket.IO packet being received ends its session, or ``None``.
 
-        A client that does not read (a stalled tab, a hostile script) would otherwise make
-        the server buffer every broadcast for it until its ping timeout.
+        Its attachments arrive as Engine.IO messages of their own, each within
+        ``max_message_bytes``: the bound applies to the packet as a whole too.
+
+        :param attachments: the attachments received so far.
+        :param count: the number of attachments the packet announced.
+        :param data: the message being received (the packet itself, or its next attachment).
         """
-        session = self.eio.sockets.get(eio_sid)
-        if session is None or session.closed:
-            return False
-        if session.queue.qsize() < self.limits.send_queue:
-            return False
-        self.kick(
-            eio_sid,
-            f"{self.limits.send_queue} packets queued: the client does not read (send_queue)",
-            abort=True,
-        )
-        return True
+        if sum(map(len, attachments)) + len(data) > self.limits.max_message_bytes:
+            return "binary attachments over max_message_bytes"
+        if count > MAX_ATTACHMENTS:
+            return f"binary packet announcing {count} attachments"
+        return None
 
     def kick(self, eio_sid: str, why: str, abort: bool = False) -> None:
         """Close a session because of its own behaviour, logging why once.
@@ -477,22 +473,6 @@ class ClientGuard:
             "guard_buckets": len(self.buckets),
             "guard_websockets": len(self.websockets),
         }
-
-
-class ScreenedWebSocketHandler(WebSocketHandler):
-    """gevent-websocket's request handler, answering a malformed websocket handshake cleanly.
-
-    gevent-websocket answers a bad handshake (unknown ``Sec-WebSocket-Version``, missing key)
-    with a ``str`` body that gevent's WSGI server cannot write: the client gets no answer and
-    the log a traceback per request.  Use it as ``WSGIServer(handler_class=...)``.
-    """
-
-    def upgrade_websocket(self) -> Any:
-        """Upgrade, or return the refusal's body as bytes."""
-        result = super().upgrade_websocket()
-        if isinstance(result, list):
-            return [r.encode() if isinstance(r, str) else r for r in result]
-        return result
 
 
 _watching = threading.Lock()

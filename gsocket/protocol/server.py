@@ -14,14 +14,12 @@ Data path: connect -> authenticate -> session (:class:`~gsocket.handlers.socket.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Any
 
 import gevent
 import socketio
-from engineio import packet as eio_packet
 from gevent.event import Event
 from socketio import packet
 
@@ -33,9 +31,12 @@ from gsocket.contract.webclient import WebClient
 from gsocket.handlers.dispatch import Dispatcher
 from gsocket.handlers.socket import Socket
 from gsocket.metrics import Metrics
-from gsocket.protocol.limits import MAX_ATTACHMENTS, ClientGuard, watch_event_loop
+from gsocket.protocol.codec import PacketJSON, connect_text, encode, event_text, message_packet
+from gsocket.protocol.http import accepted_post, request_refusal
+from gsocket.protocol.limits import ClientGuard, watch_event_loop
 from gsocket.protocol.manager import Manager
-from gsocket.protocol.transport import Timeline, Transport, accepted_post, request_refusal
+from gsocket.protocol.session import Timeline
+from gsocket.protocol.transport import Transport
 
 log = logging.getLogger("gsocket.server")
 
@@ -77,6 +78,7 @@ class Server(socketio.Server):
             async_handlers=True,
             logger=False,
             engineio_logger=False,
+            json=PacketJSON,
             **engineio_options,
         )
         self.authenticator = authenticator
@@ -208,9 +210,7 @@ class Server(socketio.Server):
             )
         self._send_connected(eio_sid, namespace, sid, pid)
         for body in missed or ():
-            self._send_eio_packet(
-                eio_sid, eio_packet.Packet(eio_packet.MESSAGE, f"{packet.EVENT}{namespace},{body}")
-            )
+            self._send_eio_packet(eio_sid, message_packet(event_text(namespace, body)))
         if claim is not None:
             log.info("recovered session %s with %d missed events", sid, len(missed or ()))
         self.metrics.connects.inc(identity.site)
@@ -307,7 +307,7 @@ class Server(socketio.Server):
                 ws.close()
                 return []
             start_response("400 Bad Request", [("Content-Type", "text/plain")])
-            return [json.dumps(problem).encode()]
+            return [encode(problem).encode()]
         refusal = self.guard.screen_request(environ)
         if refusal is not None:
             status, body = refusal
@@ -372,9 +372,7 @@ class Server(socketio.Server):
         if pending is None:
             if not self.guard.allow_packet(eio_sid):
                 return
-        elif sum(map(len, pending.attachments)) + len(data) > self.guard.limits.max_message_bytes:
-            del self._binary_packet[eio_sid]
-            self.guard.kick(eio_sid, "binary attachments over max_message_bytes")
+        elif self._binary_refused(eio_sid, pending, data):
             return
         try:
             super()._handle_eio_message(eio_sid, data)
@@ -386,11 +384,18 @@ class Server(socketio.Server):
             self.guard.kick(eio_sid, "its packet could not be handled")
             return
         pending = self._binary_packet.get(eio_sid)
-        if pending is not None and pending.attachment_count > MAX_ATTACHMENTS:
-            del self._binary_packet[eio_sid]
-            self.guard.kick(
-                eio_sid, f"binary packet announcing {pending.attachment_count} attachments"
-            )
+        if pending is not None:
+            self._binary_refused(eio_sid, pending, "")
+
+    def _binary_refused(self, eio_sid: str, pending: Any, data: str | bytes) -> bool:
+        """Put out a session whose binary packet the guard refuses (too many attachments, or
+        too many bytes of them with ``data``, the next one)."""
+        problem = self.guard.binary_problem(pending.attachments, pending.attachment_count, data)
+        if problem is None:
+            return False
+        del self._binary_packet[eio_sid]
+        self.guard.kick(eio_sid, problem)
+        return True
 
     def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
         """Put a socket in a room; a socket that left meanwhile joins nothing.
@@ -410,14 +415,11 @@ class Server(socketio.Server):
         """Answer CONNECT with the socket's sid (and the ``pid`` of its recoverable session),
         encoded as python-socketio encodes it but without building its ``Packet`` (whose
         binary walk and per-call JSON encoder were 3 % of a connect's CPU)."""
-        prefix = "" if namespace == "/" else f"{namespace},"
-        offer = "" if pid is None else f',"pid":{json.dumps(pid)}'
-        encoded = f'{packet.CONNECT}{prefix}{{"sid":{json.dumps(sid)}{offer}}}'
-        self._send_eio_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, encoded))
+        self._send_eio_packet(eio_sid, message_packet(connect_text(namespace, sid, pid)))
 
     def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         """Queue a packet for a client, unless its send queue is full (then it is put out)."""
-        if not self.guard.congested(eio_sid):
+        if not self.transport.queue_full(eio_sid):
             super()._send_packet(eio_sid, pkt)
 
     def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
@@ -429,7 +431,7 @@ class Server(socketio.Server):
         wire = self.transport.wires.get(eio_sid)
         if wire is not None:
             wire.write(self.transport.frame_of(eio_pkt))
-        elif not self.guard.congested(eio_sid):
+        elif not self.transport.queue_full(eio_sid):
             super()._send_eio_packet(eio_sid, eio_pkt)
 
     def shutdown(self) -> None:
