@@ -100,8 +100,10 @@ class _Server:
         self.transport = _Transport()
         self.sent: list[tuple[str, Any]] = []
 
-    def _send_eio_packet(self, eio_sid: str, pkt: Any) -> None:
+    def send_eio_packet(self, eio_sid: str, pkt: Any) -> None:
         self.sent.append((eio_sid, pkt))
+
+    _send_eio_packet = send_eio_packet  # what python-socketio's own emit calls
 
 
 class _Manager(RoomIndex, socketio.Manager):

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from typing import Any
 
 from engineio import json as engineio_json
 from engineio import packet as eio_packet
+
+from gsocket.protocol.internals.json_hooks import compact_encoder
 
 TEXT = 0x81
 BINARY = 0x82
@@ -59,62 +60,13 @@ def _finite(value: Any, seen: set[int]) -> Any:
     return value
 
 
-def _make_encoder(check_circular: bool) -> Callable[[Any], str]:
-    """Compact ASCII JSON (python-socketio's ``json.dumps(data, separators=(",", ":"))``)
-    from an encoder built once (``json.dumps`` with arguments builds one per call); a value
-    with a non-finite float is encoded again with those written ``null``."""
-    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
-    if make is None:
-        plain = json.JSONEncoder(
-            separators=(",", ":"), allow_nan=False, check_circular=check_circular
-        ).encode
-
-        def encode_plain(value: Any) -> str:
-            try:
-                return plain(value)
-            except ValueError as e:
-                if "Circular" in str(e):
-                    raise
-                return plain(_finite(value, set()))
-
-        return encode_plain
-    markers: dict[int, Any] | None = {} if check_circular else None
-    chunks = make(
-        markers,
-        json.JSONEncoder().default,  # raises TypeError naming the type, as json.dumps does
-        json.encoder.encode_basestring_ascii,  # type: ignore[attr-defined]
-        None,
-        ":",
-        ",",
-        False,
-        False,
-        False,  # allow_nan: NaN and Infinity raise, and are written null below
-    )
-
-    def encode_c(value: Any) -> str:
-        try:
-            return "".join(chunks(value, 0))
-        except ValueError as e:
-            if markers is not None:
-                markers.clear()  # an encoding that failed half-way leaves containers marked
-            if "Circular" in str(e):
-                raise
-            return "".join(chunks(_finite(value, set()), 0))
-        except BaseException:
-            if markers is not None:
-                markers.clear()
-            raise
-
-    return encode_c
-
-
-encode = _make_encoder(check_circular=True)
+encode = compact_encoder(check_circular=True, finite=lambda value: _finite(value, set()))
 """Return a value as compact JSON, NaN and Infinity written ``null``.
 
 :raises TypeError: something JSON cannot hold (bytes, an object).
 :raises ValueError: a cycle.
 """
-encode_acyclic = _make_encoder(check_circular=False)
+encode_acyclic = compact_encoder(check_circular=False, finite=lambda value: _finite(value, set()))
 """:func:`encode` without the cycle check, for values decoded from JSON (which hold none)."""
 
 

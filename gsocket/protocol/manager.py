@@ -13,6 +13,12 @@ alike: put it first among the bases.  Its ``emit`` delivers a callback-less emit
 process's sockets by encoding the Socket.IO packet and its websocket frame once
 (:meth:`gsocket.protocol.transport.Transport.broadcast`); anything else goes the
 python-socketio way.
+
+It overrides only public methods of python-socketio's ``BaseManager``, but keeps its data
+model (``rooms``, ``callbacks``, ``pending_connect``/``pending_disconnect``) for the methods it
+leaves to the library: verified against python-socketio 5.14.0 to 5.18.1
+(gsocket/ops/dependencies.py), whose ``connect`` is called with an Engine.IO sid from 5.12 to
+5.17 and with a pre-connected sid after.
 """
 
 from __future__ import annotations
@@ -343,7 +349,7 @@ class RoomIndex:
         if polling:
             pkt = message_packet(encoded)
             for eio_sid in polling:
-                self.server._send_eio_packet(eio_sid, pkt)
+                self.server.send_eio_packet(eio_sid, pkt)
         return len(members)
 
 

@@ -10,9 +10,8 @@ from one :class:`Pinger` for the server instead of a greenlet per session.  Each
 hooks was verified against python-engineio 4.11.0 (the lowest gsocket accepts) and 4.15.1,
 with python-socketio 5.14.0 and 5.18.1.
 
-The hook is ``Transport.adopt``: python-engineio creates the session object itself, and
-gsocket's server switches its class to :class:`LeanSocket` on the Engine.IO connect event,
-before the session's websocket loop starts.
+The hooks into python-engineio (the session's class, its websocket loop) are in
+:mod:`gsocket.protocol.internals.engineio_hooks`.
 """
 
 from __future__ import annotations
@@ -26,10 +25,10 @@ from typing import Any, Protocol
 import gevent
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
-from engineio import socket as eio_socket
 from gevent.event import Event
 
 from gsocket.protocol.codec import PING_FRAME
+from gsocket.protocol.internals.engineio_hooks import HookedSocket, set_timeout
 from gsocket.protocol.writer import Wire
 
 log = logging.getLogger("gsocket.transport")
@@ -168,7 +167,7 @@ class SessionTransport(Protocol):
         ...
 
 
-class LeanSocket(eio_socket.Socket):
+class LeanSocket(HookedSocket):
     """python-engineio's session with a wire once on websocket, and the shared pinger.
 
     Subclassed per :class:`~gsocket.protocol.transport.Transport` (see its ``adopt``), which
@@ -251,7 +250,7 @@ class LeanSocket(eio_socket.Socket):
             self.last_ping = None
             self.transport.pinger.schedule(self)
 
-    def _websocket_handler(self, ws: Any) -> list[Any]:
+    def serve_websocket(self, ws: Any) -> list[Any]:
         """Run the websocket transport: the upgrade handshake, then read until it ends.
 
         Sending goes through the session's :class:`Wire`; this greenlet only reads.
@@ -261,7 +260,7 @@ class LeanSocket(eio_socket.Socket):
         # interval plus one timeout after its last word; python-engineio's socket timeout of
         # that same length would race it and drop the connection without a word.  The
         # timeout stays, one ping timeout later, for a peer that vanished.
-        _set_timeout(ws, server.ping_interval + 2 * server.ping_timeout)
+        set_timeout(ws, server.ping_interval + 2 * server.ping_timeout)
 
         receive = ws.wait  # frames over max_message_bytes never get here (the client guard)
 
@@ -335,21 +334,3 @@ def exact_ping_interval(eio: Any, session: Any) -> None:
     grace = getattr(eio, "ping_interval_grace_period", 0)
     first.data["pingInterval"] = round((eio.ping_interval + grace) * 1000)
     first.data["pingTimeout"] = round(eio.ping_timeout * 1000)
-
-
-def _set_timeout(ws: Any, seconds: float) -> None:
-    """Bound reads and writes of the connection, as python-engineio does (when it can)."""
-    target = getattr(ws, "_sock", None)
-    if hasattr(target, "settimeout"):
-        target.settimeout(seconds)
-        return
-    handler = getattr(inner_websocket(ws), "handler", None)
-    sock = getattr(handler, "socket", None)
-    if sock is not None:
-        sock.settimeout(seconds)
-
-
-def inner_websocket(ws: Any) -> Any:
-    """gevent-websocket's object behind python-engineio's wrapper and gsocket's guard."""
-    request_ws = getattr(ws, "_sock", ws)
-    return getattr(request_ws, "_ws", request_ws)

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from engineio import packet as eio_packet
-from engineio import socket as eio_socket
 
 from gsocket.protocol.codec import packet_frame
-from gsocket.protocol.session import LeanSocket, Pinger, exact_ping_interval, inner_websocket
+from gsocket.protocol.internals.engineio_hooks import adopt, replace_queue, websocket_of
+from gsocket.protocol.session import LeanSocket, Pinger, exact_ping_interval
 from gsocket.protocol.writer import DONE, Wire, Writer
 
 
@@ -39,13 +39,12 @@ class Transport(Writer):
     def adopt(self, session: Any) -> None:
         """Make a new python-engineio session use the wire and the pinger once upgraded,
         and give its handshake the ping interval in milliseconds."""
-        if type(session) is eio_socket.Socket:
-            session.__class__ = self.socket_class
+        adopt(session, self.socket_class)
         exact_ping_interval(self.eio, session)
 
     def attach(self, session: Any, ws: Any) -> Wire:
         """Switch an upgraded session to a wire; packets queued before go first, in order."""
-        inner = inner_websocket(ws)
+        inner = websocket_of(ws)
         wire = Wire(self, session.sid, inner.handler.socket, inner)
         queue = session.queue
         ended_poll = False
@@ -62,7 +61,7 @@ class Transport(Writer):
         if ended_poll:
             # Still meant for a poll that may be waiting on the old queue.
             queue.put(eio_packet.Packet(eio_packet.NOOP))
-        session.queue = wire
+        replace_queue(session, wire)
         if wire.state != DONE:
             self.wires[session.sid] = wire
         return wire

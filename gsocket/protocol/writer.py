@@ -31,6 +31,7 @@ from engineio import packet as eio_packet
 from gevent.event import Event
 
 from gsocket.protocol.codec import CLOSE_FRAME, packet_frame
+from gsocket.protocol.internals.gevent_hooks import raw_socket
 
 log = logging.getLogger("gsocket.transport")
 
@@ -67,12 +68,24 @@ class Wire:
         true once this wire sent the close frame, so that no second one follows).
     """
 
-    __slots__ = ("transport", "sid", "gsock", "ws", "out", "rest", "drainer", "state", "_idle")
+    __slots__ = (
+        "transport",
+        "sid",
+        "gsock",
+        "raw",
+        "ws",
+        "out",
+        "rest",
+        "drainer",
+        "state",
+        "_idle",
+    )
 
     def __init__(self, transport: Writer, sid: str, gsock: Any, ws: Any) -> None:
         self.transport = transport
         self.sid = sid
         self.gsock = gsock
+        self.raw = raw_socket(gsock)  # whose send never waits (a full buffer starts a drainer)
         self.ws = ws
         self.out: list[bytes] = []
         self.rest: memoryview | None = None
@@ -137,7 +150,7 @@ class Wire:
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         try:
-            sent = self.gsock._sock.send(data)
+            sent = self.raw.send(data)
         except BlockingIOError:
             sent = 0
         except OSError as e:
@@ -198,6 +211,7 @@ class Wire:
     def _release(self) -> None:
         """Let go of the connection's objects: the session may outlive it (a pending ping)."""
         self.gsock = None
+        self.raw = None
         self.ws = None
 
     def finish(self) -> None:
