@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from scripts.hardening.churn import run_churn
-from scripts.hardening.kit import (
+from tests.support.hardening.churn import run_churn
+from tests.support.hardening.kit import (
     EIO_PATH,
     SITE,
     ProbedGsocket,

@@ -25,8 +25,8 @@ from gsocket.contract import httpclient
 from gsocket.protocol import resp
 from gsocket.protocol.codec import TEXT, PacketJSON, frame
 from gsocket.protocol.manager import RoomIndex
-from scripts.hardening.kit import RawWebSocket
 from tests.conftest import SITE, desk_headers
+from tests.support.hardening.kit import RawWebSocket
 
 NS = f"/{SITE}"
 

@@ -194,3 +194,40 @@ def test_the_test_sees_what_it_looks_for():
     tree = ast.parse("import socketio\nclass S(socketio.Server):\n    def _h(self): ws._sock\n")
     assert sorted(private_uses(tree)) == ["S._h overrides a private hook", "ws._sock"]
     assert layer("gsocket.app") > layer("gsocket.protocol.server")
+
+
+def top_imports(root: Path) -> Iterator[tuple[str, str]]:
+    """``(file, module)`` for every import of the suite's, the scripts' or the benchmarks'
+    own modules under ``root``."""
+    for path in root.rglob("*.py"):
+        if "node_modules" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
+            for name in names:
+                if name.split(".")[0] in ("tests", "scripts", "benchmarks"):
+                    yield str(path.relative_to(REPO)), name
+
+
+def test_the_harness_is_shared_one_way():
+    """tests/support is the harness: scripts and benchmarks use it, the suite never imports
+    scripts or benchmarks, and the harness imports no test module (no circle between them)."""
+    wrong = sorted(
+        f"{file}: {name}"
+        for root in ("tests", "scripts", "benchmarks")
+        for file, name in top_imports(REPO / root)
+        if (root == "tests" and name.split(".")[0] != "tests")
+        or (root != "tests" and name.startswith("tests") and not name.startswith("tests.support"))
+        or (
+            file.startswith("tests/support")
+            and name.startswith("tests")
+            and not name.startswith("tests.support")
+        )
+    )
+    assert wrong == []

@@ -3,7 +3,7 @@
 Leak checks need more than ``/metrics`` shows: Engine.IO sessions, Socket.IO sockets, site
 namespaces, rooms, the client guard's per-session tables, live greenlets and the resident
 memory.  This wrapper runs the real command line unchanged, only adding that route, so what is
-measured is what production runs.  Run it as ``python -m scripts.hardening.probe_server serve
+measured is what production runs.  Run it as ``python -m tests.support.hardening.probe_server serve
 --bench PATH ...`` (the same arguments as ``gsocket``).
 """
 
