@@ -64,9 +64,9 @@ class Publisher:
     def close(self) -> None:
         self.client.close()
 
-    def subscribers(self) -> int:
-        """How many clients (servers under test) listen on the channel."""
-        return int(dict(self.client.pubsub_numsub(CHANNEL)).get(CHANNEL.encode(), 0))
+    def subscribers(self, channel: str = CHANNEL) -> int:
+        """How many clients (servers under test) listen on CHANNEL (Frappe's ``events``)."""
+        return int(dict(self.client.pubsub_numsub(channel)).get(channel.encode(), 0))
 
     def _send(self, phase: str, first: int, last: int, route: Route) -> None:
         pipe = self.client.pipeline(transaction=False)
