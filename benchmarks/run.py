@@ -604,6 +604,19 @@ class Case:
                 lambda seq: Target(user_room(seq % self.n)),
             ),
         )
+        if self.spec.scale_out:
+            # what a handler's emit on another process costs: through the Redis manager
+            self.result["relay_fixed"] = self.phase(
+                "relay-fixed",
+                "user",
+                1,
+                lambda: self.run.publisher.fixed_rate(
+                    "relay-fixed",
+                    self.st.user_rate,
+                    events_for(self.st.user_rate, self.st.fixed_seconds, 1),
+                    lambda seq: Target(user_room(seq % self.n), relayed=True),
+                ),
+            )
         rss_after = self.proc.rss()
         self.desk_mix()
         stats = self.lg.call("stats")
