@@ -124,12 +124,38 @@ SECTIONS: list[tuple[str, list[Metric]]] = [
 ]
 
 
+@dataclass(frozen=True)
+class Ceiling(Metric):
+    """Deliveries (or events) per second the server's processes could make if each had a core
+    to itself: processes × 10⁶ ÷ server CPU µs per delivery in a flat-out phase.  A gsocket
+    process is one thread, so one core is its limit; on a 2-core machine the load generator
+    takes most of the cores, and this is what the measured rate cannot show."""
+
+    def value(self, case: Case) -> float | None:
+        us = _get(case, *self.path)
+        procs = len(case.get("processes") or [None])
+        return procs * 1e6 / us if us else None
+
+
 CLUSTER_FIGURES = [
     _m("connects/s", "connect", "connects_per_s", digits=0, higher=True),
     _m("fan-out deliveries/s (flat out)", "fanout_max", "deliveries_per_s", digits=0, higher=True),
     _m("server cores, fan-out flat out", "fanout_max", "server_cores", digits=2),
+    _m("load generator cores, fan-out flat out", "fanout_max", "loadgen_cores", digits=2),
+    Ceiling(
+        "fan-out ceiling deliveries/s (a core per process)",
+        ("fanout_max", "server_us_per_delivery"),
+        digits=0,
+        higher_is_better=True,
+    ),
     _m("room events/s (flat out)", "user_max", "deliveries_per_s", digits=0, higher=True),
     _m("server cores, room events flat out", "user_max", "server_cores", digits=2),
+    Ceiling(
+        "room events ceiling/s (a core per process)",
+        ("user_max", "server_us_per_event"),
+        digits=0,
+        higher_is_better=True,
+    ),
     _m("RSS connected MiB (all processes)", "memory", "rss_connected", scale=2**-20),
     _m("bytes/connection", "memory", "bytes_per_connection", digits=0),
     _m("server CPU µs/fan-out delivery", "fanout_fixed", "server_us_per_delivery", digits=2),
