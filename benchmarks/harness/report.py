@@ -473,7 +473,23 @@ def cluster_tables(cases: Iterable[Case]) -> list[str]:
             ],
             rows,
         )
+    if out:
+        out += _other_load(cases)
     return out
+
+
+def _other_load(cases: Iterable[Case]) -> list[str]:
+    """The busiest moment of other work on the machine in the issue 17 servers' phases: the
+    figures above are only worth reading when it stayed near zero."""
+    worst: dict[str, float] = {}
+    for c in cases:
+        if c["server"] in (GSOCKET, CLUSTER2, REDISMAN):
+            for key in (*PHASES, RELAY):
+                cores = _get(c, key, "other_cores")
+                if cores is not None:
+                    worst[c["server"]] = max(worst.get(c["server"], 0.0), cores)
+    text = ", ".join(f"`{server}` {_fmt(cores, 2)}" for server, cores in sorted(worst.items()))
+    return [f"Other load, the most in any phase (cores): {text or '—'}.", ""]
 
 
 def markdown(run: dict[str, Any], cases: list[Case], batches: Iterable[Case] = ()) -> str:
