@@ -18,10 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gsocket.contract.dbpool import DEFAULT_IDLE_SECONDS as DEFAULT_POOL_IDLE_SECONDS
-from gsocket.contract.dbpool import DEFAULT_SIZE as DEFAULT_POOL_SIZE
-from gsocket.ops.logs import LOG_FORMATS
-
 log = logging.getLogger("gsocket.config")
 
 DEFAULT_REDIS_QUEUE = "redis://127.0.0.1:11000"
@@ -31,6 +27,16 @@ RESERVED_CHANNELS = frozenset({"events", "open_in_editor"})
 
 # gsocket settings of the Engine.IO and Socket.IO protocols, in seconds (Node's are in ms).
 ENGINE = ("ping_interval", "ping_timeout", "connect_timeout")
+
+
+LOG_FORMATS = ("text", "json")
+"""Values of ``gsocket.log_format`` (and ``--log-format``)."""
+
+DEFAULT_POOL_SIZE = 32
+"""Database connections kept per site between Frappe contexts (``gsocket.db_pool_size``)."""
+
+DEFAULT_POOL_IDLE_SECONDS = 60.0
+"""Seconds a kept connection may stay unused (``gsocket.db_pool_idle_seconds``)."""
 
 
 class ConfigError(Exception):

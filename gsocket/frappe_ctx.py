@@ -13,8 +13,8 @@ The per-event sequence is Frappe's own bench-script sequence, with two gevent-sp
 handler -> ``commit`` (or ``rollback`` and re-raise) -> ``destroy`` (always).
 
 With a :class:`gsocket.contract.dbpool.DBPool` the event's database connection is borrowed from the
-site's pool instead of opened, and given back (reset) instead of closed: see :class:`_Lease`
-for the Frappe internals that takes, verified on Frappe v15.44.2 and develop (Oct 2024).
+site's pool instead of opened, and given back (reset) instead of closed (:class:`_Lease`;
+the Frappe internals that takes are in gsocket/protocol/internals/frappe_db_hooks.py).
 
 Frappe is imported lazily, on first use, so that gsocket runs without Frappe installed.
 """
@@ -34,8 +34,19 @@ from typing import Any, TypeVar
 
 import gevent
 
-from gsocket.contract.dbpool import DBPool, close_quietly, pymysql_supported
+from gsocket.contract.dbpool import DBPool, close_quietly
 from gsocket.errors import StartupError
+from gsocket.protocol.internals.frappe_db_hooks import (
+    DATABASE_NAMING,
+    current_connection,
+    lend_connections,
+    take_connection,
+)
+from gsocket.protocol.internals.gevent_hooks import lock_is_free
+from gsocket.protocol.internals.pymysql_hooks import (
+    pool_supported,
+    share_pymysql_default_tls_context,
+)
 
 log = logging.getLogger("gsocket.frappe_ctx")
 
@@ -105,18 +116,6 @@ def _original_lock_types() -> tuple[type, ...]:
     return (lock_type, rlock_type) if isinstance(rlock_type, type) else (lock_type,)
 
 
-def _lock_is_free(lock: Any) -> bool:
-    """Whether nobody holds ``lock`` (an OS ``Lock`` or ``RLock``); probing leaves it as found."""
-    if hasattr(lock, "locked"):
-        return not lock.locked()
-    if lock._is_owned():
-        return False
-    if lock.acquire(blocking=False):
-        lock.release()
-        return True
-    return False
-
-
 def recreate_prepatch_locks(packages: Iterable[str] = ("frappe",)) -> list[str]:
     """Replace module-level OS locks of ``packages`` with gevent-aware ones; return their names.
 
@@ -141,7 +140,7 @@ def recreate_prepatch_locks(packages: Iterable[str] = ("frappe",)) -> list[str]:
             if kind not in original:
                 continue
             qualified = f"{name}.{attr}"
-            if not _lock_is_free(value):
+            if not lock_is_free(value):
                 log.warning("%s was created before gevent's monkey-patch and is held", qualified)
                 continue
             fresh = threading.Lock() if kind is original[0] else threading.RLock()
@@ -161,41 +160,6 @@ def check_startup_guards() -> None:
     replaced = recreate_prepatch_locks()
     if replaced:
         log.info("re-created %d lock(s) made before the monkey-patch: %s", len(replaced), replaced)
-
-
-def share_pymysql_default_tls_context() -> bool:
-    """Make PyMySQL build its default TLS context once per process instead of per connection.
-
-    PyMySQL 1.2 tries TLS on every connection that has no TLS settings ("preferred" mode) and
-    builds a fresh ``ssl`` default context for it, loading the system CA bundle each time:
-    tens of milliseconds of CPU per ``frappe.connect``, all of it blocking the gevent hub
-    (measured in benchmarks/FRAPPE_CTX.md).  That context is the same every time (no CA, no
-    certificate, no host check), and an ``SSLContext`` is made to be shared, so the first
-    one is kept and reused.  Connections with TLS settings (``db_ssl_ca`` and friends in the
-    site config) still get a context of their own.  Returns whether the sharing is in place.
-    """
-    try:
-        import pymysql
-        from pymysql import connections
-    except ImportError:
-        return False
-    original = getattr(connections.Connection, "_create_ssl_ctx", None)
-    if original is None or not (1, 2) <= tuple(pymysql.VERSION[:2]) < (2, 0):
-        return False
-    if getattr(original, "__gsocket_shared__", False):
-        return True
-    shared: list[Any] = []
-
-    def create_ssl_ctx(self: Any, sslp: Any) -> Any:
-        if isinstance(sslp, dict) and not sslp:
-            if not shared:
-                shared.append(original(self, sslp))
-            return shared[0]
-        return original(self, sslp)
-
-    create_ssl_ctx.__gsocket_shared__ = True  # type: ignore[attr-defined]
-    connections.Connection._create_ssl_ctx = create_ssl_ctx  # type: ignore[method-assign]
-    return True
 
 
 class _Lookup:
@@ -221,45 +185,30 @@ class _Lookup:
 class _Lease:
     """The database connection(s) one Frappe context borrowed from the pool.
 
-    The Frappe internals this depends on, the same in Frappe v15.44.2 and develop (Oct 2024),
-    both ``frappe.database.database.Database`` with ``MariaDBConnectionUtil``:
-
-    - ``Database.connect()`` gets its connection from ``self.get_connection()`` (a PyMySQL
-      ``Connection``; Frappe connects lazily, on the first query) and keeps it in
-      ``self._conn``, with a cursor of it in ``self._cursor``; it then sets the session's
-      ``max_statement_time`` itself.  The lease replaces ``get_connection`` on the event's own
-      ``frappe.local.db`` object (not the class), so Frappe's ``connect()`` runs unchanged on
-      a borrowed connection.
-    - ``Database.close()`` (which ``frappe.destroy()`` calls) closes ``self._conn`` only when
-      it is set, so the lease takes the connection out of ``_conn``/``_cursor`` before
-      ``destroy`` to give it back instead.
-    - ``host``, ``port``, ``socket`` (develop), ``user``, ``password`` and ``cur_db_name`` on
-      the ``Database`` object name the database: with the site, they are the pool's key.
-
-    ``frappe.local`` (site, user, flags, caches, the ``Database`` object and its caches) is new
-    for every event in any case; the pool only shares the MariaDB session, which it resets.
+    The Frappe internals this takes (``Database.get_connection``, ``_conn``, ``_cursor`` and
+    the attributes naming the database), verified on Frappe v15.44.2 and develop, are in
+    gsocket/protocol/internals/frappe_db_hooks.py.  ``frappe.local`` (site, user, flags,
+    caches, the ``Database`` object and its caches) is new for every event in any case; the
+    pool only shares the MariaDB session, which it resets.
     """
 
     def __init__(self, pool: DBPool, site: str, frappe: ModuleType) -> None:
         self.pool = pool
         self.db = frappe.local.db
         conf = frappe.local.conf
-        names = ("socket", "host", "port", "user", "password", "cur_db_name")
         ssl_keys = ("db_ssl_ca", "db_ssl_cert", "db_ssl_key", "local_infile")
         self.key = (
             site,
-            *(getattr(self.db, name, None) for name in names),
+            *(getattr(self.db, name, None) for name in DATABASE_NAMING),
             *(conf.get(key) for key in ssl_keys),
         )
         self.borrowed: list[Any] = []
-        open_new = self.db.get_connection
+        lend_connections(self.db, self._borrow)
 
-        def get_connection() -> Any:
-            conn = pool.checkout(self.key, open_new)
-            self.borrowed.append(conn)
-            return conn
-
-        self.db.get_connection = get_connection
+    def _borrow(self, open_new: Callable[[], Any]) -> Any:
+        conn = self.pool.checkout(self.key, open_new)
+        self.borrowed.append(conn)
+        return conn
 
     def end(self, reusable: bool) -> None:
         """Give back the connection Frappe holds; close any other this context opened.
@@ -267,10 +216,9 @@ class _Lease:
         Called before ``frappe.destroy()``.  A connection Frappe replaced or closed during the
         event (``frappe.db.close()``, a reconnect) is closed here if still open, never kept.
         """
-        current = getattr(self.db, "_conn", None)
+        current = current_connection(self.db)
         if current is not None and any(conn is current for conn in self.borrowed):
-            self.db._conn = None
-            self.db._cursor = None
+            take_connection(self.db)
             self.pool.checkin(self.key, current, reusable)
         for conn in self.borrowed:
             if conn is not current and conn.open:
@@ -339,7 +287,7 @@ class FrappeContext:
             return f"the importable module `frappe` ({origin}) has no {missing}; {advice}"
         self._frappe = module
         share_pymysql_default_tls_context()
-        if self.pool is not None and not pymysql_supported():
+        if self.pool is not None and not pool_supported():
             log.warning(
                 "this PyMySQL is not one gsocket's database pool was verified with; every "
                 "Frappe context opens and closes a connection of its own"

@@ -16,7 +16,8 @@ import pymysql
 import pytest
 from pymysql.constants import COMMAND
 
-from gsocket.contract.dbpool import DBPool, pymysql_supported
+from gsocket.contract.dbpool import DBPool
+from gsocket.protocol.internals.pymysql_hooks import pool_supported
 from tests.support.bench import wait_until
 from tests.support.mariadb import MariaDBServer
 
@@ -59,7 +60,7 @@ def server_ids(mariadb: MariaDBServer) -> set[int]:
 
 
 def test_the_installed_pymysql_is_one_the_pool_was_verified_with() -> None:
-    assert pymysql_supported(), pymysql.VERSION
+    assert pool_supported(), pymysql.VERSION
 
 
 def test_a_returned_connection_keeps_nothing_of_its_last_user(

@@ -36,7 +36,8 @@ bounded here: an event never waits for a connection.  Idle connections older tha
 MariaDB's ``max_connections`` for ever.  :meth:`DBPool.close` closes the idle ones and makes
 every later return close its connection.
 
-The PyMySQL internals used are in one place, :class:`_PyMySQL` below.
+The PyMySQL internals used are in gsocket/protocol/internals/pymysql_hooks.py, with the
+versions they were verified with; with any other PyMySQL the pool is not used.
 """
 
 from __future__ import annotations
@@ -51,85 +52,17 @@ from typing import Any
 
 import gevent
 
+from gsocket.config import DEFAULT_POOL_IDLE_SECONDS, DEFAULT_POOL_SIZE
+from gsocket.protocol.internals.pymysql_hooks import (
+    connection_socket,
+    is_connection,
+    reset_then_query,
+)
+
 log = logging.getLogger("gsocket.dbpool")
-
-#: Idle connections kept per site (``gsocket.db_pool_size``); 0 turns pooling off.
-DEFAULT_SIZE = 32
-
-#: Seconds an idle connection is kept (``gsocket.db_pool_idle_seconds``).
-DEFAULT_IDLE_SECONDS = 60.0
 
 #: Seconds the reset of a returned connection may take before it is closed instead.
 RESET_TIMEOUT = 5.0
-
-
-class _PyMySQL:
-    """The PyMySQL internals the pool uses, all of them, in one place.
-
-    Verified with PyMySQL 1.1.1 (the version Frappe v15 and develop pin) and 1.2.4, which
-    both have, on ``Connection``: ``_sock`` (the socket, None once closed), ``_result`` (the
-    last result, with ``unbuffered_active``), ``_write_bytes(data)``, ``_next_seq_id``,
-    ``_read_ok_packet()`` (no argument; raises on anything but an OK packet) and
-    ``_read_query_result()`` (reads one command's answer into ``_result``, updating
-    ``server_status``, which ``get_autocommit()`` reads).  Outside :data:`VERIFIED` the pool is
-    not used (:func:`pymysql_supported`).
-    """
-
-    #: Lowest version verified, and the first version not verified.
-    VERIFIED = ((1, 1, 1), (1, 3, 0))
-
-    #: COM_RESET_CONNECTION, which PyMySQL does not name or offer as a method, and COM_QUERY.
-    COM_RESET_CONNECTION = 0x1F
-    COM_QUERY = 0x03
-
-    @staticmethod
-    def version() -> tuple[int, ...]:
-        import pymysql
-
-        return tuple(int(part) for part in pymysql.VERSION[:3])
-
-    @staticmethod
-    def is_connection(conn: Any) -> bool:
-        from pymysql.connections import Connection
-
-        return isinstance(conn, Connection)
-
-    @staticmethod
-    def socket(conn: Any) -> Any:
-        return conn._sock
-
-    @classmethod
-    def reset_then_query(cls, conn: Any, statements: list[str]) -> Any:
-        """Send ``COM_RESET_CONNECTION`` and each of ``statements`` in one write, read every
-        answer in turn, and return the rows of the last.
-
-        One write instead of one round trip each: on loopback each ``send`` of a command
-        costs the hub about as much CPU as parsing its answer.  MariaDB reads the commands one
-        after another from the socket and answers each in order.
-        """
-        if conn._sock is None:
-            raise ConnectionError("the connection is closed")
-        if conn._result is not None and conn._result.unbuffered_active:
-            raise RuntimeError("an unbuffered result was left unread")
-        packets = [bytes((cls.COM_RESET_CONNECTION,))]
-        packets += [bytes((cls.COM_QUERY,)) + sql.encode(conn.encoding) for sql in statements]
-        conn._write_bytes(b"".join(len(p).to_bytes(3, "little") + b"\0" + p for p in packets))
-        conn._next_seq_id = 1
-        conn._read_ok_packet()
-        for _ in statements:
-            conn._next_seq_id = 1
-            conn._read_query_result()
-        return conn._result.rows
-
-
-def pymysql_supported() -> bool:
-    """Whether the installed PyMySQL is one whose internals the pool was verified with."""
-    try:
-        version = _PyMySQL.version()
-    except (ImportError, AttributeError, ValueError):
-        return False
-    low, high = _PyMySQL.VERIFIED
-    return low <= version < high
 
 
 def _peer_gone(conn: Any) -> bool:
@@ -140,7 +73,7 @@ def _peer_gone(conn: Any) -> bool:
     look does not wait and leaves the bytes where they were.  A TLS connection cannot be
     peeked at, so it is pinged instead (one round trip).
     """
-    sock = _PyMySQL.socket(conn)
+    sock = connection_socket(conn)
     if sock is None:
         return True
     if isinstance(sock, ssl.SSLSocket):
@@ -184,7 +117,7 @@ def reset(conn: Any) -> None:
         statements.append(conn.init_command)
     nonce = random.getrandbits(62)
     statements.append(f"SELECT {nonce}")
-    answer = _PyMySQL.reset_then_query(conn, statements)
+    answer = reset_then_query(conn, statements)
     if answer != ((nonce,),):
         raise RuntimeError(f"the connection answered {answer!r} to SELECT {nonce}")
 
@@ -207,8 +140,8 @@ class DBPool:
 
     def __init__(
         self,
-        size: int = DEFAULT_SIZE,
-        idle_seconds: float = DEFAULT_IDLE_SECONDS,
+        size: int = DEFAULT_POOL_SIZE,
+        idle_seconds: float = DEFAULT_POOL_IDLE_SECONDS,
         reset_timeout: float = RESET_TIMEOUT,
     ) -> None:
         self.size = size
@@ -246,7 +179,7 @@ class DBPool:
         Must be called by the greenlet that borrowed it.  A ``GreenletExit`` or other
         ``BaseException`` arriving during the reset closes the connection and goes on.
         """
-        if not reusable or self._closed or self.size <= 0 or not _PyMySQL.is_connection(conn):
+        if not reusable or self._closed or self.size <= 0 or not is_connection(conn):
             self.counts["not_kept"] += 1
             close_quietly(conn)
             return
