@@ -367,7 +367,17 @@ def pooled(a: dict[str, Any]) -> dict[str, Any]:
     committed: list[str] = []
     failures: list[str] = []
 
+    inside = [0, 0]  # events in their handler now, and the most at once
+
     def handler(i: int, site: str, user: str, fail: bool) -> int:
+        inside[0] += 1
+        inside[1] = max(inside)
+        try:
+            return checked(i, site, user, fail)
+        finally:
+            inside[0] -= 1
+
+    def checked(i: int, site: str, user: str, fail: bool) -> int:
         def leak(what: str) -> None:
             leaks.append(f"event {i} ({site}, {user}): {what}")
 
@@ -435,6 +445,7 @@ def pooled(a: dict[str, Any]) -> dict[str, Any]:
         "elapsed": elapsed,
         "leaks": leaks[:10],
         "failures": failures[:5],
+        "most_at_once": inside[1],
         "events": len(conns),
         "distinct_conns": len(set(conns)),
         "stored": sorted(d for found in stored.values() for d in found),
