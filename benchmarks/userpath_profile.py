@@ -119,7 +119,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--flat-events", type=int, default=50_000)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--pyspy", help="py-spy raw output prefix (one file per round; PYSPY_NATIVE=1 for C frames)")
+    p.add_argument("--pyspy", help="py-spy raw output prefix, one per round (PYSPY_NATIVE=1: C)")
     p.add_argument("--cprofile", help="cProfile pstats prefix (one file per round)")
     args = p.parse_args()
     rows = [one_round(args, r) for r in range(args.rounds)]
