@@ -3,7 +3,7 @@
 One thing setup.cfg cannot say: ``gsocket-frappe-helpers.pth`` must land at the top of
 site-packages (not inside the package), because only ``.pth`` files there run at interpreter
 start; it is what gives Frappe v15's ``frappe.realtime`` the documented publish helpers in the
-web process and workers (see ``gsocket/frappe_hook.py``).
+web process and workers (see ``gsocket/contract/frappe_hook.py``).
 """
 
 from pathlib import Path

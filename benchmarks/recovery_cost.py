@@ -8,7 +8,7 @@ Measures, on a private redis-server: the work the bridge adds per event (numberi
 keeping it in memory, appending the offset to the encoded packet), the CPU this process
 spends copying the log to Redis in batches, per event, and the Redis memory per logged
 event (a typical Frappe ``list_update``); and the CPU of copying one event alone (a round
-trip of its own, as on a quiet bench).  The numbers go in :mod:`gsocket.recovery`'s
+trip of its own, as on a quiet bench).  The numbers go in :mod:`gsocket.cluster.recovery`'s
 docstring.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gsocket.recovery import EventLog  # noqa: E402
+from gsocket.cluster.recovery import EventLog  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
 BODY = json.dumps(

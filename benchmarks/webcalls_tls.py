@@ -12,8 +12,8 @@ like gsocket and makes the calls from ``--concurrency`` greenlets, each with its
 Reported per client, per call: this process's CPU time (user + system) and the wall time.
 Clients:
 
-- ``httpclient https``: :class:`gsocket.httpclient.Pool`, what gsocket uses (TLS with Python's
-  ``ssl`` under gevent, pooled keep-alive connections);
+- ``httpclient https``: :class:`gsocket.contract.httpclient.Pool`, what gsocket uses (TLS
+  with Python's ``ssl`` under gevent, pooled keep-alive connections);
 - ``requests https``: requests made as lean and safe as it goes: one ``Session`` whose cookie
   jar refuses every cookie, no environment, the same CA file, a pool of the same size;
 - the same two over plain http (through the same nginx, without TLS), for reference.
@@ -43,7 +43,7 @@ from requests.adapters import HTTPAdapter
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gsocket import httpclient
+from gsocket.contract import httpclient
 from tests.support.nginx import Nginx
 from tests.support.ports import wait_for_port
 

@@ -14,9 +14,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "realtime": "gsocket.registry",
-    "Registry": "gsocket.registry",
-    "Socket": "gsocket.socket",
+    "realtime": "gsocket.handlers.registry",
+    "Registry": "gsocket.handlers.registry",
+    "Socket": "gsocket.handlers.socket",
     "create_app": "gsocket.app",
     "load_config": "gsocket.config",
 }

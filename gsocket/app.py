@@ -19,25 +19,25 @@ import redis
 import socketio
 from gevent.pywsgi import WSGIServer
 
-from gsocket.arrival import DOCTOR_PATH, serve_arrival
-from gsocket.auth import Authenticator
-from gsocket.bridge import Bridge
-from gsocket.cluster import Presence, name_sessions, node_name
+from gsocket.cluster.presence import Presence, name_sessions, node_name
+from gsocket.cluster.recovery import Recovery
 from gsocket.config import Config
-from gsocket.core_handlers import announce_lost_viewers, register_core_handlers
+from gsocket.contract.auth import Authenticator
+from gsocket.contract.bridge import Bridge
+from gsocket.contract.core_handlers import announce_lost_viewers, register_core_handlers
+from gsocket.contract.frappe_shim import install_frappe_realtime
+from gsocket.contract.secret import SocketSecret
+from gsocket.contract.webclient import WebClient
 from gsocket.frappe_ctx import FrappeContext
-from gsocket.frappe_shim import install_frappe_realtime
+from gsocket.handlers.registry import Registry, realtime
 from gsocket.handlers_loader import load_handlers, read_apps
-from gsocket.lifecycle import InFlight, TrackedDispatcher, drain
-from gsocket.listener import open_listener
 from gsocket.metrics import Metrics
-from gsocket.recovery import Recovery
-from gsocket.registry import Registry, realtime
-from gsocket.scaleout import make_client_manager, start_client_manager
-from gsocket.secret import SocketSecret
-from gsocket.server import Server
-from gsocket.transport import LeanWebSocketHandler
-from gsocket.webclient import WebClient
+from gsocket.ops.arrival import DOCTOR_PATH, serve_arrival
+from gsocket.ops.lifecycle import InFlight, TrackedDispatcher, drain
+from gsocket.ops.listener import open_listener
+from gsocket.protocol.scaleout import make_client_manager, start_client_manager
+from gsocket.protocol.server import Server
+from gsocket.protocol.transport import LeanWebSocketHandler
 
 log = logging.getLogger("gsocket.app")
 
@@ -94,7 +94,7 @@ class App:
 
     def wsgi(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """The WSGI application: ``/health``, ``/metrics``, Socket.IO under ``/socket.io/``, and
-        what arrived for ``gsocket doctor --url`` (:mod:`gsocket.arrival`)."""
+        what arrived for ``gsocket doctor --url`` (:mod:`gsocket.ops.arrival`)."""
         path = environ.get("PATH_INFO", "")
         if path == "/health":
             status, body = self.health()
@@ -205,7 +205,7 @@ def _installed_apps_resolver(frappe_ctx: FrappeContext) -> Callable[[str], tuple
 
 
 def join_cluster(server: Server, redis_client: redis.Redis, config: Config) -> None:
-    """Make a scaled-out server one node of the bench's cluster (:mod:`gsocket.cluster`):
+    """Make a scaled-out server one node of the bench's cluster (:mod:`gsocket.cluster.presence`):
     session ids that name it, and presence shared with the other processes."""
     node = node_name(config.process or 0)
     name_sessions(server.eio, node)
@@ -222,7 +222,7 @@ def join_cluster(server: Server, redis_client: redis.Redis, config: Config) -> N
 
 
 def enable_recovery(server: Server, redis_client: redis.Redis, config: Config) -> None:
-    """Turn on connection state recovery (:mod:`gsocket.recovery`), logging under this
+    """Turn on connection state recovery (:mod:`gsocket.cluster.recovery`), logging under this
     process's cluster node name (a fresh one per start when it is the bench's only process)."""
     presence = server.presence
     node = presence.node if presence is not None else node_name(config.process or 0)

@@ -21,9 +21,9 @@ import gevent
 
 from gsocket import __version__
 from gsocket.config import ConfigError, load_config
-from gsocket.dependencies import check_supported
 from gsocket.errors import StartupError
-from gsocket.logs import LOG_FORMAT, LOG_FORMATS, setup_logging
+from gsocket.ops.dependencies import check_supported
+from gsocket.ops.logs import LOG_FORMAT, LOG_FORMATS, setup_logging
 
 if TYPE_CHECKING:
     from gsocket.app import App
@@ -53,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a bench until SIGTERM or SIGINT (with ``--handover``, through a parent process).
 
     Refuses first to run on dependency versions it was not tested with (see
-    :mod:`gsocket.dependencies`), before it reads the bench: the environment is at fault then.
+    :mod:`gsocket.ops.dependencies`), before it reads the bench: the environment is at fault then.
     """
     check_supported()
     config = load_config(args.bench)
@@ -76,7 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(config.log_level, config.log_format, split=True)
     tune_collector()
     if args.handover:
-        from gsocket.handover import Master
+        from gsocket.ops.handover import Master
 
         return Master(config, args.argv).run()
 
@@ -100,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     listener = None
     stop_signals = (signal.SIGTERM, signal.SIGINT)
     if args.listen_fd is not None:
-        from gsocket.handover import watch_parent
+        from gsocket.ops.handover import watch_parent
 
         # A child of --handover: the parent forwards Ctrl-C as SIGTERM, so the terminal's own
         # SIGINT to the whole process group must not count as a second signal; SIGHUP is the
@@ -136,7 +136,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     # Verdict lines go to stdout; the modules' own warnings would only repeat them.
     setup_logging("ERROR")
     if args.url:
-        from gsocket.doctor_url import Target, run_url_doctor
+        from gsocket.ops.doctor_url import Target, run_url_doctor
 
         try:
             target = Target(
@@ -155,7 +155,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if not args.bench:
         print("gsocket doctor: give --bench PATH, --url URL, or both", file=sys.stderr)
         return 2
-    from gsocket.doctor import run_doctor
+    from gsocket.ops.doctor import run_doctor
 
     bench = os.path.abspath(args.bench)
     sites = os.path.join(bench, "sites")
@@ -166,7 +166,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_setup_nginx(args: argparse.Namespace) -> int:
     """Write a complete nginx.conf for the bench, or show/make the change to its own."""
-    from gsocket.nginx_setup import setup_nginx
+    from gsocket.ops.nginx_setup import setup_nginx
 
     return setup_nginx(
         load_config(args.bench), listen=args.listen, output=args.output, apply=args.apply
@@ -175,7 +175,7 @@ def cmd_setup_nginx(args: argparse.Namespace) -> int:
 
 def cmd_setup(args: argparse.Namespace) -> int:
     """Write the supervisord program or the Procfile line that runs gsocket on a bench."""
-    from gsocket.supervisor_setup import setup_procfile, setup_supervisor
+    from gsocket.ops.supervisor_setup import setup_procfile, setup_supervisor
 
     config = load_config(args.bench)
     setup = setup_supervisor if args.target == "supervisor" else setup_procfile
@@ -199,7 +199,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Publish one realtime event on a bench's Redis, as ``frappe.publish_realtime`` does."""
-    from gsocket.publish import publish_command
+    from gsocket.contract.publish import publish_command
 
     setup_logging("WARNING")
     return publish_command(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gsocket.logs import LOG_FORMATS
+from gsocket.ops.logs import LOG_FORMATS
 
 log = logging.getLogger("gsocket.config")
 
@@ -83,12 +83,12 @@ class Config:
         python-socketio's Redis manager on ``redis_url``.
     :param scale_out_channel: Redis channel of that manager; never Frappe's ``events``.
     :param processes: how many gsocket processes serve the bench (``gsocket.processes``);
-        above 1 they form a cluster (:mod:`gsocket.cluster`) and each is started with
+        above 1 they form a cluster (:mod:`gsocket.cluster.presence`) and each is started with
         ``--process K``.
     :param process: which of them this one is (0-based), ``None`` when not started as one.
     :param presence_ttl: seconds without a heartbeat after which a cluster process counts as
         dead and the presence of its sockets is removed (``gsocket.presence_ttl``).
-    :param recovery_seconds: Socket.IO connection state recovery (:mod:`gsocket.recovery`):
+    :param recovery_seconds: Socket.IO connection state recovery (:mod:`gsocket.cluster.recovery`):
         how long after losing its connection a client may come back with its session id,
         rooms and missed events (``gsocket.recovery_seconds``); 0, the default, turns it off.
     :param recovery_events: published events each process keeps for recovery

@@ -19,12 +19,12 @@ import traceback
 from pathlib import Path
 
 from gsocket.errors import StartupError
-from gsocket.registry import Registry, realtime
+from gsocket.handlers.registry import Registry, realtime
 
 log = logging.getLogger("gsocket.handlers_loader")
 
-# gsocket serves Frappe's own events itself (gsocket.core_handlers); Frappe's Python handlers,
-# where a newer Frappe ships them, would register the same events a second time.
+# gsocket serves Frappe's own events itself (gsocket.contract.core_handlers); Frappe's Python
+# handlers, where a newer Frappe ships them, would register the same events a second time.
 SERVED_BY_GSOCKET = frozenset({"frappe"})
 
 
@@ -71,7 +71,7 @@ def load_handlers(apps: list[str], apps_path: Path, registry: Registry | None = 
     :param apps: app names, in ``apps.txt`` order.
     :param apps_path: the bench's ``apps`` folder, used for apps the environment cannot import.
     :param registry: the registry the handlers register into (whose owner tag is set);
-        by default the one :func:`gsocket.frappe_shim.install_frappe_realtime` put at
+        by default the one :func:`gsocket.contract.frappe_shim.install_frappe_realtime` put at
         ``frappe.realtime.realtime``.
     :returns: the modules imported.
     :raises StartupError: when an app's handlers module raises on import.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gsocket.cluster import Presence
+from gsocket.cluster.presence import Presence
 
 NS = "/site1.local"
 

@@ -223,9 +223,9 @@ def test_async_handler_with_frappe_context_stops_startup_naming_it(tmp_path, red
 
 FRAPPE_PATHS = """
 import sys
-from gsocket.frappe_shim import install_frappe_realtime
-from gsocket.registry import Registry
-from gsocket.socket import AsyncSocket, Socket
+from gsocket.contract.frappe_shim import install_frappe_realtime
+from gsocket.handlers.registry import Registry
+from gsocket.handlers.socket import AsyncSocket, Socket
 
 registry = Registry()
 install_frappe_realtime(registry)
@@ -269,7 +269,7 @@ def test_frappe_module_paths_resolve_to_gsocket_on_every_frappe(tmp_path, frappe
 
 
 UNIT_TEST_OF_ASYNC_HANDLERS = """
-from gsocket.testing import FakeSocket, call, install_registry
+from gsocket.handlers.testing import FakeSocket, call, install_registry
 install_registry()
 from compat_async.realtime.handlers import async_subscribe, async_wait, plain_in_async_app
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gsocket.config import DEFAULT_REDIS_QUEUE, ConfigError, load_config
-from gsocket.sites import hostname_of, is_trusted_proxy, origin_matches_host, resolve_site
+from gsocket.contract.sites import hostname_of, is_trusted_proxy, origin_matches_host, resolve_site
 
 
 def bench(tmp_path, conf):
@@ -119,7 +119,7 @@ def test_hostname_of(value, host):
 def test_long_values_are_answered_but_not_remembered():
     """The parse caches hold short values only: a client's 64 KiB headers must not fill
     them (1 024 such values would pin 64 MiB)."""
-    from gsocket import sites
+    from gsocket.contract import sites
 
     long_origin = "http://" + "a" * 5000 + ".example"
     before = sites._cached_hostname.cache_info().currsize

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from gsocket.publish import Publisher
+from gsocket.contract.publish import Publisher
 from tests.support.bench import REPO
 from tests.test_demo_runner import DEMO_SITE, DemoProcess
 

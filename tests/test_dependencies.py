@@ -1,6 +1,6 @@
 """gsocket runs only on the dependency versions it was tested with (issue 14, item 2).
 
-The supported ranges live in gsocket/dependencies.py and are declared again where pip and CI
+The supported ranges live in gsocket/ops/dependencies.py and are declared again where pip and CI
 read them (setup.cfg, .ci/lowest-constraints.txt, .ci/newest-constraints.txt): these tests hold
 the four together, and show ``gsocket serve`` refusing, and ``gsocket doctor`` failing, on a
 version outside its range.  The out-of-range versions are fake distribution metadata (a
@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from gsocket.dependencies import (
+from gsocket.errors import StartupError
+from gsocket.ops.dependencies import (
     SUPPORTED,
     check_supported,
     requirement,
     unsupported,
     version_key,
 )
-from gsocket.errors import StartupError
 from tests.support.bench import REPO, make_bench
 from tests.test_ops_doctor import doctor
 

@@ -1,4 +1,4 @@
-"""The documented publish helpers inside Frappe processes: ``gsocket/frappe_hook.py``.
+"""The documented publish helpers inside Frappe processes: ``gsocket/contract/frappe_hook.py``.
 
 What the hook does to ``frappe.realtime`` is checked in fresh interpreters against the fake
 v15-shaped Frappe of ``tests/fake_frappe`` (whose ``publish_realtime`` records what it is asked)
@@ -27,7 +27,7 @@ HELPERS = (
 )
 
 ON_V15 = """
-import gsocket.frappe_hook as hook
+import gsocket.contract.frappe_hook as hook
 hook.install()
 hook.install()
 import sys
@@ -82,13 +82,13 @@ def test_v15_frappe_realtime_gets_the_helpers_and_each_goes_through_publish_real
 def test_helpers_added_when_frappe_realtime_was_imported_before_the_hook():
     code = (
         "import frappe.realtime\n"
-        "import gsocket.frappe_hook as hook\n"
+        "import gsocket.contract.frappe_hook as hook\n"
         "hook.install()\n"
         "from frappe.realtime import publish_to_room\n"
         "print(publish_to_room.__module__)\n"
     )
     out = run(code, REPO / "tests" / "fake_frappe")
-    assert out.stdout.strip() == "gsocket.publish", out.stderr
+    assert out.stdout.strip() == "gsocket.contract.publish", out.stderr
 
 
 def test_newer_frappe_keeps_its_own_helpers(tmp_path):
@@ -99,7 +99,7 @@ def test_newer_frappe_keeps_its_own_helpers(tmp_path):
         "".join(f"def {name}(*args, **kwargs): return 'frappe'\n" for name in HELPERS)
     )
     code = (
-        "import gsocket.frappe_hook as hook\n"
+        "import gsocket.contract.frappe_hook as hook\n"
         "hook.install()\n"
         "import frappe.realtime as r\n"
         f"print(sorted({{getattr(r, n).__module__ for n in {HELPERS!r}}}))\n"
@@ -110,7 +110,7 @@ def test_newer_frappe_keeps_its_own_helpers(tmp_path):
 
 def test_switched_off_by_the_environment():
     code = (
-        "import gsocket.frappe_hook as hook\n"
+        "import gsocket.contract.frappe_hook as hook\n"
         "hook.install()\n"
         "import frappe.realtime as r\n"
         "print(hasattr(r, 'publish_to_user'))\n"
@@ -130,5 +130,5 @@ def test_the_wheel_puts_the_pth_file_at_the_top_of_site_packages(tmp_path):
     (wheel,) = tmp_path.glob("frappe_gsocket-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         pth = archive.read("gsocket-frappe-helpers.pth").decode()
-        assert "gsocket/frappe_hook.py" in archive.namelist()
-    assert pth.startswith("import gsocket.frappe_hook") and "install()" in pth
+        assert "gsocket/contract/frappe_hook.py" in archive.namelist()
+    assert pth.startswith("import gsocket.contract.frappe_hook") and "install()" in pth

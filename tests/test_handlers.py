@@ -170,14 +170,14 @@ def test_broken_handler_module_stops_startup(tmp_path, redis_server, web):
 
 IMPORT_CHECK = """
 import sys
-from gsocket.frappe_shim import install_frappe_realtime
-from gsocket.registry import Registry
+from gsocket.contract.frappe_shim import install_frappe_realtime
+from gsocket.handlers.registry import Registry
 registry = Registry()
 install_frappe_realtime(registry)
 from frappe.realtime import Socket, realtime
 import frappe
 assert realtime is registry
-from gsocket.socket import Socket as GSocket
+from gsocket.handlers.socket import Socket as GSocket
 assert Socket is GSocket
 print(getattr(frappe, "__gsocket_stub__", False), hasattr(frappe.realtime, "publish_realtime"))
 """
@@ -200,7 +200,7 @@ def test_frappe_realtime_import_with_and_without_frappe(with_frappe, expected):
 
 
 def test_decorator_returns_the_function_for_direct_tests():
-    from gsocket.registry import Registry
+    from gsocket.handlers.registry import Registry
 
     registry = Registry()
 
@@ -213,7 +213,7 @@ def test_decorator_returns_the_function_for_direct_tests():
 
 
 UNIT_TEST_OF_A_HANDLER = """
-from gsocket.testing import FakeSocket, install_registry
+from gsocket.handlers.testing import FakeSocket, install_registry
 install_registry()
 from alpha.realtime.handlers import project_subscribe, project_say
 

@@ -95,7 +95,7 @@ STALL_SCRIPT = """
 from gevent import monkey
 monkey.patch_all()
 import socket, sys, time, gevent
-from gsocket.limits import watch_event_loop
+from gsocket.protocol.limits import watch_event_loop
 lines = []
 watch_event_loop(0.2, report=lines.append)
 

@@ -1,4 +1,4 @@
-"""gsocket.headers: the request-header reader gevent's WSGI handler uses in gsocket.
+"""gsocket.protocol.headers: the request-header reader gevent's WSGI handler uses in gsocket.
 
 What gevent reads from it must equal what it read from ``http.client``'s message for the
 headers clients send, and a malformed block must come back as a status (a 400), never as
@@ -13,7 +13,7 @@ from http import client
 
 from gevent import pywsgi
 
-from gsocket.headers import MAX_HEADERS, read_headers
+from gsocket.protocol.headers import MAX_HEADERS, read_headers
 from tests.conftest import SITE
 
 DESK = (

@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from socketio import packet as sio_packet
 
-from gsocket import httpclient, resp
-from gsocket.manager import RoomIndex
-from gsocket.transport import TEXT, frame
+from gsocket.contract import httpclient, resp
+from gsocket.protocol.manager import RoomIndex
+from gsocket.protocol.transport import TEXT, frame
 from scripts.hardening.kit import RawWebSocket
 from tests.conftest import SITE, desk_headers
 
@@ -476,7 +476,7 @@ def test_flush_in_steps_lets_other_greenlets_run_and_keeps_every_wire_in_order(m
     flushed) arrive after the earlier ones."""
     from types import SimpleNamespace
 
-    from gsocket import transport as tr
+    from gsocket.protocol import transport as tr
 
     monkeypatch.setattr(tr, "FLUSH_STEP", 2)
     transport = tr.Transport(
@@ -513,7 +513,7 @@ def test_flush_in_steps_lets_other_greenlets_run_and_keeps_every_wire_in_order(m
 
 
 def test_engineio_packets_become_frames():
-    from gsocket.transport import packet_frame
+    from gsocket.protocol.transport import packet_frame
 
     assert packet_frame(eio_packet.Packet(eio_packet.PING)) == b"\x81\x012"
     handshake = {"sid": "a_b", "upgrades": [], "pingTimeout": 20000, "pingInterval": 25000}
@@ -527,7 +527,7 @@ def test_engineio_packets_become_frames():
 def test_client_connections_send_without_nagle_delay():
     """Like Node's ``ws``: a frame must not wait for the client's delayed acknowledgement of
     the one before it."""
-    from gsocket.transport import LeanWebSocketHandler
+    from gsocket.protocol.transport import LeanWebSocketHandler
 
     listener = gevent.socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -547,7 +547,7 @@ def test_bridge_writes_and_yields_after_enough_frames_not_only_enough_messages()
     WRITES_PER_TURN frames: 64 of them to 20 000 sockets held the loop for over a second."""
     from types import SimpleNamespace
 
-    from gsocket.bridge import WRITES_PER_TURN, Bridge
+    from gsocket.contract.bridge import WRITES_PER_TURN, Bridge
     from gsocket.metrics import Metrics
 
     room_size = WRITES_PER_TURN // 3 + 1

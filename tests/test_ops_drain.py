@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gsocket.app import create_app
 from gsocket.config import load_config
-from gsocket.registry import Registry
+from gsocket.handlers.registry import Registry
 from tests.conftest import SITE, desk_headers
 from tests.support.bench import GsocketProcess, make_bench, wait_until
 from tests.support.node_client import NodeClient

@@ -148,8 +148,8 @@ def test_a_bad_log_format_is_a_config_error(start_gsocket):
 
 
 def test_explain_names_the_credential_kind_never_its_value(tmp_path):
-    from gsocket.auth import Authenticator, Refused
     from gsocket.config import Config
+    from gsocket.contract.auth import Authenticator, Refused
 
     config = Config(bench_path=tmp_path, webserver_host="10.1.2.3", webserver_port=8000)
     auth = Authenticator(config, web=None, installed_apps_of=lambda site: ("frappe",))

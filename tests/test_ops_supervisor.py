@@ -22,7 +22,7 @@ import requests
 import socketio
 
 from gsocket.config import load_config
-from gsocket.supervisor_setup import Program, patch_procfile, procfile_line, setup_supervisor
+from gsocket.ops.supervisor_setup import Program, patch_procfile, procfile_line, setup_supervisor
 from tests.conftest import SITE, bench_conf, desk_headers
 from tests.support.bench import REPO, make_bench, wait_until
 from tests.support.node_client import NodeClient

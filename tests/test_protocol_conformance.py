@@ -1,7 +1,8 @@
 """Engine.IO and Socket.IO as specified, where python-engineio alone answers otherwise.
 
-Each test pins one point on which gsocket's layer over python-engineio (gsocket/transport.py,
-the Engine.IO parts of gsocket/server.py) makes a real gsocket process answer as Node's
+Each test pins one point on which gsocket's layer over python-engineio
+(gsocket/protocol/transport.py, the Engine.IO parts of gsocket/protocol/server.py) makes a real
+gsocket process answer as Node's
 reference servers do, and as the official test suites (socketio/engine.io-protocol and
 socketio/socket.io-protocol, ``test-suite/``) check: a second concurrent long-poll, the PONG
 deadline, the connect timeout, the ``transport`` parameter, the HTTP methods, ``ok``, the

@@ -1,4 +1,5 @@
-"""gsocket.publish: what a real Redis subscriber receives is what frappe.publish_realtime sends.
+"""gsocket.contract.publish: what a real Redis subscriber receives is what
+frappe.publish_realtime sends.
 
 Every helper is checked against the message a subscriber of the channel ``events`` gets from a
 real redis-server: the event, the message, the room Frappe derives and the site as
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from gsocket.publish import Publisher
+from gsocket.contract.publish import Publisher
 from tests.conftest import SITE, desk_headers
 from tests.support.bench import REPO, make_bench
 from tests.support.redis_server import RedisServer

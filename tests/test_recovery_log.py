@@ -1,4 +1,4 @@
-"""Placing a dead process's offsets in a live process's log (:mod:`gsocket.recovery`).
+"""Placing a dead process's offsets in a live process's log (:mod:`gsocket.cluster.recovery`).
 
 Two processes' logs are the same published sequence numbered from different starts; these
 feed two :class:`EventLog` the same events (repeated identical ones included) on the real
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gsocket.recovery import PIPELINE, Claim, EventLog, Recovery
+from gsocket.cluster.recovery import PIPELINE, Claim, EventLog, Recovery
 
 
 def _body(event: str, n: int | None = None) -> str:

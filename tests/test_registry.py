@@ -6,7 +6,7 @@ import functools
 
 import pytest
 
-from gsocket.registry import Registry, describe, is_async_callable
+from gsocket.handlers.registry import Registry, describe, is_async_callable
 
 
 async def coroutine_handler(socket) -> None:

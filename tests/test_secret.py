@@ -6,7 +6,7 @@ import threading
 
 import redis
 
-from gsocket.secret import SocketSecret
+from gsocket.contract.secret import SocketSecret
 
 
 class SlowRedis:

@@ -30,12 +30,12 @@ from typing import Any
 import pytest
 import socketio
 
-from gsocket import httpclient
-from gsocket.auth import Authenticator, Refused
 from gsocket.config import ConfigError, load_config
+from gsocket.contract import httpclient
+from gsocket.contract.auth import Authenticator, Refused
+from gsocket.contract.secret import SocketSecret
+from gsocket.contract.webclient import WebClient
 from gsocket.metrics import Metrics
-from gsocket.secret import SocketSecret
-from gsocket.webclient import WebClient
 from tests.support.bench import GsocketProcess, make_bench, wait_until
 from tests.support.nginx import Nginx
 from tests.support.ports import free_port

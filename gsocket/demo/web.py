@@ -28,7 +28,7 @@ from gevent.pool import Group
 from gevent.pywsgi import WSGIServer
 from werkzeug.wrappers import Request, Response
 
-from gsocket.publish import Publisher
+from gsocket.contract.publish import Publisher
 
 log = logging.getLogger("gsocket.demo.web")
 

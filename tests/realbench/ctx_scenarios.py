@@ -202,8 +202,8 @@ def paths(a: dict[str, Any]) -> dict[str, Any]:
     import gevent
     import gevent.event
 
-    from gsocket.dispatch import HandlerTimeout
     from gsocket.frappe_ctx import FrappeContext
+    from gsocket.handlers.dispatch import HandlerTimeout
 
     ctx = FrappeContext(".", rollback_timeout=0.5)
     good, bad_password, missing = a["site"], a["bad_password_site"], a["missing_site"]

@@ -2,8 +2,9 @@
 
 ``from frappe.realtime import publish_to_user, ...`` is what Frappe's documentation shows; the
 Frappe versions of ``../shared/frappe`` lack those names, and gsocket, once installed into the
-bench's env, supplies them (``gsocket/frappe_hook.py``).  The probe module below stands for an
-app's own code: it is put into the bench's ``frappe`` package for the test (a whitelisted
+bench's env, supplies them (``gsocket/contract/frappe_hook.py``).  The probe module below
+stands for an app's own code: it is put into the bench's ``frappe`` package for the test (a
+whitelisted
 method must belong to an installed app), called over REST by a logged-in user, and enqueued as
 a background job that a real RQ worker of the bench runs.  Events travel the real way:
 ``frappe.publish_realtime`` -> Redis -> gsocket -> the client.
@@ -114,7 +115,8 @@ def test_publish_helpers_from_a_rest_call_and_a_background_job(
         tag = uuid.uuid4().hex
         answer = real_bench.web("GET", f"{probe}.publish_all", params={"tag": tag}, headers=cookie)
         assert answer.status_code == 200, answer.text[:500]
-        assert answer.json()["message"] == "gsocket.publish"  # v15/develop lack the helpers
+        # v15 and develop lack the helpers: the ones called are gsocket's
+        assert answer.json()["message"] == "gsocket.contract.publish"
         assert published(subscription, 8) == [
             ("probe_user", "user:Administrator", SITE),
             ("probe_doc", "doc:User/Administrator", SITE),

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from gsocket.registry import Registry
-from gsocket.rooms import (
+from gsocket.contract.rooms import (
     ALL,
     WEBSITE,
     doc_room,
@@ -33,10 +32,11 @@ from gsocket.rooms import (
     task_progress_room,
     user_room,
 )
-from gsocket.socket import Socket
+from gsocket.handlers.registry import Registry
+from gsocket.handlers.socket import Socket
 
 if TYPE_CHECKING:
-    from gsocket.server import Server
+    from gsocket.protocol.server import Server
 
 log = logging.getLogger("gsocket.core_handlers")
 

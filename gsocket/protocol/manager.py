@@ -11,7 +11,8 @@ the connected sockets and the set of rooms of each socket.
 applies to :class:`socketio.Manager` (:class:`Manager`) and to its Redis scale-out subclass
 alike: put it first among the bases.  Its ``emit`` delivers a callback-less emit to this
 process's sockets by encoding the Socket.IO packet and its websocket frame once
-(:meth:`gsocket.transport.Transport.broadcast`); anything else goes the python-socketio way.
+(:meth:`gsocket.protocol.transport.Transport.broadcast`); anything else goes the
+python-socketio way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from gsocket.transport import TEXT, frame
+from gsocket.protocol.transport import TEXT, frame
 
 log = logging.getLogger("gsocket.manager")
 

@@ -29,8 +29,8 @@ import sys
 import types
 from typing import Any
 
-from gsocket.registry import Handler, Registry, is_async_callable
-from gsocket.socket import AsyncSocket, Socket, SyncSocket
+from gsocket.handlers.registry import Handler, Registry, is_async_callable
+from gsocket.handlers.socket import AsyncSocket, Socket, SyncSocket
 
 log = logging.getLogger("gsocket.frappe_shim")
 

@@ -11,7 +11,7 @@ A cluster is ``gsocket.processes`` processes (or several machines' worth) sharin
   from the one that died, which is what presence cleanup (and a later session recovery)
   needs.
 - **Emits reach every process** through python-socketio's Redis manager
-  (:mod:`gsocket.scaleout`); published events through each process's own bridge.
+  (:mod:`gsocket.protocol.scaleout`); published events through each process's own bridge.
 - **Presence is cluster-wide** (:class:`Presence`): which sockets are in which room, and whose
   they are, is mirrored in Redis, so ``Socket.participants``, ``Socket.user_of`` and the desk's
   ``doc_viewers`` see every process.  Each process heart-beats; when one stops (``kill -9``, a

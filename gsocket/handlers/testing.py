@@ -27,7 +27,7 @@ class Emitted:
 
 @dataclass
 class FakeSocket:
-    """Behaves like :class:`gsocket.socket.Socket` for a handler under test.
+    """Behaves like :class:`gsocket.handlers.socket.Socket` for a handler under test.
 
     :param site: the socket's site.
     :param user: the socket's user (``"Guest"`` for anonymous).
@@ -96,11 +96,11 @@ def call(handler: Callable[..., Any], socket: FakeSocket, *args: Any) -> Any:
     """Run ``handler(socket, *args)`` as gsocket would and return its result.
 
     A plain handler gets ``socket`` itself; an ``async def`` handler gets the awaitable view
-    of it (:class:`gsocket.socket.AsyncSocket`) and runs on a fresh asyncio loop, so
+    of it (:class:`gsocket.handlers.socket.AsyncSocket`) and runs on a fresh asyncio loop, so
     ``await socket.join(...)`` and ``asyncio`` calls work in the test as on the server.
     """
-    from gsocket.registry import is_async_callable
-    from gsocket.socket import AsyncSocket
+    from gsocket.handlers.registry import is_async_callable
+    from gsocket.handlers.socket import AsyncSocket
 
     if is_async_callable(handler):
         return asyncio.run(_awaited(handler(AsyncSocket(socket, _direct), *args)))
@@ -120,7 +120,7 @@ def install_registry() -> None:
     Call it (e.g. in ``conftest.py``) before importing a handlers module, exactly as gsocket
     does before loading apps; on Frappe v15 that import fails otherwise.
     """
-    from gsocket.frappe_shim import install_frappe_realtime
-    from gsocket.registry import realtime
+    from gsocket.contract.frappe_shim import install_frappe_realtime
+    from gsocket.handlers.registry import realtime
 
     install_frappe_realtime(realtime)

@@ -24,7 +24,7 @@ from werkzeug.http import parse_cookie
 
 from gsocket import __version__
 from gsocket.config import Config
-from gsocket.sites import is_trusted_proxy, origin_matches_host, resolve_site_from
+from gsocket.contract.sites import is_trusted_proxy, origin_matches_host, resolve_site_from
 
 DOCTOR_PATH = "/socket.io/gsocket-doctor"
 ECHOED_HEADERS = (

@@ -3,7 +3,7 @@
 ``gsocket doctor --bench`` checks a bench from the inside; this checks it from where a browser
 stands.  It sends what the desk sends, in the desk's order, to the site's URL:
 
-1. a request to :data:`~gsocket.arrival.DOCTOR_PATH`, which gsocket answers with the headers
+1. a request to :data:`~gsocket.ops.arrival.DOCTOR_PATH`, which gsocket answers with the headers
    that arrived, the peer and the site it resolved (and from where);
 2. the same request as a websocket upgrade, answered the same way once upgraded, or plainly,
    saying which upgrade headers were missing, when a hop dropped them;
@@ -38,11 +38,11 @@ from urllib.parse import urlsplit
 
 import redis
 
-from gsocket.arrival import DOCTOR_PATH
-from gsocket.bridge import CHANNEL
 from gsocket.config import ConfigError, load_config
-from gsocket.doctor import Verdict, safe_url
-from gsocket.sites import FROM_HEADER, UNTRUSTED, hostname_of
+from gsocket.contract.bridge import CHANNEL
+from gsocket.contract.sites import FROM_HEADER, UNTRUSTED, hostname_of
+from gsocket.ops.arrival import DOCTOR_PATH
+from gsocket.ops.doctor import Verdict, safe_url
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_RESPONSE = 1 << 20

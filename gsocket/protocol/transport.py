@@ -59,8 +59,8 @@ from engineio import packet as eio_packet
 from engineio import socket as eio_socket
 from gevent.event import Event
 
-from gsocket.headers import read_headers
-from gsocket.limits import ScreenedWebSocketHandler
+from gsocket.protocol.headers import read_headers
+from gsocket.protocol.limits import ScreenedWebSocketHandler
 
 log = logging.getLogger("gsocket.transport")
 
@@ -774,7 +774,7 @@ class Transport:
 class LeanWebSocketHandler(ScreenedWebSocketHandler):
     """gsocket's request handler (gevent-websocket's, handshake refusals answered cleanly),
     reading through a :data:`READ_BUFFER`-byte buffer instead of gevent's 8 KiB one, and
-    reading request headers with :func:`gsocket.headers.read_headers`, and sending without
+    reading request headers with :func:`gsocket.protocol.headers.read_headers`, and sending without
     Nagle's delay (as Node's ``ws`` does): a frame written while the client still holds back
     its acknowledgement of the previous one would otherwise wait up to 40 ms for it."""
 

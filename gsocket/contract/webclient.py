@@ -6,8 +6,8 @@ timeouts keep those calls cheap, and a dead or slow web process costs one connec
 wait instead of stalling the server.
 
 Every call, to any web URL (http, https, through redirects), goes through one client,
-:mod:`gsocket.httpclient`, which keeps no cookie jar and no credential between calls: a call
-carries the credential of the socket it is made for, the site header and the socket secret,
+:mod:`gsocket.contract.httpclient`, which keeps no cookie jar and no credential between calls:
+a call carries the credential of the socket it is made for, the site header and the socket secret,
 and nothing else (RELIABILITY.md, "Whose identity a socket gets").
 """
 
@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from gsocket import httpclient
 from gsocket.config import ConfigError
+from gsocket.contract import httpclient
+from gsocket.contract.secret import SocketSecret
 from gsocket.metrics import Metrics
-from gsocket.secret import SocketSecret
 
 log = logging.getLogger("gsocket.webclient")
 

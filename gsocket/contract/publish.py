@@ -17,8 +17,8 @@ Inside Frappe's own processes (web, workers, console) the named helpers the docu
 shows, ``from frappe.realtime import publish_to_user, ...``, exist only in newer Frappe.  The
 module-level functions :data:`FRAPPE_HELPERS` are those helpers for older Frappe: each is a thin
 call of ``frappe.publish_realtime``, so the site, ``after_commit`` and the task come from
-Frappe as for any other publish.  :mod:`gsocket.frappe_hook` adds them to ``frappe.realtime``
-where it lacks them; where Frappe has its own, Frappe's stay.
+Frappe as for any other publish.  :mod:`gsocket.contract.frappe_hook` adds them to
+``frappe.realtime`` where it lacks them; where Frappe has its own, Frappe's stay.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 import redis
 
 from gsocket.config import load_config
-from gsocket.rooms import (
+from gsocket.contract.rooms import (
     ALL,
     WEBSITE,
     doc_room,

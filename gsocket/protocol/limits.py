@@ -2,7 +2,7 @@
 
 A realtime process is exposed to every browser tab of every site; one broken or hostile client
 must cost at most its own connection.  This module holds the pieces the
-:class:`~gsocket.server.Server` applies before anything reaches a handler:
+:class:`~gsocket.protocol.server.Server` applies before anything reaches a handler:
 
 - :class:`TokenBucket`: Socket.IO packets per second per connection (``events_per_second``,
   ``event_burst``); packets over the rate are dropped, so a flood costs one cheap check each;
@@ -42,8 +42,8 @@ from geventwebsocket.exceptions import WebSocketError
 from geventwebsocket.handler import WebSocketHandler
 
 from gsocket.config import Config
+from gsocket.contract.sites import is_trusted_proxy
 from gsocket.metrics import Metrics
-from gsocket.sites import is_trusted_proxy
 
 log = logging.getLogger("gsocket.limits")
 

@@ -26,16 +26,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from gsocket.bridge import CHANNEL
 from gsocket.config import Config, ConfigError, load_config
-from gsocket.dependencies import SUPPORTED, unsupported
+from gsocket.contract.bridge import CHANNEL
+from gsocket.contract.frappe_shim import install_frappe_realtime
+from gsocket.contract.secret import SECRET_KEY, SocketSecret
+from gsocket.contract.webclient import Credential, Unauthorized, WebClient, WebUnavailable
 from gsocket.errors import StartupError
-from gsocket.frappe_shim import install_frappe_realtime
+from gsocket.handlers.registry import Registry
 from gsocket.handlers_loader import SERVED_BY_GSOCKET, load_handlers, read_apps
 from gsocket.metrics import Metrics
-from gsocket.registry import Registry
-from gsocket.secret import SECRET_KEY, SocketSecret
-from gsocket.webclient import Credential, Unauthorized, WebClient, WebUnavailable
+from gsocket.ops.dependencies import SUPPORTED, unsupported
 
 Status = Literal["ok", "warn", "fail", "skip"]
 

@@ -7,7 +7,7 @@ signature runs nothing, and a handler that raises or hangs is logged and ended w
 touching the socket or the other handlers of the event.
 
 Plain ``def`` handlers run in the event's greenlet with the blocking :class:`Socket`;
-``async def`` handlers run on the process's asyncio loop (:mod:`gsocket.aio`) with an
+``async def`` handlers run on the process's asyncio loop (:mod:`gsocket.handlers.aio`) with an
 :class:`AsyncSocket`, while the event's greenlet waits, so limits, acks and error handling are
 the same for both.  The first non-``None`` return value is the ack; one that cannot be sent as
 JSON is logged (once per handler) and acked empty instead of failing in the transport.
@@ -23,11 +23,11 @@ from typing import Any
 
 import gevent
 
-from gsocket.aio import AsyncRunner
 from gsocket.frappe_ctx import FrappeContext, FrappeUnavailable
+from gsocket.handlers.aio import AsyncRunner
+from gsocket.handlers.registry import Handler, Registry
+from gsocket.handlers.socket import AsyncSocket, Socket
 from gsocket.metrics import Metrics
-from gsocket.registry import Handler, Registry
-from gsocket.socket import AsyncSocket, Socket
 
 log = logging.getLogger("gsocket.dispatch")
 

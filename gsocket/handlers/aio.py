@@ -21,9 +21,10 @@ past its limit has its task cancelled.  Blocking ``Socket`` calls (``has_permiss
 web process over HTTP) are run in a greenlet of their own by :meth:`AsyncRunner.offload`,
 never in the loop's greenlet, so one slow web process does not hold up every async handler.
 
-Measured through :class:`~gsocket.dispatch.Dispatcher` on the 2-core CI machine: dispatching
-one event to an async handler takes about 75 µs when events come one at a time and about 62 µs
-each when 5000 arrive together (the loop's wake-ups are then shared), against 7 µs and 24 µs
+Measured through :class:`~gsocket.handlers.dispatch.Dispatcher` on the 2-core CI machine:
+dispatching one event to an async handler takes about 75 µs when events come one at a time
+and about 62 µs each when 5000 arrive together (the loop's wake-ups are then shared), against 7 µs
+and 24 µs
 for a plain handler; the difference is the self-pipe wake-up and two greenlet switches, small
 next to the milliseconds of one permission check.  50 concurrent handlers each doing
 ``asyncio.sleep``, ``gather`` and a ``wait_for`` timeout finish together in the time of one.

@@ -4,7 +4,7 @@ Several gsocket processes serve one bench only if every request of a long-pollin
 reaches the process that holds the session.  Client-IP stickiness (``ip_hash``) is wrong for a
 bench: a whole office behind one NAT address lands on one process, and a user behind
 Cloudflare arrives from several addresses.  gsocket's session ids name their process instead
-(:mod:`gsocket.cluster`: ``<K>.<boot>.<random>``), so a ``map`` on ``$arg_sid`` sends each
+(:mod:`gsocket.cluster.presence`: ``<K>.<boot>.<random>``), so a ``map`` on ``$arg_sid`` sends each
 request of a session to its process's own upstream, and a handshake (no ``sid`` yet) to the
 upstream of all processes, which spreads them and skips a process that is down.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TextIO
 
 from gsocket.config import Config
-from gsocket.supervisor_setup import apply_or_show
+from gsocket.ops.supervisor_setup import apply_or_show
 
 BEGIN = "# gsocket: begin (written by `gsocket setup nginx`)"
 END = "# gsocket: end"

@@ -6,7 +6,7 @@ of ``/<namespace>``, or to every site when it has no room.  Redis pub/sub keeps 
 subscriber that is away, so a lost connection is retried at once and then at short, bounded
 intervals, forever; a malformed message costs one log line.
 
-Every message received by one read is delivered in one go (:mod:`gsocket.resp` parses them
+Every message received by one read is delivered in one go (:mod:`gsocket.protocol.resp` parses them
 all), the frames for each client are written together at the end of the batch, and the
 greenlet then lets the others run: a busy channel neither starves the clients nor costs a
 syscall per message and client.
@@ -25,10 +25,10 @@ from typing import Any
 import gevent
 import redis
 
-from gsocket import resp
 from gsocket.metrics import Metrics
-from gsocket.server import Server
-from gsocket.transport import next_loop_turn
+from gsocket.protocol import resp
+from gsocket.protocol.server import Server
+from gsocket.protocol.transport import next_loop_turn
 
 log = logging.getLogger("gsocket.bridge")
 
@@ -276,7 +276,7 @@ class Bridge:
         log.info("subscribed to Redis channel %r at %s", CHANNEL, self.redis_url)
 
     def _listen(self) -> None:
-        """Subscribe with :mod:`gsocket.resp` and deliver until the connection is lost.
+        """Subscribe with :mod:`gsocket.protocol.resp` and deliver until the connection is lost.
 
         The read waits without a timer (a timer per wait costs more than the rest of an
         event's CPU at low rates); :meth:`_watch` pings a silent connection instead, and
@@ -329,7 +329,8 @@ class Bridge:
                 return
 
     def _listen_redis_py(self) -> None:
-        """Subscribe through redis-py (the URLs :mod:`gsocket.resp` does not speak: TLS)."""
+        """Subscribe through redis-py (the URLs :mod:`gsocket.protocol.resp` does not speak:
+        TLS)."""
         client = redis.Redis.from_url(
             self.redis_url, socket_connect_timeout=2, socket_keepalive=True
         )

@@ -23,9 +23,9 @@ import gevent
 from engineio import packet as engineio_packet
 from gevent.event import Event
 
-from gsocket.dispatch import Dispatcher
-from gsocket.server import Server
-from gsocket.socket import Socket
+from gsocket.handlers.dispatch import Dispatcher
+from gsocket.handlers.socket import Socket
+from gsocket.protocol.server import Server
 
 log = logging.getLogger("gsocket.lifecycle")
 
@@ -77,7 +77,8 @@ class InFlight:
 
 
 class TrackedDispatcher(Dispatcher):
-    """A :class:`~gsocket.dispatch.Dispatcher` whose every run is counted by an :class:`InFlight`.
+    """A :class:`~gsocket.handlers.dispatch.Dispatcher` whose every run is counted by an
+    :class:`InFlight`.
 
     :param in_flight: the counter the stopping server waits on.
     """

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from gsocket.auth import Identity
+from gsocket.contract.auth import Identity
 
 if TYPE_CHECKING:
-    from gsocket.server import Server
+    from gsocket.protocol.server import Server
 
 
 class Socket:
@@ -154,8 +154,8 @@ class AsyncSocket:
     handlers share.
 
     :param sync: the blocking socket behind it (a :class:`Socket`, or a
-        :class:`gsocket.testing.FakeSocket` in an app author's test).
-    :param offload: how blocking calls are run (:meth:`gsocket.aio.AsyncRunner.offload`).
+        :class:`gsocket.handlers.testing.FakeSocket` in an app author's test).
+    :param offload: how blocking calls are run (:meth:`gsocket.handlers.aio.AsyncRunner.offload`).
     """
 
     __slots__ = ("sync", "_offload")

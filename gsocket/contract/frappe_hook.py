@@ -10,7 +10,7 @@ installing gsocket puts ``gsocket-frappe-helpers.pth`` into the environment's si
 whose one line imports this module and calls :func:`install` at interpreter start.  That
 only puts a finder first in ``sys.meta_path``, which notices the import of ``frappe.realtime``
 and, right after Frappe's own module has run, adds the helpers it lacks
-(:func:`gsocket.publish.add_frappe_helpers`); on newer Frappe, which has them, it adds
+(:func:`gsocket.contract.publish.add_frappe_helpers`); on newer Frappe, which has them, it adds
 nothing.  The cost for every other import is one string comparison; nothing else of gsocket
 is imported until Frappe's module is.  ``GSOCKET_NO_FRAPPE_HELPERS=1`` in the environment
 turns it off.
@@ -40,7 +40,7 @@ class _HelpersLoader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self.loader.exec_module(module)
-        from gsocket.publish import add_frappe_helpers
+        from gsocket.contract.publish import add_frappe_helpers
 
         add_frappe_helpers(module)
 
@@ -76,6 +76,6 @@ def install() -> None:
     sys.meta_path.insert(0, FrappeRealtimeFinder())
     module = sys.modules.get(TARGET)
     if module is not None:
-        from gsocket.publish import add_frappe_helpers
+        from gsocket.contract.publish import add_frappe_helpers
 
         add_frappe_helpers(module)

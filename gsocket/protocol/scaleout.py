@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import socketio
 
 from gsocket.config import Config
-from gsocket.manager import RoomIndex
+from gsocket.protocol.manager import RoomIndex
 
 if TYPE_CHECKING:
-    from gsocket.cluster import Presence
+    from gsocket.cluster.presence import Presence
 
 log = logging.getLogger("gsocket.scaleout")
 
@@ -38,7 +38,7 @@ class ScaleOutManager(RoomIndex, socketio.RedisManager):
     round trip and a decode in every process per answer.
 
     Every room a socket enters or leaves (but its own and the "everyone" one) is also told to
-    the cluster's :class:`~gsocket.cluster.Presence`, when there is one, whichever way the
+    the cluster's :class:`~gsocket.cluster.presence.Presence`, when there is one, whichever way the
     room was changed (a handler's ``join``, a disconnect).
     """
 

@@ -32,7 +32,7 @@ import gevent.os
 from gevent.event import Event
 
 from gsocket.config import Config
-from gsocket.listener import open_listener
+from gsocket.ops.listener import open_listener
 
 log = logging.getLogger("gsocket.handover")
 

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 from werkzeug.http import parse_cookie
 
 from gsocket.config import Config
-from gsocket.sites import hostname_of, origin_matches_host, resolve_site, resolve_site_from
-from gsocket.webclient import Credential, Unauthorized, WebClient, WebUnavailable
+from gsocket.contract.sites import hostname_of, origin_matches_host, resolve_site, resolve_site_from
+from gsocket.contract.webclient import Credential, Unauthorized, WebClient, WebUnavailable
 
 #: Characters of a header value quoted in a log line: enough to recognise it, and a client's
 #: 64 KiB header does not become a 64 KiB log line.

@@ -3,12 +3,12 @@
 python-socketio does the protocol; this subclass replaces its three decision points with the
 bench's rules:
 
-- CONNECT runs the contract's checks (:mod:`gsocket.auth`) for any ``/<site>`` namespace,
+- CONNECT runs the contract's checks (:mod:`gsocket.contract.auth`) for any ``/<site>`` namespace,
   joins the default rooms, and answers a repeated CONNECT with the sid it already has;
-- EVENT goes to the :class:`~gsocket.dispatch.Dispatcher` in a greenlet of its own;
+- EVENT goes to the :class:`~gsocket.handlers.dispatch.Dispatcher` in a greenlet of its own;
 - DISCONNECT lets handlers see the socket one last time.
 
-Data path: connect -> authenticate -> session (:class:`~gsocket.socket.Socket`) -> dispatch
+Data path: connect -> authenticate -> session (:class:`~gsocket.handlers.socket.Socket`) -> dispatch
 -> handler -> emit.
 """
 
@@ -25,17 +25,17 @@ from engineio import packet as eio_packet
 from gevent.event import Event
 from socketio import packet
 
-from gsocket.auth import Authenticator, Refused
-from gsocket.cluster import Presence
-from gsocket.core_handlers import join_default_rooms
-from gsocket.dispatch import Dispatcher
-from gsocket.limits import MAX_ATTACHMENTS, ClientGuard, watch_event_loop
-from gsocket.manager import Manager
+from gsocket.cluster.presence import Presence
+from gsocket.cluster.recovery import Claim, Recovery
+from gsocket.contract.auth import Authenticator, Refused
+from gsocket.contract.core_handlers import join_default_rooms
+from gsocket.contract.webclient import WebClient
+from gsocket.handlers.dispatch import Dispatcher
+from gsocket.handlers.socket import Socket
 from gsocket.metrics import Metrics
-from gsocket.recovery import Claim, Recovery
-from gsocket.socket import Socket
-from gsocket.transport import Timeline, Transport, accepted_post, request_refusal
-from gsocket.webclient import WebClient
+from gsocket.protocol.limits import MAX_ATTACHMENTS, ClientGuard, watch_event_loop
+from gsocket.protocol.manager import Manager
+from gsocket.protocol.transport import Timeline, Transport, accepted_post, request_refusal
 
 log = logging.getLogger("gsocket.server")
 
@@ -51,7 +51,7 @@ class Server(socketio.Server):
     :param web: client of the web process (used by :meth:`Socket.has_permission`).
     :param metrics: where connects, refusals and sockets are counted.
     :param client_manager: python-socketio client manager (a Redis one for scale-out);
-        gsocket's :class:`~gsocket.manager.Manager` by default.
+        gsocket's :class:`~gsocket.protocol.manager.Manager` by default.
     :param connect_timeout: seconds an Engine.IO session may stay without a namespace
         before it is closed (Socket.IO's ``connectTimeout``).
     :param engineio_options: passed to the Engine.IO server (ping intervals, buffer size).
@@ -85,10 +85,10 @@ class Server(socketio.Server):
         self.metrics = metrics
         self._sockets: dict[str, Socket] = {}
         self.presence: Presence | None = None
-        """The cluster's shared presence (:mod:`gsocket.cluster`), when this process is one
+        """The cluster's shared presence (:mod:`gsocket.cluster.presence`), when this process is one
         of several; set by the application factory."""
         self.recovery: Recovery | None = None
-        """Connection state recovery (:mod:`gsocket.recovery`), when
+        """Connection state recovery (:mod:`gsocket.cluster.recovery`), when
         ``gsocket.recovery_seconds`` turns it on; set by the application factory."""
         self._connecting: dict[tuple[str, str], Event] = {}
         self.guard = ClientGuard(self.eio, authenticator.config, metrics)
@@ -292,7 +292,7 @@ class Server(socketio.Server):
                 eio_sid, self.packet_class(packet.ACK, namespace=namespace, id=id, data=ack)
             )
 
-    # ---- protections (gsocket.limits): applied before python-socketio sees the input -----
+    # ---- protections (gsocket.protocol.limits): applied before python-socketio sees the input
 
     def handle_request(self, environ: dict[str, Any], start_response: Any) -> Any:
         """Serve one Engine.IO HTTP or websocket request, screened by the client guard.
