@@ -96,20 +96,6 @@ def _watchers() -> int | None:
     return getattr(loop, "activecnt", None)
 
 
-def _gather_bridge_reads(seconds: float) -> None:
-    """Experiment: the bridge waits ``seconds`` after each delivered batch before it reads
-    Redis again, so that one wakeup finds several messages (PROBE_BRIDGE_GATHER)."""
-    from gsocket import bridge
-
-    deliver = bridge.Bridge.deliver_batch
-
-    def deliver_then_wait(self: bridge.Bridge, payloads: list[bytes]) -> None:
-        deliver(self, payloads)
-        gevent.sleep(seconds)
-
-    bridge.Bridge.deliver_batch = deliver_then_wait
-
-
 def main() -> None:
     argv = sys.argv[1:]
     split = argv.index("--")
@@ -121,9 +107,6 @@ def main() -> None:
     probes = Probes(out)
     gevent.signal_handler(signal.SIGUSR1, probes.dump)
     gevent.signal_handler(signal.SIGUSR2, probes.toggle_profile)
-    gather = float(os.environ.get("PROBE_BRIDGE_GATHER", "0"))
-    if gather:
-        _gather_bridge_reads(gather)
     from gsocket.cli import main as gsocket_main
 
     status = gsocket_main(["serve", *serve])
