@@ -105,7 +105,8 @@ class Stand:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         own = [str(self.dump_dir)] + (["--trace", str(trace_frames)] if trace_frames else [])
         argv = [sys.executable, str(BENCH_ROOT / "probe_server.py"), *own, "--"]
-        argv += ["--bench", str(bench), "--port", str(self.port), "--log-level", "warning"]
+        level = os.environ.get("PROBE_LOG_LEVEL", "warning")
+        argv += ["--bench", str(bench), "--port", str(self.port), "--log-level", level]
         self.server = processes.start("gsocket", argv, self.log_dir, cwd=bench / "sites", env=env)
         self.children.append(self.server)
 
@@ -131,7 +132,10 @@ class Stand:
             n = min(count, room)
             answer = self.clients[-1].call(cmd="open", first=self.opened, count=n)
             if answer["failed"]:
-                raise RuntimeError(f"{answer['failed']} clients failed: {answer['errors']}")
+                raise RuntimeError(
+                    f"{answer['failed']} clients failed: {answer['errors']}\n"
+                    + self.server.log_tail(30)
+                )
             self.opened += n
             count -= n
 

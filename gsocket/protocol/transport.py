@@ -61,6 +61,7 @@ from gevent.event import Event
 
 from gsocket.protocol.headers import read_headers
 from gsocket.protocol.limits import ScreenedWebSocketHandler
+from gsocket.protocol.parked import park
 
 log = logging.getLogger("gsocket.transport")
 
@@ -222,11 +223,11 @@ class Wire:
         if len(out) >= self.transport.limit:
             self.transport.congested(self)
 
-    def close(self) -> None:
+    def close(self, close_frame: bytes = CLOSE_FRAME) -> None:
         """Send the close frame after everything pending; nothing is written after it."""
         if self.state:
             return
-        self.write(CLOSE_FRAME)
+        self.write(close_frame)
         if self.state == OPEN:
             self.state = CLOSING
 
@@ -507,6 +508,14 @@ class LeanSocket(eio_socket.Socket):
             packets.append(pkt)
         return packets
 
+    def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        """Close the session; a parked connection (:mod:`gsocket.protocol.parked`) is shut
+        once the client had a moment to read the close."""
+        super().close(wait=wait, abort=abort, reason=reason)
+        parked = self.__dict__.get("parked")
+        if parked is not None:
+            parked.session_closed()
+
     def schedule_ping(self) -> None:
         """Have the server's pinger send the next PING (unless one is scheduled already)."""
         if self.last_ping:
@@ -553,6 +562,8 @@ class LeanSocket(eio_socket.Socket):
             self.upgraded = True
 
         wire = self.transport.attach(self, ws)
+        if park(self, _inner_websocket(ws), wire) is not None:
+            return []  # read from now on by the event loop, without this greenlet
         try:
             while True:
                 try:
