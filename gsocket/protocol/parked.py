@@ -281,6 +281,14 @@ def park(session: Any, inner: Any, wire: Any) -> Parked | None:
     old = getattr(handler, "socket", None)
     rfile = getattr(handler, "rfile", None)
     if wire.drainer is not None or wire.state or old is None or rfile is None:
+        log.debug(
+            "session %s keeps its greenlet (writing: %s, state: %s, socket: %s, buffer: %s)",
+            session.sid,
+            wire.drainer is not None,
+            wire.state,
+            type(old).__name__,
+            type(rfile).__name__,
+        )
         return None
     peer = str((getattr(inner, "environ", None) or {}).get("REMOTE_ADDR") or "unix")
     timeout = old.gettimeout()
