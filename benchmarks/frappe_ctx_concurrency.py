@@ -50,8 +50,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.harness import processes
 from gsocket.config import Limits
-from tests.conftest import desk_headers
-from tests.support.bench import GsocketProcess, make_bench
+from tests.support.bench import GsocketProcess, desk_headers, make_bench
 from tests.support.mariadb import MariaDBServer
 from tests.support.pyclient import PyClient
 from tests.support.redis_server import RedisServer

@@ -59,15 +59,31 @@ class Server:
     flavour: str
     frappe_version: str | None = None  # "v15" / "develop" for Frappe's own Node
     processes: int = 1
+    gsocket_conf: dict[str, Any] = field(default_factory=dict)
+    """The ``gsocket`` key of common_site_config.json for this server."""
+
+    @property
+    def cluster(self) -> bool:
+        """One bench's ``gsocket.processes``: each process started with ``--process K``."""
+        return self.gsocket_conf.get("processes", 1) > 1
+
+    @property
+    def scale_out(self) -> bool:
+        """The processes share rooms through the Redis manager (and presence)."""
+        return self.cluster or bool(self.gsocket_conf.get("scale_out"))
 
 
 def server_spec(name: str, gsocket_web: str) -> Server:
     """``node-v15``/``node-develop``: Frappe's own Node server of that archive, unmodified;
     ``node-imitation``: benchmarks/baseline_node/server.js, our imitation of it (a labelled
-    third row, for continuity with earlier runs); ``gsocket``; ``gsocket2``: two gsocket
-    processes, the clients split between them as an nginx upstream would, run by itself for
-    the sizes one process cannot hold under this machine's descriptor limit
-    (:func:`servers_for`)."""
+    third row, for continuity with earlier runs); ``gsocket``; ``gsocket2``: two independent
+    gsocket processes, the clients split between them as an nginx upstream would, run by
+    itself for the sizes one process cannot hold under this machine's descriptor limit
+    (:func:`servers_for`); ``gsocket-cluster2``: one cluster of two processes
+    (``gsocket.processes = 2``, ``serve --process K`` on ``socketio_port + K``, the Redis
+    manager and presence on), the clients split between them; ``gsocket-redisman``: one
+    process with the Redis manager and presence on (``gsocket.scale_out``), whose difference
+    to ``gsocket`` is what the manager costs per event."""
     if name in ("node-v15", "node-develop"):
         version = name.removeprefix("node-")
         return Server(name, "frappe-node", version, frappe_version=version)
@@ -75,10 +91,22 @@ def server_spec(name: str, gsocket_web: str) -> Server:
         return Server(name, "imitation", "any")
     if name in ("gsocket", "gsocket2"):
         return Server(name, "gsocket", gsocket_web, processes=2 if name == "gsocket2" else 1)
+    if name == "gsocket-cluster2":
+        return Server(name, "gsocket", gsocket_web, processes=2, gsocket_conf={"processes": 2})
+    if name == "gsocket-redisman":
+        return Server(name, "gsocket", gsocket_web, gsocket_conf={"scale_out": True})
     raise ValueError(name)
 
 
-SERVERS = ("node-v15", "node-develop", "node-imitation", "gsocket", "gsocket2")
+SERVERS = (
+    "node-v15",
+    "node-develop",
+    "node-imitation",
+    "gsocket",
+    "gsocket2",
+    "gsocket-cluster2",
+    "gsocket-redisman",
+)
 DEFAULT_SERVERS = "node-v15,node-develop,gsocket"
 SOURCE_ADDRESSES = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
 # Throwaway clients per loadgen worker connected before the timed connect storm.
@@ -86,6 +114,8 @@ WARMUP_CLIENTS = 20
 # Fan-out events delivered, unmeasured, before the measured phases (JIT, buffers).
 WARMUP_EVENTS = 50
 AUTH_CALLS = "frappe.realtime.get_user_info"
+CLUSTER_CHANNEL = "gsocket"
+"""gsocket.scale_out_channel's default: the Redis manager's channel and its keys' prefix."""
 # v15 answers the can_subscribe_* pair, develop has_permission
 PERMISSION_CALLS = (
     "frappe.realtime.has_permission",
@@ -131,7 +161,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--servers",
         default=DEFAULT_SERVERS,
         help=f"comma-separated, run in this order (default {DEFAULT_SERVERS}; also "
-        "node-imitation, gsocket2)",
+        "node-imitation, gsocket2, gsocket-cluster2, gsocket-redisman)",
     )
     p.add_argument(
         "--pairs",
@@ -272,15 +302,24 @@ def make_bench(root: Path) -> Path:
     return bench
 
 
-def write_config(bench: Path, socketio_port: int, redis_port: int, web_port: int) -> None:
+def write_config(
+    bench: Path,
+    socketio_port: int,
+    redis_port: int,
+    web_port: int,
+    gsocket: dict[str, Any] | None = None,
+) -> None:
     """No ``webserver_host``: every server then takes the web process's URL from the client's
-    Origin, as Frappe's Node servers always do, so all of them make the same calls."""
-    config = {
+    Origin, as Frappe's Node servers always do, so all of them make the same calls. GSOCKET
+    is the ``gsocket`` key (``processes``, ``scale_out``), absent when empty."""
+    config: dict[str, Any] = {
         "socketio_port": socketio_port,
         "redis_queue": f"redis://127.0.0.1:{redis_port}",
         "webserver_port": web_port,
         "default_site": SITE,
     }
+    if gsocket:
+        config["gsocket"] = gsocket
     (bench / "sites" / "common_site_config.json").write_text(json.dumps(config, indent=1))
 
 
@@ -330,6 +369,16 @@ class Run:
             self._children.append(child)
             self._webs[flavour] = (child, port)
         return self._webs[flavour]
+
+    def clear_cluster_keys(self) -> int:
+        """Delete what a stopped cluster left in Redis (presence, recovery: the default
+        ``gsocket:`` prefix) so that the next case starts from nothing; return how many keys
+        there were (none after a clean stop: each process removes its own presence)."""
+        client = self.publisher.client
+        keys = list(client.scan_iter(match=f"{CLUSTER_CHANNEL}:*"))
+        if keys:
+            client.delete(*keys)
+        return len(keys)
 
     def _stop_children(self) -> None:
         for child in reversed(self._children):
@@ -426,13 +475,22 @@ class Case:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         argv = [sys.executable, "-m", "gsocket", "serve", "--bench", str(bench)]
-        return processes.start(
-            name, [*argv, "--port", str(port)], self.run.log_dir, cwd=bench / "sites", env=env
-        )
+        # A cluster's process K finds its own port (socketio_port + K), as under supervisor.
+        argv += ["--process", str(index)] if self.spec.cluster else ["--port", str(port)]
+        return processes.start(name, argv, self.run.log_dir, cwd=bench / "sites", env=env)
 
     def start_server(self) -> None:
-        self.ports = [processes.free_port() for _ in range(self.count)]
-        write_config(self.run.bench, self.ports[0], self.run.redis_port, self.web_port)
+        if self.spec.cluster:
+            self.ports = processes.consecutive_free_ports(self.count)
+        else:
+            self.ports = [processes.free_port() for _ in range(self.count)]
+        write_config(
+            self.run.bench,
+            self.ports[0],
+            self.run.redis_port,
+            self.web_port,
+            self.spec.gsocket_conf,
+        )
         children = [self.launch(port, i) for i, port in enumerate(self.ports)]
         self.proc = children[0] if self.count == 1 else processes.Group(children)
         # Frappe's Node servers have no /health: listening is what a bench checks for them.
@@ -467,7 +525,18 @@ class Case:
             if self.proc is not None:
                 # Generous: a server may still be processing the clients' disconnects.
                 self.proc.stop(timeout=30)
+            if self.spec.scale_out:
+                self.result["cluster_keys_left"] = self.run.clear_cluster_keys()
         return self.result
+
+    def process_view(self) -> list[dict[str, Any]]:
+        """Per gsocket process: its port, the sockets it holds and its cluster node name (only
+        with the Redis manager on), from ``/health``; proves how the clients were spread."""
+        view = []
+        for port in self.ports:
+            body = processes.health(port)
+            view.append({"port": port, "sockets": body.get("sockets"), "node": body.get("node")})
+        return view
 
     def scenarios(self) -> None:
         assert self.proc is not None and self.lg is not None
@@ -480,6 +549,9 @@ class Case:
         self.warm_up_fanout()
         time.sleep(self.st.settle_s)
         rss_connected = self.proc.rss()
+        if self.spec.kind == "gsocket":
+            self.result["processes"] = self.process_view()
+            self.result["manager_subscribers"] = self.run.publisher.subscribers(CLUSTER_CHANNEL)
         n = self.connected
         rate = self.st.rate
         self.result["fanout_fixed"] = self.phase(
@@ -532,6 +604,19 @@ class Case:
                 lambda seq: Target(user_room(seq % self.n)),
             ),
         )
+        if self.spec.scale_out:
+            # what a handler's emit on another process costs: through the Redis manager
+            self.result["relay_fixed"] = self.phase(
+                "relay-fixed",
+                "user",
+                1,
+                lambda: self.run.publisher.fixed_rate(
+                    "relay-fixed",
+                    self.st.user_rate,
+                    events_for(self.st.user_rate, self.st.fixed_seconds, 1),
+                    lambda seq: Target(user_room(seq % self.n), relayed=True),
+                ),
+            )
         rss_after = self.proc.rss()
         self.desk_mix()
         stats = self.lg.call("stats")

@@ -24,20 +24,29 @@ from gsocket.cluster.recovery import Recovery
 from gsocket.config import Config
 from gsocket.contract.auth import Authenticator
 from gsocket.contract.bridge import Bridge
-from gsocket.contract.core_handlers import announce_lost_viewers, register_core_handlers
+from gsocket.contract.core_handlers import (
+    announce_lost_viewers,
+    join_default_rooms,
+    register_core_handlers,
+)
 from gsocket.contract.frappe_shim import install_frappe_realtime
 from gsocket.contract.secret import SocketSecret
+from gsocket.contract.sites import is_trusted_proxy
 from gsocket.contract.webclient import WebClient
 from gsocket.frappe_ctx import FrappeContext
 from gsocket.handlers.registry import Registry, realtime
+from gsocket.handlers.sessions import Sessions
 from gsocket.handlers_loader import load_handlers, read_apps
 from gsocket.metrics import Metrics
 from gsocket.ops.arrival import DOCTOR_PATH, serve_arrival
 from gsocket.ops.lifecycle import InFlight, TrackedDispatcher, drain
 from gsocket.ops.listener import open_listener
+from gsocket.protocol.guards import ClientGuard
+from gsocket.protocol.http import LeanWebSocketHandler
 from gsocket.protocol.scaleout import make_client_manager, start_client_manager
 from gsocket.protocol.server import Server
-from gsocket.protocol.transport import LeanWebSocketHandler
+from gsocket.protocol.stall import watch_event_loop
+from gsocket.protocol.transport import Transport
 
 log = logging.getLogger("gsocket.app")
 
@@ -59,6 +68,7 @@ class App:
         web: WebClient,
         frappe_ctx: FrappeContext,
         server: Server,
+        sessions: Sessions,
         bridge: Bridge,
         in_flight: InFlight | None = None,
     ) -> None:
@@ -69,6 +79,7 @@ class App:
         self.web = web
         self.frappe_ctx = frappe_ctx
         self.server = server
+        self.sessions = sessions
         self.bridge = bridge
         self.in_flight = in_flight or InFlight()
         self.draining = False
@@ -82,10 +93,10 @@ class App:
         """
         body: dict[str, Any] = {
             "bridge": self.bridge.reason,
-            "sockets": len(self.server.sockets()),
+            "sockets": len(self.sessions.sockets()),
         }
-        if self.server.presence is not None:
-            body["node"] = self.server.presence.node
+        if self.sessions.presence is not None:
+            body["node"] = self.sessions.presence.node
         if self.draining:
             return 503, {"status": "draining", **body}
         if self.bridge.subscribed:
@@ -133,16 +144,17 @@ class App:
         if listener is None:
             listener = open_listener(self.config)
         listener.setblocking(False)
+        watch_event_loop()
         self._wsgi_server = WSGIServer(
             listener, self.wsgi, handler_class=LeanWebSocketHandler, log=None, error_log=log
         )
         self._wsgi_server.start()
         if self.config.scale_out:
             start_client_manager(self.server)
-        if self.server.presence is not None:
-            self.server.presence.start()
-        if self.server.recovery is not None:
-            self.server.recovery.start()
+        if self.sessions.presence is not None:
+            self.sessions.presence.start()
+        if self.sessions.recovery is not None:
+            self.sessions.recovery.start()
         self.bridge.start()
         where = self.config.uds or f"{self.config.host}:{self.config.port}"
         log.info("gsocket listening on %s for bench %s", where, self.config.bench_path)
@@ -159,12 +171,12 @@ class App:
         timeout = self.config.drain_timeout if timeout is None else timeout
         self.draining = True
         drain(self.server, self.in_flight, timeout, self._stop_accepting)
-        self.server.dispatcher.aio.close()
+        self.sessions.dispatcher.aio.close()
         self.bridge.stop()
-        if self.server.presence is not None:
-            self.server.presence.stop()
-        if self.server.recovery is not None:
-            self.server.recovery.stop()
+        if self.sessions.presence is not None:
+            self.sessions.presence.stop()
+        if self.sessions.recovery is not None:
+            self.sessions.recovery.stop()
         with gevent.Timeout(1.0, False):
             self.server.shutdown()
         if self._wsgi_server is not None:
@@ -204,7 +216,9 @@ def _installed_apps_resolver(frappe_ctx: FrappeContext) -> Callable[[str], tuple
     return installed_apps_of
 
 
-def join_cluster(server: Server, redis_client: redis.Redis, config: Config) -> None:
+def join_cluster(
+    server: Server, sessions: Sessions, redis_client: redis.Redis, config: Config
+) -> None:
     """Make a scaled-out server one node of the bench's cluster (:mod:`gsocket.cluster.presence`):
     session ids that name it, and presence shared with the other processes."""
     node = node_name(config.process or 0)
@@ -214,17 +228,19 @@ def join_cluster(server: Server, redis_client: redis.Redis, config: Config) -> N
         node,
         f"{config.scale_out_channel}:presence:",
         config.presence_ttl,
-        lambda namespace, rooms: announce_lost_viewers(server, namespace, rooms),
-        lambda: ((s.namespace, s.sid, s.user, s.rooms) for s in server.sockets()),
+        lambda namespace, rooms: announce_lost_viewers(sessions, namespace, rooms),
+        lambda: ((s.namespace, s.sid, s.user, s.rooms) for s in sessions.sockets()),
     )
-    server.presence = presence
+    sessions.presence = presence
     server.manager.presence = presence
 
 
-def enable_recovery(server: Server, redis_client: redis.Redis, config: Config) -> None:
+def enable_recovery(
+    server: Server, sessions: Sessions, redis_client: redis.Redis, config: Config
+) -> None:
     """Turn on connection state recovery (:mod:`gsocket.cluster.recovery`), logging under this
     process's cluster node name (a fresh one per start when it is the bench's only process)."""
-    presence = server.presence
+    presence = sessions.presence
     node = presence.node if presence is not None else node_name(config.process or 0)
     manager = server.manager
 
@@ -240,8 +256,9 @@ def enable_recovery(server: Server, redis_client: redis.Redis, config: Config) -
         config.recovery_missed,
         rooms_of,
     )
-    server.recovery = recovery
+    sessions.recovery = recovery
     manager.rooms_changed = recovery.rooms_changed
+    manager.numbering = recovery.log.append
 
 
 def create_app(
@@ -279,19 +296,41 @@ def create_app(
         registry, frappe_ctx, metrics, config.limits.handler_timeout, in_flight=in_flight
     )
     server = Server(
-        authenticator,
-        dispatcher,
-        web,
-        metrics,
         client_manager=make_client_manager(config) if config.scale_out else None,
         connect_timeout=config.connect_timeout,
         max_http_buffer_size=config.limits.max_message_bytes,
         ping_interval=config.ping_interval,
         ping_timeout=config.ping_timeout,
     )
+    guard = ClientGuard(
+        server.eio,
+        config.limits,
+        metrics,
+        lambda address: is_trusted_proxy(address, config.trusted_proxies),
+    )
+    transport = Transport(
+        server.eio,
+        config.limits.send_queue,
+        kick=lambda eio_sid, why: guard.kick(eio_sid, why, abort=True),
+    )
+    sessions = Sessions(
+        server, authenticator, dispatcher, web, metrics, connect_hooks=[join_default_rooms]
+    )
+    server.use(guard, transport, sessions)
     if config.scale_out:
-        join_cluster(server, redis_client, config)
+        join_cluster(server, sessions, redis_client, config)
     if config.recovery_seconds > 0:
-        enable_recovery(server, redis_client, config)
+        enable_recovery(server, sessions, redis_client, config)
     bridge = Bridge(server, config.redis_url, metrics)
-    return App(config, registry, metrics, redis_client, web, frappe_ctx, server, bridge, in_flight)
+    return App(
+        config,
+        registry,
+        metrics,
+        redis_client,
+        web,
+        frappe_ctx,
+        server,
+        sessions,
+        bridge,
+        in_flight,
+    )

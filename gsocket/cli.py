@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 import gevent
 
 from gsocket import __version__
-from gsocket.config import ConfigError, load_config
+from gsocket.config import LOG_FORMATS, ConfigError, load_config
 from gsocket.errors import StartupError
 from gsocket.ops.dependencies import check_supported
-from gsocket.ops.logs import LOG_FORMAT, LOG_FORMATS, setup_logging
+from gsocket.ops.logs import LOG_FORMAT, setup_logging
 
 if TYPE_CHECKING:
     from gsocket.app import App

@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gsocket.ops.logs import LOG_FORMATS
-
 log = logging.getLogger("gsocket.config")
 
 DEFAULT_REDIS_QUEUE = "redis://127.0.0.1:11000"
@@ -29,6 +27,10 @@ RESERVED_CHANNELS = frozenset({"events", "open_in_editor"})
 
 # gsocket settings of the Engine.IO and Socket.IO protocols, in seconds (Node's are in ms).
 ENGINE = ("ping_interval", "ping_timeout", "connect_timeout")
+
+
+LOG_FORMATS = ("text", "json")
+"""Values of ``gsocket.log_format`` (and ``--log-format``)."""
 
 
 class ConfigError(Exception):

@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 import gevent
 
 from gsocket.errors import StartupError
+from gsocket.protocol.internals.gevent_hooks import lock_is_free
+from gsocket.protocol.internals.pymysql_hooks import share_pymysql_default_tls_context
 
 log = logging.getLogger("gsocket.frappe_ctx")
 
@@ -100,18 +102,6 @@ def _original_lock_types() -> tuple[type, ...]:
     return (lock_type, rlock_type) if isinstance(rlock_type, type) else (lock_type,)
 
 
-def _lock_is_free(lock: Any) -> bool:
-    """Whether nobody holds ``lock`` (an OS ``Lock`` or ``RLock``); probing leaves it as found."""
-    if hasattr(lock, "locked"):
-        return not lock.locked()
-    if lock._is_owned():
-        return False
-    if lock.acquire(blocking=False):
-        lock.release()
-        return True
-    return False
-
-
 def recreate_prepatch_locks(packages: Iterable[str] = ("frappe",)) -> list[str]:
     """Replace module-level OS locks of ``packages`` with gevent-aware ones; return their names.
 
@@ -136,7 +126,7 @@ def recreate_prepatch_locks(packages: Iterable[str] = ("frappe",)) -> list[str]:
             if kind not in original:
                 continue
             qualified = f"{name}.{attr}"
-            if not _lock_is_free(value):
+            if not lock_is_free(value):
                 log.warning("%s was created before gevent's monkey-patch and is held", qualified)
                 continue
             fresh = threading.Lock() if kind is original[0] else threading.RLock()
@@ -156,41 +146,6 @@ def check_startup_guards() -> None:
     replaced = recreate_prepatch_locks()
     if replaced:
         log.info("re-created %d lock(s) made before the monkey-patch: %s", len(replaced), replaced)
-
-
-def share_pymysql_default_tls_context() -> bool:
-    """Make PyMySQL build its default TLS context once per process instead of per connection.
-
-    PyMySQL 1.2 tries TLS on every connection that has no TLS settings ("preferred" mode) and
-    builds a fresh ``ssl`` default context for it, loading the system CA bundle each time:
-    tens of milliseconds of CPU per ``frappe.connect``, all of it blocking the gevent hub
-    (measured in benchmarks/FRAPPE_CTX.md).  That context is the same every time (no CA, no
-    certificate, no host check), and an ``SSLContext`` is made to be shared, so the first
-    one is kept and reused.  Connections with TLS settings (``db_ssl_ca`` and friends in the
-    site config) still get a context of their own.  Returns whether the sharing is in place.
-    """
-    try:
-        import pymysql
-        from pymysql import connections
-    except ImportError:
-        return False
-    original = getattr(connections.Connection, "_create_ssl_ctx", None)
-    if original is None or not (1, 2) <= tuple(pymysql.VERSION[:2]) < (2, 0):
-        return False
-    if getattr(original, "__gsocket_shared__", False):
-        return True
-    shared: list[Any] = []
-
-    def create_ssl_ctx(self: Any, sslp: Any) -> Any:
-        if isinstance(sslp, dict) and not sslp:
-            if not shared:
-                shared.append(original(self, sslp))
-            return shared[0]
-        return original(self, sslp)
-
-    create_ssl_ctx.__gsocket_shared__ = True  # type: ignore[attr-defined]
-    connections.Connection._create_ssl_ctx = create_ssl_ctx  # type: ignore[method-assign]
-    return True
 
 
 class _Lookup:

@@ -3,7 +3,8 @@
     python -m scripts.churn --cycles 50000 --workers 8
 
 Starts its own redis-server, Frappe web stand-in and gsocket (with ``/_probe``) in a temporary
-folder, runs :func:`scripts.hardening.churn.run_churn` (both transports, both sites, a new room
+folder, runs :func:`tests.support.hardening.churn.run_churn` (both transports, both sites, a new
+room
 per cycle, one client in ten vanishing without a goodbye), samples the server every
 ``--sample-every`` cycles, then waits for python-engineio to reap the closed sessions and
 prints before/after tables as JSON.  Exit status 0 when nothing stayed behind.
@@ -18,9 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from scripts.hardening.churn import run_churn
-from scripts.hardening.fuzz import tracebacks_by_exception
-from scripts.hardening.kit import Stack
+from tests.support.hardening.churn import run_churn
+from tests.support.hardening.fuzz import tracebacks_by_exception
+from tests.support.hardening.kit import Stack
 
 MIB = 1024 * 1024
 KEYS = (

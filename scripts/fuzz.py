@@ -3,7 +3,7 @@
     python -m scripts.fuzz --cases 3000 --seed 1
 
 Starts its own redis-server, Frappe web stand-in and gsocket (with ``/_probe``) in a temporary
-folder, runs :func:`scripts.hardening.fuzz.run_fuzz`, then checks that the server is still up,
+folder, runs :func:`tests.support.hardening.fuzz.run_fuzz`, then checks that the server is still up,
 that its tables are back to the witness's, how much its memory grew, and that its log has no
 traceback.  Exit status 0 when everything held.
 """
@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scripts.hardening.fuzz import run_fuzz, tracebacks_by_exception
-from scripts.hardening.kit import Stack
+from tests.support.hardening.fuzz import run_fuzz, tracebacks_by_exception
+from tests.support.hardening.kit import Stack
 
 MIB = 1024 * 1024
 

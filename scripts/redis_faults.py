@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts.hardening.kit import SITE, Stack, desk_headers
-from scripts.hardening.redisfaults import bad_message, good_message, run_outage, wait_for
+from tests.support.hardening.kit import SITE, Stack, desk_headers
+from tests.support.hardening.redisfaults import bad_message, good_message, run_outage, wait_for
 from tests.support.pyclient import PyClient
 
 

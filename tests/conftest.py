@@ -8,15 +8,17 @@ from typing import Any
 
 import pytest
 
-from scripts.hardening.kit import ProbedGsocket
-from scripts.hardening.kit import start_gsocket as start_probed_gsocket
-from tests.support.bench import GsocketProcess, make_bench
+from tests.support.bench import GsocketProcess, desk_headers, make_bench
+from tests.support.hardening.kit import ProbedGsocket
+from tests.support.hardening.kit import start_gsocket as start_probed_gsocket
 from tests.support.pyclient import PyClient
 from tests.support.redis_server import RedisServer
 from tests.support.webstub import WebStub
 
 SITE = "site1.local"
 SITE2 = "site2.local"
+
+__all__ = ["SITE", "SITE2", "desk_headers"]  # what test modules import from here
 
 
 @pytest.fixture(scope="session")
@@ -101,18 +103,6 @@ def start_gsocket(
 def gsocket(start_gsocket: Callable[..., GsocketProcess]) -> GsocketProcess:
     """A gsocket serving sites ``site1.local`` and ``site2.local`` of a plain bench."""
     return start_gsocket()
-
-
-def desk_headers(site: str, sid: str | None, origin: str = "http://127.0.0.1") -> dict[str, str]:
-    """Headers of a desk behind nginx: the site name, an Origin on the Host's host, the cookie.
-
-    The client connects to ``127.0.0.1``, so an Origin on ``127.0.0.1`` (any port) matches
-    the Host, and ``X-Frappe-Site-Name`` (trusted from loopback, as from nginx) names the site.
-    """
-    headers = {"Origin": origin, "X-Frappe-Site-Name": site}
-    if sid is not None:
-        headers["Cookie"] = f"sid={sid}"
-    return headers
 
 
 @pytest.fixture

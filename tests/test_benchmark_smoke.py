@@ -2,10 +2,12 @@
 
 Behaviour only, never timing: the machine is shared, so throughput and latency numbers are
 not asserted; what is asserted is that the run writes its reports, that Frappe's own Node
-servers of v15 and develop (unmodified, from ../shared/frappe) and gsocket each serve every
-client, that the auth and permission calls really happen and the web stand-in refuses none
-of the Node servers' calls (it answers as their Frappe version does), that every published
-event is delivered exactly once, also in the desk mix with its reconnects, and that every
+servers of v15 and develop (unmodified, from ../shared/frappe), gsocket, a cluster of two
+gsocket processes and one process with the Redis manager on each serve every client, that the
+auth and permission calls really happen and the web stand-in refuses none of the Node servers'
+calls (it answers as their Frappe version does), that every published event is delivered
+exactly once, also in the desk mix with its reconnects and across the cluster's two
+processes, and that every
 event of the small frappe_context batch is acknowledged by its handler, with every context's
 database connection closed and the batch faster than its events one after another.
 """
@@ -21,7 +23,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PHASES = ("fanout_fixed", "fanout_max", "user_fixed", "user_max")
-SERVERS = ["node-v15", "node-develop", "gsocket"]
+SERVERS = ["node-v15", "node-develop", "gsocket", "gsocket-cluster2", "gsocket-redisman"]
 
 
 def check_case(case: dict) -> None:
@@ -49,6 +51,32 @@ def check_case(case: dict) -> None:
     assert case["held"] == {"connected_at_end": 200, "disconnects": {}}
     assert case["memory"]["rss_connected"] > 0
     check_mix(case["mix"])
+    if case["server"].startswith("gsocket"):
+        check_processes(case)
+
+
+def check_processes(case: dict) -> None:
+    """How each gsocket kind really ran: plain gsocket without the Redis manager; the cluster
+    as processes 0 and 1 of one bench on consecutive ports, each holding a share of the
+    clients, both on the manager's channel; emits relayed by the manager (as another process's
+    handler makes them) delivered exactly once; each node's presence gone from Redis after its
+    clean stop."""
+    procs = case["processes"]
+    assert sum(p["sockets"] for p in procs) == 200
+    if case["server"] == "gsocket":
+        assert [p["node"] for p in procs] == [None]
+        assert case["manager_subscribers"] == 0
+        assert "cluster_keys_left" not in case and "relay_fixed" not in case
+        return
+    if case["server"] == "gsocket-cluster2":
+        assert [p["port"] - procs[0]["port"] for p in procs] == [0, 1]
+        assert all(p["sockets"] > 0 for p in procs), procs
+    assert [p["node"].split(".")[0] for p in procs] == [str(k) for k in range(len(procs))]
+    assert case["manager_subscribers"] == len(procs)
+    relay = case["relay_fixed"]
+    assert relay["delivered"] == relay["expected"] == relay["events"] > 0
+    assert relay["lost"] == relay["duplicates"] == relay["misrouted"] == 0
+    assert case["cluster_keys_left"] == 0
 
 
 def check_mix(mix: dict) -> None:
@@ -74,6 +102,8 @@ def test_quick_benchmark_run_delivers_everything(tmp_path: Path) -> None:
             sys.executable,
             str(REPO / "benchmarks" / "run.py"),
             "--quick",
+            "--servers",
+            ",".join(SERVERS),
             "--results-dir",
             str(results),
         ],
@@ -111,6 +141,8 @@ def test_quick_benchmark_run_delivers_everything(tmp_path: Path) -> None:
         "## Desk mix",
         "## Goals of issue 16 on the medians",
         "## frappe_context concurrency",
+        "## Cluster of two processes against one (issue 17)",
+        "## The Redis manager's CPU per operation (issue 17)",
     ):
         assert heading in report
 
@@ -189,6 +221,44 @@ def test_goals_are_judged_on_medians_against_the_faster_node() -> None:
     # the scenario tables give the median and the spread of the rounds
     assert "| node-develop | 1 000 | 3/3 | — | — | 45.0 (40.0–200.0) |" in md
     assert "| 1 000 | CPU per event to a per-user room | node-develop | 45.0 | 22.0 | 0.49 |" in md
+
+
+def _cluster_case(server: str, round_: int, **figures: float) -> dict:
+    case = _case(server, figures.get("us_per_event", 40.0))
+    case["round"] = round_
+    case["connect"]["connects_per_s"] = figures.get("connects", 1000.0)
+    clean = {"lost": 0, "duplicates": 0, "misrouted": 0}
+    case["fanout_fixed"] = case["user_max"] = clean
+    case["fanout_max"] = {**clean, "deliveries_per_s": figures.get("fanout", 100_000.0)}
+    if server == "gsocket-redisman":
+        case["relay_fixed"] = {**clean, "server_us_per_event": 60.0}
+    case["memory"] = {"rss_connected": 64 * 2**20, "bytes_per_connection": 35_000}
+    return case
+
+
+def test_cluster_tables_give_ratios_and_the_managers_cost_on_medians() -> None:
+    """Two processes over one, and the Redis manager's CPU as the difference of the medians
+    to plain gsocket: an outlying round moves neither."""
+    _, report = _harness()
+    cases = [
+        *(_cluster_case("gsocket", r, fanout=f) for r, f in ((1, 100e3), (2, 120e3), (3, 1e3))),
+        *(
+            _cluster_case("gsocket-cluster2", r, fanout=f)
+            for r, f in ((1, 180e3), (2, 150e3), (3, 900e3))
+        ),
+        *(_cluster_case("gsocket-redisman", r, us_per_event=u) for r, u in enumerate((43, 45, 99))),
+    ]
+    md = "\n".join(report.cluster_tables(cases))
+    assert "| 1 000 | clean runs (1, 2 processes) | 3/3, 3/3 |" in md
+    row = "| 1 000 | fan-out deliveries/s (flat out) | 100 000 (1 000–120 000) "
+    assert row + "| 180 000 (150 000–900 000) | 1.80 |" in md
+    row = "| 1 000 | per-user room event from Frappe | 40.00 (40.00–40.00) "
+    assert row + "| 45.00 (43.00–99.00) | 5.00 | 1.12 |" in md
+    # an emit relayed by the manager is set against the bridged event of plain gsocket
+    row = "| 1 000 | the same, emitted on another process | 40.00 (40.00–40.00) "
+    assert row + "| 60.00 (60.00–60.00) | 20.00 | 1.50 |" in md
+    # without the cluster kinds in a run, no issue 17 tables
+    assert report.cluster_tables([c for c in cases if c["server"] == "gsocket"]) == []
 
 
 def test_desk_mix_rates_and_schedule() -> None:

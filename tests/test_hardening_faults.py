@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from scripts.hardening.kit import (
+from tests.support.bench import wait_until
+from tests.support.hardening.kit import (
     SITE,
     RawPolling,
     RawWebSocket,
     desk_headers,
 )
-from tests.support.bench import wait_until
 
 NS = f"/{SITE}"
 MIB = 1024 * 1024

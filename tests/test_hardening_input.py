@@ -16,8 +16,8 @@ import pytest
 import requests
 import websocket
 
-from scripts.hardening.fuzz import run_fuzz
-from scripts.hardening.kit import (
+from tests.support.hardening.fuzz import run_fuzz
+from tests.support.hardening.kit import (
     SITE,
     RawPolling,
     RawWebSocket,

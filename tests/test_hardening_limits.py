@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from scripts.hardening.churn import run_churn
-from scripts.hardening.kit import (
+from tests.support.hardening.churn import run_churn
+from tests.support.hardening.kit import (
     EIO_PATH,
     SITE,
     ProbedGsocket,
@@ -95,7 +95,7 @@ STALL_SCRIPT = """
 from gevent import monkey
 monkey.patch_all()
 import socket, sys, time, gevent
-from gsocket.protocol.limits import watch_event_loop
+from gsocket.protocol.stall import watch_event_loop
 lines = []
 watch_event_loop(0.2, report=lines.append)
 

@@ -23,10 +23,10 @@ from socketio import packet as sio_packet
 
 from gsocket.contract import httpclient
 from gsocket.protocol import resp
+from gsocket.protocol.codec import TEXT, PacketJSON, frame
 from gsocket.protocol.manager import RoomIndex
-from gsocket.protocol.transport import TEXT, frame
-from scripts.hardening.kit import RawWebSocket
 from tests.conftest import SITE, desk_headers
+from tests.support.hardening.kit import RawWebSocket
 
 NS = f"/{SITE}"
 
@@ -95,12 +95,15 @@ class _Server:
     packet_class = sio_packet.Packet
 
     def __init__(self) -> None:
+        sio_packet.Packet.json = PacketJSON  # as gsocket's Server(json=PacketJSON) does
         self.eio = _Eio()
         self.transport = _Transport()
         self.sent: list[tuple[str, Any]] = []
 
-    def _send_eio_packet(self, eio_sid: str, pkt: Any) -> None:
+    def send_eio_packet(self, eio_sid: str, pkt: Any) -> None:
         self.sent.append((eio_sid, pkt))
+
+    _send_eio_packet = send_eio_packet  # what python-socketio's own emit calls
 
 
 class _Manager(RoomIndex, socketio.Manager):
@@ -125,6 +128,38 @@ def test_emit_encodes_as_python_socketio_does(data, namespace):
     args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
     encoded = sio_packet.Packet(sio_packet.EVENT, namespace=namespace, data=["ev", *args]).encode()
     assert manager.server.transport.frames == [(["e1"], frame(("4" + encoded).encode(), TEXT))]
+
+
+def test_non_finite_numbers_are_sent_as_null_like_node():
+    """Node's JSON.stringify writes NaN and Infinity as null; Python's json writes NaN, which
+    every browser's JSON.parse rejects."""
+    manager = _manager()
+    sid = manager.connect("e1", NS)
+    manager.emit("ev", {"a": float("nan"), "b": [float("inf"), -float("inf"), 1.5]}, NS, room=sid)
+    payload = f'42{NS},["ev",{{"a":null,"b":[null,null,1.5]}}]'
+    assert manager.server.transport.frames == [(["e1"], frame(payload.encode(), TEXT))]
+
+
+def test_deliver_encodes_a_published_event_once_for_its_room_or_every_site():
+    manager = _manager()
+    a, b = manager.connect("ea", NS), manager.connect("eb", "/other.local")
+    manager.enter_room(a, NS, "doc:A/1")
+    assert manager.deliver(NS[1:], "doc:A/1", "e", {"x": 1}) == 1
+    assert manager.deliver(None, None, "all", None) == 2
+    numbered: list[tuple[str, str, str]] = []
+    manager.numbering = lambda site, room, body: numbered.append((site, room, body)) or "n:1"
+    assert manager.deliver(NS[1:], "doc:A/1", "e", 2) == 1
+    frames = [(eio_sids, data) for eio_sids, data in manager.server.transport.frames]
+    assert frames == [
+        (["ea"], frame(f'42{NS},["e",{{"x":1}}]'.encode(), TEXT)),
+        (["ea"], frame(f'42{NS},["all"]'.encode(), TEXT)),
+        (["eb"], frame(b'42/other.local,["all"]', TEXT)),
+        (["ea"], frame(f'42{NS},["e",2,"n:1"]'.encode(), TEXT)),
+    ]
+    assert numbered == [(NS[1:], "doc:A/1", '["e",2]')]
+    with pytest.raises(ValueError, match="cannot be sent as JSON"):
+        manager.deliver(NS[1:], "doc:A/1", "e", b"bytes")
+    assert b is not None
 
 
 def test_binary_emits_keep_python_socketio_attachments():
@@ -478,14 +513,15 @@ def test_flush_in_steps_lets_other_greenlets_run_and_keeps_every_wire_in_order(m
     from types import SimpleNamespace
 
     from gsocket.protocol import transport as tr
+    from gsocket.protocol import writer
 
-    monkeypatch.setattr(tr, "FLUSH_STEP", 2)
+    monkeypatch.setattr(writer, "FLUSH_STEP", 2)
     transport = tr.Transport(
         SimpleNamespace(ping_interval=25, ping_timeout=20), 100, lambda sid, why: None
     )
     pairs = [gevent.socket.socketpair() for _ in range(5)]
     wires = [
-        tr.Wire(transport, f"s{i}", a, SimpleNamespace(closed=False))
+        writer.Wire(transport, f"s{i}", a, SimpleNamespace(closed=False))
         for i, (a, _) in enumerate(pairs)
     ]
     for wire in wires:
@@ -514,7 +550,7 @@ def test_flush_in_steps_lets_other_greenlets_run_and_keeps_every_wire_in_order(m
 
 
 def test_engineio_packets_become_frames():
-    from gsocket.protocol.transport import packet_frame
+    from gsocket.protocol.codec import packet_frame
 
     assert packet_frame(eio_packet.Packet(eio_packet.PING)) == b"\x81\x012"
     handshake = {"sid": "a_b", "upgrades": [], "pingTimeout": 20000, "pingInterval": 25000}
@@ -528,7 +564,7 @@ def test_engineio_packets_become_frames():
 def test_client_connections_send_without_nagle_delay():
     """Like Node's ``ws``: a frame must not wait for the client's delayed acknowledgement of
     the one before it."""
-    from gsocket.protocol.transport import LeanWebSocketHandler
+    from gsocket.protocol.http import LeanWebSocketHandler
 
     listener = gevent.socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -552,16 +588,16 @@ def test_bridge_writes_and_yields_after_enough_frames_not_only_enough_messages()
     from gsocket.metrics import Metrics
 
     room_size = WRITES_PER_TURN // 3 + 1
-    emitted: list[str] = []
+    emitted: list[tuple[str, str, str, object]] = []
     flushed_after: list[int] = []
     others_ran_after: list[int] = []
 
-    def emit_encoded(namespace: str, room: str, encoded: str) -> int:
-        emitted.append(encoded)
+    def deliver(site: str, room: str, event: str, message: object) -> int:
+        emitted.append((site, room, event, message))
         return room_size
 
     server = SimpleNamespace(
-        manager=SimpleNamespace(emit_encoded=emit_encoded),
+        manager=SimpleNamespace(deliver=deliver),
         transport=SimpleNamespace(flush_in_steps=lambda: flushed_after.append(len(emitted))),
     )
     bridge = Bridge(server, "redis://127.0.0.1:1", Metrics())  # type: ignore[arg-type]
@@ -572,7 +608,7 @@ def test_bridge_writes_and_yields_after_enough_frames_not_only_enough_messages()
         for i in range(7)
     ]
     bridge.deliver_batch([*good[:2], bad, *good[2:]])
-    assert len(emitted) == 7 and emitted[0] == f'2/{SITE},["e",0]'
+    assert len(emitted) == 7 and emitted[0] == (SITE, "doc:A/1", "e", 0)
     assert flushed_after == [3, 6, 7]  # every 3 broadcasts of a third of the bound, and at the end
     assert others_ran_after == [3]
     assert bridge.metrics.bridged.value("delivered") == 7
@@ -617,11 +653,11 @@ def test_bridge_reads_a_dense_stream_of_user_events_in_gathered_batches(redis_se
     from gsocket.metrics import Metrics
 
     count = 500
-    emitted: list[tuple[str, str]] = []
+    emitted: list[tuple[str, str, object]] = []
     batches: list[int] = []
     server = SimpleNamespace(
         manager=SimpleNamespace(
-            emit_encoded=lambda ns, room, encoded: emitted.append((room, encoded)) or 1
+            deliver=lambda site, room, event, message: emitted.append((room, event, message)) or 1
         ),
         transport=SimpleNamespace(flush_in_steps=lambda: None),
     )
@@ -654,7 +690,6 @@ def test_bridge_reads_a_dense_stream_of_user_events_in_gathered_batches(redis_se
         gevent.sleep(0.05)  # nothing more may come
     finally:
         bridge.stop()
-    assert [encoded for _, encoded in emitted] == [f'2/{SITE},["e",{i}]' for i in range(count)]
-    assert [room for room, _ in emitted] == [f"user:u{i % 50}@example.com" for i in range(count)]
+    assert emitted == [(f"user:u{i % 50}@example.com", "e", i) for i in range(count)]
     assert sum(batches) == count
     assert len(batches) <= count / 4, batches

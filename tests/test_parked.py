@@ -8,9 +8,9 @@ import json
 
 import websocket
 
-from scripts.hardening.kit import RawWebSocket, desk_headers, event_frame
 from tests.conftest import SITE
 from tests.support.bench import wait_until
+from tests.support.hardening.kit import RawWebSocket, desk_headers, event_frame
 
 NS = f"/{SITE}"
 IDLE = 300

@@ -1,12 +1,12 @@
 """Engine.IO and Socket.IO as specified, where python-engineio alone answers otherwise.
 
 Each test pins one point on which gsocket's layer over python-engineio
-(gsocket/protocol/transport.py, the Engine.IO parts of gsocket/protocol/server.py) makes a real
-gsocket process answer as Node's
-reference servers do, and as the official test suites (socketio/engine.io-protocol and
-socketio/socket.io-protocol, ``test-suite/``) check: a second concurrent long-poll, the PONG
-deadline, the connect timeout, the ``transport`` parameter, the HTTP methods, ``ok``, the
-NOOP for the pending poll of a closing client, and ping settings to the millisecond.
+(gsocket/protocol/session.py, http.py and the Engine.IO parts of server.py) makes a real
+gsocket process answer as Node's reference servers do, and as the official test suites
+(socketio/engine.io-protocol and socketio/socket.io-protocol, ``test-suite/``) check: a second
+concurrent long-poll, the PONG deadline, the connect timeout, the ``transport`` parameter, the
+HTTP methods, ``ok``, the NOOP for the pending poll of a closing client, and ping settings to
+the millisecond.
 
 The clients are raw: ``requests`` and sockets for HTTP long-polling, websocket-client for
 websockets, so that nothing but gsocket decides what goes over the wire.

@@ -11,7 +11,8 @@ import pytest
 import requests
 import socketio
 
-from scripts.hardening.kit import (
+from tests.support.bench import wait_until
+from tests.support.hardening.kit import (
     SITE,
     SITE2,
     ProbedGsocket,
@@ -19,7 +20,6 @@ from scripts.hardening.kit import (
     desk_headers,
     event_frame,
 )
-from tests.support.bench import wait_until
 
 NS = f"/{SITE}"
 SECRET = "s3cr3t-socket-XYZ"

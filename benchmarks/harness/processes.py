@@ -49,6 +49,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def consecutive_free_ports(count: int, attempts: int = 50) -> list[int]:
+    """COUNT consecutive TCP ports on 127.0.0.1 that nothing listens on right now: a cluster of
+    ``gsocket.processes`` serves process K on ``socketio_port + K``."""
+    for _ in range(attempts):
+        base = free_port()
+        if base + count <= 65536 and all(_bindable(base + k) for k in range(1, count)):
+            return list(range(base, base + count))
+    raise RuntimeError(f"no {count} consecutive free ports found in {attempts} attempts")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _children() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
@@ -308,6 +327,12 @@ def healthy(port: int) -> bool:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as res:
             return res.status == 200
     return False
+
+
+def health(port: int) -> dict:
+    """The body of gsocket's ``GET /health`` on 127.0.0.1:PORT (its sockets, its cluster node)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as res:
+        return json.loads(res.read())
 
 
 def ensure_npm(package_dir: Path) -> None:

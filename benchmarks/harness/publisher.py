@@ -21,6 +21,12 @@ import redis
 from .loadgen import Loadgen
 
 CHANNEL = "events"
+RELAY_CHANNEL = "gsocket"
+"""The Redis manager's channel (gsocket.scale_out_channel's default): what a cluster's process
+publishes there, when a handler emits to a room, every other process delivers to its own
+sockets."""
+RELAY_HOST = "gsocket-bench"
+"""The host_id of the relayed emits: no server process has it, so every one delivers them."""
 EVENT = "bench"
 # Largest pipeline sent at once; bounds the timestamp skew inside one batch.
 BATCH = 256
@@ -35,6 +41,9 @@ class Target:
     room: str
     event: str = EVENT
     x: int | None = None
+    relayed: bool = False
+    """Published as another cluster process's emit on the manager's channel, in
+    python-socketio's message shape, instead of Frappe's on ``events``."""
 
 
 Route = Callable[[int], Target]
@@ -60,13 +69,14 @@ class Publisher:
     def __init__(self, port: int, site: str) -> None:
         self.client = redis.Redis(port=port)
         self._namespace = json.dumps(site)
+        self._sio_namespace = json.dumps("/" + site)
 
     def close(self) -> None:
         self.client.close()
 
-    def subscribers(self) -> int:
-        """How many clients (servers under test) listen on the channel."""
-        return int(dict(self.client.pubsub_numsub(CHANNEL)).get(CHANNEL.encode(), 0))
+    def subscribers(self, channel: str = CHANNEL) -> int:
+        """How many clients (servers under test) listen on CHANNEL (Frappe's ``events``)."""
+        return int(dict(self.client.pubsub_numsub(channel)).get(channel.encode(), 0))
 
     def _send(self, phase: str, first: int, last: int, route: Route) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -74,9 +84,19 @@ class Publisher:
         for seq in range(first, last):
             to = route(seq)
             x = "" if to.x is None else f',"x":{to.x}'
+            message = f'{{"p":"{phase}","s":{seq},"t":{t_us}{x}}}'
+            if to.relayed:
+                pipe.publish(
+                    RELAY_CHANNEL,
+                    f'{{"method":"emit","event":"{to.event}","data":[{message}],'
+                    f'"binary":false,"namespace":{self._sio_namespace},'
+                    f'"room":{json.dumps(to.room)},"skip_sid":null,"callback":null,'
+                    f'"host_id":"{RELAY_HOST}"}}',
+                )
+                continue
             pipe.publish(
                 CHANNEL,
-                f'{{"event":"{to.event}","message":{{"p":"{phase}","s":{seq},"t":{t_us}{x}}},'
+                f'{{"event":"{to.event}","message":{message},'
                 f'"room":{json.dumps(to.room)},"namespace":{self._namespace}}}',
             )
         pipe.execute()

@@ -18,8 +18,20 @@ Case = dict[str, Any]
 NODES = ("node-v15", "node-develop")
 """Frappe's own Node servers: the baseline the goals are judged against."""
 GSOCKET = "gsocket"
-ORDER = {"node-v15": 0, "node-develop": 1, "node-imitation": 2, "gsocket": 3, "gsocket2": 4}
+ORDER = {
+    "node-v15": 0,
+    "node-develop": 1,
+    "node-imitation": 2,
+    "gsocket": 3,
+    "gsocket2": 4,
+    "gsocket-cluster2": 5,
+    "gsocket-redisman": 6,
+}
+CLUSTER2 = "gsocket-cluster2"
+REDISMAN = "gsocket-redisman"
 PHASES = ("fanout_fixed", "fanout_max", "user_fixed", "user_max", "mix")
+RELAY = "relay_fixed"
+"""Per-user room emits through the Redis manager: only servers that have one run it."""
 
 
 def _get(case: Case, *path: str) -> Any:
@@ -113,6 +125,64 @@ SECTIONS: list[tuple[str, list[Metric]]] = [
 
 
 @dataclass(frozen=True)
+class Ceiling(Metric):
+    """Deliveries (or events) per second the server's processes could make if each had a core
+    to itself: processes × 10⁶ ÷ server CPU µs per delivery in a flat-out phase.  A gsocket
+    process is one thread, so one core is its limit; on a 2-core machine the load generator
+    takes most of the cores, and this is what the measured rate cannot show."""
+
+    def value(self, case: Case) -> float | None:
+        us = _get(case, *self.path)
+        procs = len(case.get("processes") or [None])
+        return procs * 1e6 / us if us else None
+
+
+CLUSTER_FIGURES = [
+    _m("connects/s", "connect", "connects_per_s", digits=0, higher=True),
+    _m("fan-out deliveries/s (flat out)", "fanout_max", "deliveries_per_s", digits=0, higher=True),
+    _m("server cores, fan-out flat out", "fanout_max", "server_cores", digits=2),
+    _m("load generator cores, fan-out flat out", "fanout_max", "loadgen_cores", digits=2),
+    Ceiling(
+        "fan-out ceiling deliveries/s (a core per process)",
+        ("fanout_max", "server_us_per_delivery"),
+        digits=0,
+        higher_is_better=True,
+    ),
+    _m("room events/s (flat out)", "user_max", "deliveries_per_s", digits=0, higher=True),
+    _m("server cores, room events flat out", "user_max", "server_cores", digits=2),
+    Ceiling(
+        "room events ceiling/s (a core per process)",
+        ("user_max", "server_us_per_event"),
+        digits=0,
+        higher_is_better=True,
+    ),
+    _m("RSS connected MiB (all processes)", "memory", "rss_connected", scale=2**-20),
+    _m("bytes/connection", "memory", "bytes_per_connection", digits=0),
+    _m("server CPU µs/fan-out delivery", "fanout_fixed", "server_us_per_delivery", digits=2),
+    _m("server CPU µs/room event", "user_fixed", "server_us_per_event"),
+]
+"""Issue 17: what two processes of one cluster do against one process."""
+
+_USER_EVENT = _m("per-user room event from Frappe", "user_fixed", "server_us_per_event", digits=2)
+MANAGER_FIGURES = [
+    (_USER_EVENT, _USER_EVENT),
+    (
+        _USER_EVENT,
+        _m("the same, emitted on another process", RELAY, "server_us_per_event", digits=2),
+    ),
+    (_m("fan-out event from Frappe", "fanout_fixed", "server_us_per_event"),) * 2,
+    (_m("fan-out delivery", "fanout_fixed", "server_us_per_delivery", digits=2),) * 2,
+    (_m("desk mix delivery (reloads, doc_viewers)", "mix", "server_us_per_delivery", digits=2),)
+    * 2,
+    (_m("connect", "connect", "server_us_per_connect", digits=0),) * 2,
+]
+"""Issue 17: server CPU per operation of one process with the Redis manager and presence on
+(second metric) against plain ``gsocket`` (first): the difference is the manager's cost.  An
+emit made on another process of a cluster reaches this one through the manager, not the
+bridge: it is set against the same event from Frappe in plain gsocket."""
+
+
+@dataclass(frozen=True)
 class Goal:
     """One goal of issue 16: gsocket's median over the faster Node's median, within a bound."""
 
@@ -172,6 +242,7 @@ def held(case: Case) -> bool:
         return False
     hold = case.get("held", {})
     phases = [case.get(k) or {} for k in PHASES]
+    phases += [case[RELAY]] if RELAY in case else []
     return (
         case["connect"]["failed"] == 0
         and hold.get("connected_at_end") == case["n"]
@@ -308,6 +379,22 @@ def _servers_text(machine: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cluster_servers_text(servers: set[str]) -> list[str]:
+    lines = []
+    if CLUSTER2 in servers:
+        lines.append(
+            f"- `{CLUSTER2}`: one cluster of two gsocket processes (`gsocket.processes` 2, "
+            "`serve --process K` on `socketio_port + K`, Redis manager and presence on), the "
+            "load generator's workers split between the two ports; CPU and RSS are the sums."
+        )
+    if REDISMAN in servers:
+        lines.append(
+            f"- `{REDISMAN}`: one gsocket process with the Redis manager and presence on "
+            "(`gsocket.scale_out`)."
+        )
+    return lines
+
+
 def goals_pivot(rows: list[dict[str, Any]]) -> list[str]:
     """The goals as one compact table (a row per goal, a column per size), for BENCHMARKS.md:
     the ratio on the medians, **bold** where the goal holds."""
@@ -330,6 +417,81 @@ def goals_pivot(rows: list[dict[str, Any]]) -> list[str]:
     return _table(["goal", "bound", *[f"{_fmt(n)} clients" for n in sizes]], body)
 
 
+def _ratio(a: Spread | None, b: Spread | None) -> str:
+    return _fmt(a.median / b.median, 2) if a and b and b.median else "—"
+
+
+def cluster_tables(cases: Iterable[Case]) -> list[str]:
+    """Issue 17's compact tables, for BENCHMARKS.md: per size, each figure of one process
+    (``gsocket``) and of a two-process cluster (``gsocket-cluster2``) with their ratio on the
+    medians; then server CPU per operation with and without the Redis manager
+    (``gsocket-redisman`` against ``gsocket``) and the difference, the manager's cost."""
+    groups = _groups(cases)
+    sizes = sorted({n for n, server in groups if server in (CLUSTER2, REDISMAN)})
+    out: list[str] = []
+    rows = []
+    for n in sizes:
+        one, two = groups.get((n, GSOCKET), []), groups.get((n, CLUSTER2), [])
+        if not two:
+            continue
+        clean = f"{sum(held(c) for c in one)}/{len(one)}, {sum(held(c) for c in two)}/{len(two)}"
+        rows.append([_fmt(n), "clean runs (1, 2 processes)", clean, "", ""])
+        for mt in CLUSTER_FIGURES:
+            a, b = spread(one, mt), spread(two, mt)
+            rows.append([_fmt(n), mt.title, _cell(a, mt.digits), _cell(b, mt.digits), _ratio(b, a)])
+    if rows:
+        out += ["## Cluster of two processes against one (issue 17)", ""]
+        out += _table(["clients", "figure", "1 process", "2 processes", "2 ÷ 1"], rows)
+    rows = []
+    for n in sizes:
+        plain, man = groups.get((n, GSOCKET), []), groups.get((n, REDISMAN), [])
+        if not man:
+            continue
+        for base, mt in MANAGER_FIGURES:
+            a, b = spread(plain, base), spread(man, mt)
+            extra = _fmt(b.median - a.median, mt.digits) if a and b else "—"
+            rows.append(
+                [
+                    _fmt(n),
+                    mt.title,
+                    _cell(a, mt.digits),
+                    _cell(b, mt.digits),
+                    extra,
+                    _ratio(b, a),
+                ]
+            )
+    if rows:
+        out += ["## The Redis manager's CPU per operation (issue 17)", ""]
+        out += _table(
+            [
+                "clients",
+                "server CPU µs per",
+                "gsocket",
+                "with the Redis manager",
+                "manager's cost µs",
+                "ratio",
+            ],
+            rows,
+        )
+    if out:
+        out += _other_load(cases)
+    return out
+
+
+def _other_load(cases: Iterable[Case]) -> list[str]:
+    """The busiest moment of other work on the machine in the issue 17 servers' phases: the
+    figures above are only worth reading when it stayed near zero."""
+    worst: dict[str, float] = {}
+    for c in cases:
+        if c["server"] in (GSOCKET, CLUSTER2, REDISMAN):
+            for key in (*PHASES, RELAY):
+                cores = _get(c, key, "other_cores")
+                if cores is not None:
+                    worst[c["server"]] = max(worst.get(c["server"], 0.0), cores)
+    text = ", ".join(f"`{server}` {_fmt(cores, 2)}" for server, cores in sorted(worst.items()))
+    return [f"Other load, the most in any phase (cores): {text or '—'}.", ""]
+
+
 def markdown(run: dict[str, Any], cases: list[Case], batches: Iterable[Case] = ()) -> str:
     """The latest.md report: settings, one table per scenario (medians and spread), the
     goals on the medians, and the frappe_context batches when run."""
@@ -349,6 +511,7 @@ def markdown(run: dict[str, Any], cases: list[Case], batches: Iterable[Case] = (
         "",
         *_servers_text(m),
         f"- `gsocket`: against the web stand-in answering as Frappe {s.get('gsocket_web', 'v15')}.",
+        *_cluster_servers_text({c["server"] for c in cases}),
         "",
         f"Settings: {rounds} interleaved round(s) of every server per size; fixed fan-out "
         f"rate {s['rate']:g} deliveries/s and per-user rate {s.get('user_rate', s['rate']):g} "
@@ -433,6 +596,7 @@ def markdown(run: dict[str, Any], cases: list[Case], batches: Iterable[Case] = (
             ],
         )
         out += ["### For BENCHMARKS.md", "", *goals_pivot(rows_g)]
+    out += cluster_tables(cases)
     out += _frappe_ctx(list(batches))
     return "\n".join(out)
 

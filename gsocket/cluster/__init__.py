@@ -1,0 +1,1 @@
+"""Several gsocket processes as one: shared presence, and connection state recovery."""

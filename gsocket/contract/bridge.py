@@ -2,12 +2,14 @@
 
 ``frappe.publish_realtime`` does ``PUBLISH events {"event", "message", "room", "namespace"}``
 on ``redis_queue``.  One greenlet listens on that channel and emits each message to its room
-of ``/<namespace>``, or to every site when it has no room.  Redis pub/sub keeps nothing for a
+of ``/<namespace>``, or to every site when it has no room: the bridge hands ``(namespace, room,
+event, message)`` to the manager (:meth:`gsocket.protocol.manager.RoomIndex.deliver`), which
+encodes it once for every recipient.  Redis pub/sub keeps nothing for a
 subscriber that is away, so a lost connection is retried at once and then at short, bounded
 intervals, forever; a malformed message costs one log line.
 
-Every message received by one read is delivered in one go (:mod:`gsocket.protocol.resp` parses them
-all), the frames for each client are written together at the end of the batch, and the
+Every message received by one read is delivered in one go (:mod:`gsocket.protocol.resp`
+parses them all), the frames for each client are written together at the end of the batch, and the
 greenlet then lets the others run: a busy channel neither starves the clients nor costs a
 syscall per message and client.
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -28,7 +29,7 @@ import redis
 from gsocket.metrics import Metrics
 from gsocket.protocol import resp
 from gsocket.protocol.server import Server
-from gsocket.protocol.transport import next_loop_turn
+from gsocket.protocol.writer import next_loop_turn
 
 log = logging.getLogger("gsocket.bridge")
 
@@ -72,23 +73,6 @@ def _reject_constant(name: str) -> Any:
 
 _scan = json.JSONDecoder(parse_constant=_reject_constant).scan_once
 """The C scanner of a decoder built once (``json.loads`` with arguments builds one per call)."""
-
-
-def _make_encoder() -> Callable[[Any], str]:
-    """python-socketio's packet encoding (``json.dumps(data, separators=(",", ":"))``),
-    built once, and refusing what browsers cannot parse (a float that overflowed to
-    Infinity).  Values decoded from JSON hold no cycles, so the C encoder runs without the
-    cycle check when it is available."""
-    make = json.encoder.c_make_encoder
-    if make is None:
-        return json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-    chunks = make(
-        None, None, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
-    )
-    return lambda value: "".join(chunks(value, 0))
-
-
-_encode = _make_encoder()
 
 
 def _loads(data: bytes | str) -> Any:
@@ -155,12 +139,7 @@ class Bridge:
         self._yielded = 0.0
         self._heard = 0.0
         self._unanswered = False
-        # gsocket's room index encodes once for all recipients; another manager (a Redis
-        # one without it) gets python-socketio's emit.
-        self._emit_encoded = getattr(server.manager, "emit_encoded", None)
-        # Connection state recovery numbers each event (its offset is its last argument).
-        recovery = getattr(server, "recovery", None)
-        self._log = recovery.log if recovery is not None else None
+        self._deliver = server.manager.deliver
 
     def start(self) -> None:
         """Start the bridge greenlet."""
@@ -191,39 +170,13 @@ class Bridge:
             log.warning("skipped a malformed message on Redis channel %r: %s", CHANNEL, e)
             return None
         try:
-            return self._emit(event, message, room, namespace)
+            return self._deliver(namespace, room, event, message)
         except Exception:  # noqa: BLE001 - one message must never end the bridge
             self.metrics.bridged.inc("failed")
             log.exception(
                 "could not emit event %r from Redis to room %r of %s", event, room, namespace
             )
             return None
-
-    def _emit(self, event: str, message: Any, room: str | None, namespace: str | None) -> int:
-        """Emit to this process's sockets only: every process runs its own bridge.
-
-        :returns: the number of frames queued (one per namespace without gsocket's index).
-        """
-        emit_encoded = self._emit_encoded
-        if emit_encoded is None:
-            namespaces = [f"/{namespace}"] if room is not None else self.server.site_namespaces()
-            for ns in namespaces:
-                self.server.emit(event, message, to=room, namespace=ns, ignore_queue=True)
-            return len(namespaces)
-        try:
-            body = _encode([event] if message is None else [event, message])
-        except (TypeError, ValueError) as e:
-            raise BadMessage(f"cannot be sent as JSON ({e})") from None
-        if self._log is not None:
-            offset = self._log.append(namespace or "", room or "", body)
-            body = f'{body[:-1]},"{offset}"]'
-        if room is not None:  # what Frappe publishes nearly always: one room of one site
-            ns = "/" + namespace  # type: ignore[operator] - a room comes with its namespace
-            return emit_encoded(ns, room, "2" + ns + "," + body)
-        written = 0
-        for ns in self.server.site_namespaces():
-            written += emit_encoded(ns, room, "2" + ns + "," + body)
-        return written
 
     def deliver_batch(self, payloads: list[bytes]) -> None:
         """Deliver messages in order, writing frames every :data:`BATCH` messages or

@@ -36,7 +36,7 @@ from gsocket.handlers.registry import Registry
 from gsocket.handlers.socket import Socket
 
 if TYPE_CHECKING:
-    from gsocket.protocol.server import Server
+    from gsocket.handlers.sessions import Sessions
 
 log = logging.getLogger("gsocket.core_handlers")
 
@@ -139,7 +139,7 @@ def close_open_docs(socket: Socket) -> None:
     socket.set(OPEN_DOCS, [])
 
 
-def announce_lost_viewers(server: Server, namespace: str, rooms: Iterable[str]) -> None:
+def announce_lost_viewers(server: Sessions, namespace: str, rooms: Iterable[str]) -> None:
     """Tell the viewers of each form in ``rooms`` who is left, after the sockets of a dead
     cluster process were removed from them (they never sent ``doc_close``)."""
     prefix = open_doc_room("", "").removesuffix("/")

@@ -33,6 +33,8 @@ from gevent import socket as gsocket
 from gevent import ssl as gssl
 from gevent.lock import BoundedSemaphore
 
+from gsocket.protocol.internals.gevent_hooks import raw_socket
+
 MAX_HEADER_BYTES = 64 * 1024
 WAIT_FOR_CONNECTION = 30.0
 """Seconds a call may wait for one of the pool's connections before it is given up.  The
@@ -179,7 +181,7 @@ class _Connection:
         if self.buf or (isinstance(self.sock, gssl.SSLSocket) and self.sock.pending()):
             return False
         try:
-            return not self.sock._sock.recv(1, pysocket.MSG_PEEK)
+            return not raw_socket(self.sock).recv(1, pysocket.MSG_PEEK)
         except BlockingIOError:
             return True
         except (OSError, AttributeError):

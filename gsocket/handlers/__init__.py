@@ -1,0 +1,1 @@
+"""App handlers: the registry apps decorate with, dispatch, and the ``Socket`` they receive."""

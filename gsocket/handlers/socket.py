@@ -8,25 +8,54 @@ transient state on it, dropped at disconnect.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gsocket.contract.auth import Identity
 
-if TYPE_CHECKING:
-    from gsocket.protocol.server import Server
+
+class SocketHost(Protocol):
+    """What a socket asks of the sessions that hold it
+    (:class:`gsocket.handlers.sessions.Sessions`)."""
+
+    web: Any
+    """The web process client (``has_permission``)."""
+
+    def rooms(self, sid: str, namespace: str | None = None) -> list[str]:
+        """The rooms ``sid`` is in."""
+        ...
+
+    def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
+        """Put ``sid`` in ``room``."""
+        ...
+
+    def leave_room(self, sid: str, room: str, namespace: str | None = None) -> None:
+        """Take ``sid`` out of ``room``."""
+        ...
+
+    def emit(self, event: str, data: Any = None, **options: Any) -> Any:
+        """Emit ``event`` (``to``, ``namespace``: where)."""
+        ...
+
+    def participants(self, namespace: str, room: str) -> list[str]:
+        """The sids in ``room``, on every process of the cluster."""
+        ...
+
+    def user_of(self, namespace: str, sid: str) -> str | None:
+        """The user of socket ``sid``, on any process of the cluster."""
+        ...
 
 
 class Socket:
     """A connected client, as seen by handlers.
 
-    :param server: the server that holds the connection.
+    :param server: the sessions that hold the connection.
     :param sid: Socket.IO session id of this socket in its namespace.
     :param identity: who connected, as established at connect.
     """
 
     __slots__ = ("_server", "sid", "identity", "_state")
 
-    def __init__(self, server: Server, sid: str, identity: Identity) -> None:
+    def __init__(self, server: SocketHost, sid: str, identity: Identity) -> None:
         self._server = server
         self.sid = sid
         self.identity = identity

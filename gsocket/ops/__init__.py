@@ -1,0 +1,1 @@
+"""Operations: lifecycle and handover, the doctor, bench setup, logs and dependency checks."""

@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 
 # The process id tells the parent and the children of ``serve --handover`` apart.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
-LOG_FORMATS = ("text", "json")
 
 LIBRARY_LOGGERS = ("engineio.server", "socketio.server", "engineio.client", "socketio.client")
 """Loggers that python-engineio and python-socketio give a handler of their own, with an

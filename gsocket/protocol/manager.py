@@ -13,20 +13,35 @@ alike: put it first among the bases.  Its ``emit`` delivers a callback-less emit
 process's sockets by encoding the Socket.IO packet and its websocket frame once
 (:meth:`gsocket.protocol.transport.Transport.broadcast`); anything else goes the
 python-socketio way.
+
+It overrides only public methods of python-socketio's ``BaseManager``, but keeps its data
+model (``rooms``, ``callbacks``, ``pending_connect``/``pending_disconnect``) for the methods it
+leaves to the library: verified against python-socketio 5.14.0 to 5.18.1
+(gsocket/ops/dependencies.py), whose ``connect`` is called with an Engine.IO sid from 5.12 to
+5.17 and with a pre-connected sid after.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import socketio
-from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from gsocket.protocol.transport import TEXT, frame
+from gsocket.protocol.codec import (
+    EVENT,
+    MESSAGE,
+    TEXT,
+    PacketJSON,
+    append_argument,
+    encode,
+    encode_acyclic,
+    event_text,
+    frame,
+    message_packet,
+)
 
 log = logging.getLogger("gsocket.manager")
 
@@ -34,14 +49,11 @@ _ROOM_LISTS = (list, tuple)
 """Types python-socketio accepts as "several rooms" (a constant: ``list | tuple`` would build
 a union object per call)."""
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode
-"""What python-socketio's packets use (``json.dumps(data, separators=(",", ":"))``), built
-once: ``json.dumps`` with arguments builds an encoder per call."""
-
 
 def _default_serializer(packet_class: type) -> bool:
-    """Packets are python-socketio's JSON ones (not msgpack, no custom JSON module)."""
-    return packet_class is sio_packet.Packet and packet_class.json.dumps is json.dumps
+    """Packets are python-socketio's JSON ones encoded by gsocket's codec (not msgpack, no
+    other JSON module)."""
+    return packet_class is sio_packet.Packet and packet_class.json is PacketJSON
 
 
 class RoomIndex:
@@ -57,6 +69,9 @@ class RoomIndex:
     rooms_changed: Callable[[str, str], None] | None = None
     """``rooms_changed(namespace, sid)`` after a socket entered or left a room of its own
     choosing (connection state recovery keeps a copy of every socket's rooms)."""
+    numbering: Callable[[str, str, str], str] | None = None
+    """``numbering(site, room, body)`` gives each delivered event its offset, sent as its last
+    argument (connection state recovery's log; ``site`` and ``room`` empty for every one)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -277,14 +292,36 @@ class RoomIndex:
         if not _default_serializer(self.server.packet_class):
             return socketio.Manager.emit(self, event, data, namespace, room=room, skip_sid=skip_sid)
         try:
-            body = _encode([event, *args])
+            body = encode([event, *args])
         except TypeError:
             # bytes (binary attachments) or something JSON cannot hold: python-socketio's
             # own path sends the attachments, or raises as it always did.
             return socketio.Manager.emit(self, event, data, namespace, room=room, skip_sid=skip_sid)
-        prefix = "2" if namespace == "/" else f"2{namespace},"
-        self.emit_encoded(namespace, room, prefix + body, skip_sid)
+        self.emit_encoded(namespace, room, event_text(namespace, body), skip_sid)
         return None
+
+    def deliver(self, site: str | None, room: str | None, event: str, message: Any) -> int:
+        """Deliver a published event to this process's sockets in ``room`` of ``site``, or
+        (no room) to every socket of every site.
+
+        :param message: the event's one argument (none when ``None``), decoded from JSON.
+        :returns: the number of sockets it was written to.
+        :raises ValueError: the message cannot be sent as JSON.
+        """
+        try:
+            body = encode_acyclic([event] if message is None else [event, message])
+        except TypeError as e:
+            raise ValueError(f"cannot be sent as JSON ({e})") from None
+        numbering = self.numbering
+        if numbering is not None:
+            body = append_argument(body, numbering(site or "", room or "", body))
+        if room is not None:  # what Frappe publishes nearly always: one room of one site
+            namespace = "/" + site  # type: ignore[operator] - a room comes with its site
+            return self.emit_encoded(namespace, room, EVENT + namespace + "," + body)
+        written = 0
+        for namespace in [ns for ns in self.rooms if ns != "/"]:
+            written += self.emit_encoded(namespace, None, EVENT + namespace + "," + body)
+        return written
 
     def emit_encoded(self, namespace: str, room: Any, encoded: str, skip_sid: Any = None) -> int:
         """Deliver an encoded Socket.IO EVENT packet to this process's sockets in ``room``.
@@ -307,12 +344,12 @@ class RoomIndex:
             members = dict(members)
             for sid in skip_sid if isinstance(skip_sid, list) else (skip_sid,):
                 members.pop(sid, None)
-        data = frame(("4" + encoded).encode(), TEXT)
+        data = frame((MESSAGE + encoded).encode(), TEXT)
         polling = self.server.transport.broadcast(members.values(), data)
         if polling:
-            pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+            pkt = message_packet(encoded)
             for eio_sid in polling:
-                self.server._send_eio_packet(eio_sid, pkt)
+                self.server.send_eio_packet(eio_sid, pkt)
         return len(members)
 
 

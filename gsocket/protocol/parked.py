@@ -17,11 +17,9 @@ greenlet reads every complete frame (RFC 6455: masked client frames, fragments, 
 frames), hands each message to the session exactly as the blocking loop did, and ends.
 Writing stays with the session's :class:`gsocket.protocol.transport.Wire`.
 
-Hooks into other libraries' internals (verified with gevent 26.9.0, gevent-websocket 0.10.1,
-python-engineio 4.11.0 and 4.15.1): gevent's ``WSGIHandler`` attributes ``socket``, ``rfile``
-and ``close_connection``, ``socket.detach()``, libev's ``loop.io`` watcher; gevent-websocket's
-``WebSocket.closed`` and ``WebSocket.handler`` (the guard's abort finds the socket there);
-python-engineio's ``Socket.receive`` and ``Socket.close``.
+Every use of another library's internals is in :mod:`gsocket.protocol.internals`
+(``detach_connection``, ``raw_socket``); the session's side (``serve_websocket``, ``close``)
+is in :mod:`gsocket.protocol.session`.
 
 A connection that cannot be parked safely (a write waiting on a full buffer) keeps its
 greenlet and the blocking loop: parking saves memory, it never changes what is sent.
@@ -29,27 +27,23 @@ greenlet and the blocking loop: parking saves memory, it never changes what is s
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
 import gevent
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
-from gevent import socket as gsocket
 
-from gsocket.protocol.limits import CLOSE_GRACE, frame_problem
+from gsocket.protocol.codec import CLOSE_NORMAL_FRAME, PONG, frame
+from gsocket.protocol.guards import CLOSE_GRACE, frame_problem
+from gsocket.protocol.internals.gevent_hooks import detach_connection, raw_socket
 
 log = logging.getLogger("gsocket.parked")
 
 READ_SIZE = 65536
 """Bytes one ``recv`` asks for: a burst of frames is taken in one call."""
-CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-EMPTY_INPUT = io.BytesIO(b"")
-"""The request body of a parked websocket's environ (a GET has none): gevent's reader kept
-the connection's buffer and socket objects alive for as long as the session."""
-CLOSE_NORMAL = b"\x88\x02\x03\xe8"
-"""The close frame (status 1000) gevent-websocket answers a client's close frame with."""
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG_OPCODE = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+"""Opcodes of client frames (RFC 6455 section 5.2)."""
 
 
 def _unmask(payload: bytes, mask: bytes) -> bytes:
@@ -82,16 +76,16 @@ class Parked:
         "closed",
     )
 
-    def __init__(self, session: Any, wire: Any, sock: Any, peer: str, buffered: bytes) -> None:
+    def __init__(self, session: Any, wire: Any, peer: str) -> None:
         self.session = session
         self.wire = wire
-        self.socket = sock
+        self.socket: Any = None
         self.peer = peer
         self.max_bytes: int = session.server.max_http_buffer_size
-        self.buffer = buffered
+        self.buffer = b""
         self.fragments: list[bytes] | None = None
         self.fragment_opcode = TEXT
-        self.watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+        self.watcher: Any = None
         self.ended = False
         self.closed = False
         """The close frame went out (the wire sets it, as on gevent-websocket's object)."""
@@ -105,8 +99,14 @@ class Parked:
 
     # ---- reading ---------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Read what was buffered before parking, then wait for the socket."""
+    def take(self, sock: Any, buffered: bytes) -> None:
+        """Own the connection (``sock``, and what was read ahead) and start reading it."""
+        self.socket = sock
+        self.buffer = buffered
+        self.watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+        self.wire.gsock = sock
+        self.wire.raw = raw_socket(sock)
+        self.wire.ws = self
         if self.buffer:
             gevent.spawn(self._read)
         else:
@@ -118,7 +118,7 @@ class Parked:
         gevent.spawn(self._read)
 
     def _read(self) -> None:
-        sock = self.socket._sock
+        sock = raw_socket(self.socket)
         try:
             if self.buffer and not self._frames():
                 return
@@ -182,12 +182,12 @@ class Parked:
 
     def _frame(self, fin: int, opcode: int, payload: bytes) -> bool:
         if opcode == PING:
-            self.wire.write(bytes((0x80 | PONG, len(payload))) + payload)
+            self.wire.write(frame(payload, PONG))
             return True
-        if opcode == PONG:
+        if opcode == PONG_OPCODE:
             return True
         if opcode == CLOSE:
-            self.wire.close(CLOSE_NORMAL)
+            self.wire.close(CLOSE_NORMAL_FRAME)
             self.end()
             return False
         if opcode == CONTINUATION:
@@ -218,10 +218,10 @@ class Parked:
                 return self._fail("invalid UTF-8 in a text frame")
         else:
             data = payload
-        problem = frame_problem(data, False, self.max_bytes)
+        problem = frame_problem(data, False)
         if problem is not None:
             log.warning("closed a websocket from %s: %s", self.peer, problem)
-            self.wire.close(CLOSE_NORMAL)
+            self.wire.close(CLOSE_NORMAL_FRAME)
             self.end()
             return False
         session = self.session
@@ -260,7 +260,7 @@ class Parked:
         session.close(wait=False, abort=True, reason=session.server.reason.TRANSPORT_CLOSE)
         sock = self.socket
         try:
-            sock._sock.recv(16384)  # unread input would turn the close into a reset
+            raw_socket(sock).recv(16384)  # unread input would turn the close into a reset
         except OSError:
             pass
         sock.close()
@@ -277,43 +277,15 @@ def park(session: Any, inner: Any, wire: Any) -> Parked | None:
     :returns: the parked connection (started), or ``None`` when it must stay with the
         greenlet (a write waiting for the socket, or gevent's objects not as expected).
     """
-    handler = getattr(inner, "handler", None)
-    old = getattr(handler, "socket", None)
-    rfile = getattr(handler, "rfile", None)
-    if wire.drainer is not None or wire.state or old is None or rfile is None:
-        log.debug(
-            "session %s keeps its greenlet (writing: %s, state: %s, socket: %s, buffer: %s)",
-            session.sid,
-            wire.drainer is not None,
-            wire.state,
-            type(old).__name__,
-            type(rfile).__name__,
-        )
+    if wire.drainer is not None or wire.state:
+        log.debug("session %s keeps its greenlet: its wire is busy", session.sid)
         return None
     peer = str((getattr(inner, "environ", None) or {}).get("REMOTE_ADDR") or "unix")
-    timeout = old.gettimeout()
-    old.settimeout(0.0)
-    try:
-        buffered = rfile.peek()
-    finally:
-        old.settimeout(timeout)
-    if buffered:
-        rfile.read(len(buffered))
-    sock = gsocket.socket(fileno=old.detach())
-    sock.settimeout(timeout)
-    parked = Parked(session, wire, sock, peer, bytes(buffered))
-    wire.gsock = sock
-    wire.ws = parked
-    inner.closed = True  # gevent-websocket's handler must not close it as the request ends
-    inner.handler = parked  # where gsocket's guard finds the socket to abort
-    # Nothing reads through gevent's objects any more: let the handler, its buffer and the
-    # request headers go when its greenlet ends.
-    inner.stream = inner.raw_read = inner.raw_write = None
-    environ = getattr(inner, "environ", None)
-    if environ is not None and "wsgi.input" in environ:
-        environ["wsgi.input"] = EMPTY_INPUT
-    handler.close_connection = True
-    handler.socket = None
+    parked = Parked(session, wire, peer)
+    taken = detach_connection(inner, parked)
+    if taken is None:
+        log.debug("session %s keeps its greenlet: gevent's handler is not as expected", session.sid)
+        return None
+    parked.take(*taken)
     session.parked = parked
-    parked.start()
     return parked

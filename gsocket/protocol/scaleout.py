@@ -15,15 +15,26 @@ not be ``events``.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import socketio
 
 from gsocket.config import Config
+from gsocket.protocol.internals.socketio_hooks import start_manager
 from gsocket.protocol.manager import RoomIndex
 
-if TYPE_CHECKING:
-    from gsocket.cluster.presence import Presence
+
+class RoomWatcher(Protocol):
+    """What the manager tells of every room change (the cluster's presence)."""
+
+    def joined(self, namespace: str, sid: str, room: str) -> None:
+        """``sid`` entered ``room``."""
+        ...
+
+    def left(self, namespace: str, sid: str, room: str, emptied: bool = False) -> None:
+        """``sid`` left ``room`` (``emptied``: no socket of this process is left in it)."""
+        ...
+
 
 log = logging.getLogger("gsocket.scaleout")
 
@@ -42,7 +53,7 @@ class ScaleOutManager(RoomIndex, socketio.RedisManager):
     room was changed (a handler's ``join``, a disconnect).
     """
 
-    presence: Presence | None = None
+    presence: RoomWatcher | None = None
 
     def basic_enter_room(
         self, sid: str, namespace: str, room: Any, eio_sid: str | None = None
@@ -105,7 +116,5 @@ def start_client_manager(server: socketio.Server) -> None:
     python-socketio starts the manager's listener lazily; a process whose listener is not yet
     subscribed would miss emits made meanwhile by handlers on the other processes.
     """
-    if not server.manager_initialized:
-        server.manager_initialized = True
-        server.manager.initialize()
+    start_manager(server)
     log.info("scale-out: sharing rooms on Redis channel %r", server.manager.channel)

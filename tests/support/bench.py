@@ -28,6 +28,18 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURE_APPS = REPO / "tests" / "fixture_apps"
 
 
+def desk_headers(site: str, sid: str | None, origin: str = "http://127.0.0.1") -> dict[str, str]:
+    """Headers of a desk behind nginx: the site name, an Origin on the Host's host, the cookie.
+
+    The client connects to ``127.0.0.1``, so an Origin on ``127.0.0.1`` (any port) matches
+    the Host, and ``X-Frappe-Site-Name`` (trusted from loopback, as from nginx) names the site.
+    """
+    headers = {"Origin": origin, "X-Frappe-Site-Name": site}
+    if sid is not None:
+        headers["Cookie"] = f"sid={sid}"
+    return headers
+
+
 def make_bench(
     root: Path,
     conf: dict[str, Any],

@@ -3,7 +3,7 @@
 Leak checks need more than ``/metrics`` shows: Engine.IO sessions, Socket.IO sockets, site
 namespaces, rooms, the client guard's per-session tables, live greenlets and the resident
 memory.  This wrapper runs the real command line unchanged, only adding that route, so what is
-measured is what production runs.  Run it as ``python -m scripts.hardening.probe_server serve
+measured is what production runs.  Run it as ``python -m tests.support.hardening.probe_server serve
 --bench PATH ...`` (the same arguments as ``gsocket``).
 """
 
@@ -53,7 +53,7 @@ def probe(app: app_module.App) -> dict[str, Any]:
     return {
         "eio_sessions": len(server.eio.sockets),
         "eio_open": sum(1 for s in list(server.eio.sockets.values()) if not s.closed),
-        "sockets": len(server.sockets()),
+        "sockets": len(app.sessions.sockets()),
         "environ": len(server.environ),
         "namespaces": sorted(manager.rooms),
         "rooms": sum(rooms.values()),
@@ -63,10 +63,10 @@ def probe(app: app_module.App) -> dict[str, Any]:
         "callbacks": len(manager.callbacks),
         "pending_connect": len(manager.pending_connect),
         "pending_disconnect": len(manager.pending_disconnect),
-        "binary_packets": len(server._binary_packet),
+        "binary_packets": server.binary_pending_count(),
         "connecting": len(server._connecting),
         **server.guard.state(),
-        "dropped": {k[0]: v for k, v in server.metrics.clients_dropped.series().items()},
+        "dropped": {k[0]: v for k, v in app.metrics.clients_dropped.series().items()},
         "greenlets": sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet)),
         "rss": rss_bytes(),
     }

@@ -25,7 +25,7 @@ from typing import Any
 import requests
 import websocket
 
-from scripts.hardening.kit import (
+from tests.support.hardening.kit import (
     EIO_PATH,
     SITE,
     SITE2,

@@ -18,6 +18,7 @@ import requests
 import websocket
 
 from tests.support.bench import GsocketProcess, make_bench, wait_until
+from tests.support.bench import desk_headers as bench_desk_headers
 from tests.support.redis_server import RedisServer
 from tests.support.webstub import WebStub
 
@@ -27,17 +28,16 @@ EIO_PATH = "/socket.io/?EIO=4&transport="
 
 
 def desk_headers(site: str = SITE, sid: str | None = "sid-admin", **extra: str) -> dict[str, str]:
-    """Headers of a desk behind nginx on loopback (see tests/conftest.py ``desk_headers``)."""
-    headers = {"Origin": "http://127.0.0.1", "X-Frappe-Site-Name": site, **extra}
-    if sid is not None:
-        headers["Cookie"] = f"sid={sid}"
-    return headers
+    """Headers of a desk behind nginx on loopback (:func:`tests.support.bench.desk_headers`),
+    with the hardening runs' defaults and ``extra`` headers."""
+    return {**bench_desk_headers(site, sid), **extra}
 
 
 class ProbedGsocket(GsocketProcess):
-    """A gsocket process run through :mod:`scripts.hardening.probe_server` (adds ``/_probe``)."""
+    """A gsocket process run through :mod:`tests.support.hardening.probe_server` (adds
+    ``/_probe``)."""
 
-    module = "scripts.hardening.probe_server"
+    module = "tests.support.hardening.probe_server"
 
     @property
     def pid(self) -> int:

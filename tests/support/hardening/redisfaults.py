@@ -22,7 +22,7 @@ from typing import Any
 import redis
 import requests
 
-from scripts.hardening.kit import SITE, SITE2
+from tests.support.hardening.kit import SITE, SITE2
 
 RESERVED = ("connect", "disconnect", "connect_error", "disconnecting", "newListener")
 

@@ -21,7 +21,14 @@ from typing import Any
 import requests
 import websocket
 
-from scripts.hardening.kit import SITE, SITE2, RawPolling, RawWebSocket, desk_headers, event_frame
+from tests.support.hardening.kit import (
+    SITE,
+    SITE2,
+    RawPolling,
+    RawWebSocket,
+    desk_headers,
+    event_frame,
+)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Protective bounds on what one client can cost the server, and the transport-level guards.
+"""The client guards: protective bounds on what one client can cost the server.
 
 A realtime process is exposed to every browser tab of every site; one broken or hostile client
 must cost at most its own connection.  This module holds the pieces the
@@ -14,36 +14,32 @@ must cost at most its own connection.  This module holds the pieces the
   input makes it raise outside its own error handling (leaving a session half-closed until
   its ping timeout) or hang (an oversized POST waits forever for a poll that never comes);
 - :class:`ClientGuard`: the state that ties these to sessions, and the one way a client is
-  put out (:meth:`ClientGuard.kick`) when its input is malformed or it stops reading;
-- :func:`watch_event_loop`: gevent cannot preempt a handler that burns CPU, so the hub is
-  watched from a native thread and every stall is logged with the stack that caused it.
+  put out (:meth:`ClientGuard.kick`) when its input is malformed or it stops reading.
+
+Every bound on the size of a client's message (``max_message_bytes``) is checked here, once
+per way a message arrives: a websocket frame while it is read, a polling body before it is
+decoded, a binary packet's attachments as they come.  The send-queue bound is the writer's
+(:mod:`gsocket.protocol.writer`).  The event-loop stall watch is :mod:`gsocket.protocol.stall`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import io
 import logging
 import socket as pysocket
-import sys
-import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import gevent
-from gevent._tracer import GreenletTracer
 from geventwebsocket.exceptions import WebSocketError
-from geventwebsocket.handler import WebSocketHandler
 
-from gsocket.config import Config
-from gsocket.contract.sites import is_trusted_proxy
+from gsocket.config import Limits
 from gsocket.metrics import Metrics
+from gsocket.protocol.internals.gevent_hooks import bound_frame_reads, handler_socket
 
 log = logging.getLogger("gsocket.limits")
 
@@ -116,9 +112,7 @@ class ConnectionCounter:
             self.counts.pop(address, None)
 
 
-def client_address(
-    environ: Mapping[str, Any], trusted_proxies: tuple[str, ...] | None
-) -> str | None:
+def client_address(environ: Mapping[str, Any], is_proxy: Callable[[str], bool]) -> str | None:
     """Return the address a connection is counted against, or ``None`` when it cannot be told.
 
     A direct client is its peer address.  Behind a trusted proxy (loopback or a Unix socket by
@@ -127,26 +121,28 @@ def client_address(
     and proves nothing.  A trusted proxy that sends no ``X-Forwarded-For`` (Frappe's generated
     nginx configuration does not for ``/socket.io``) hides its clients, so they are not
     limited per address rather than all sharing the proxy's one quota.
+
+    :param is_proxy: tells whether an address is a trusted proxy (the contract's
+        :func:`gsocket.contract.sites.is_trusted_proxy` with the bench's setting).
     """
     peer = environ.get("REMOTE_ADDR") or ""
-    if not is_trusted_proxy(peer, trusted_proxies):
+    if not is_proxy(peer):
         return peer
     forwarded = environ.get("HTTP_X_FORWARDED_FOR") or ""
     for hop in reversed([h.strip() for h in forwarded.split(",")]):
-        if hop and not is_trusted_proxy(hop, trusted_proxies):
+        if hop and not is_proxy(hop):
             return hop
     return None
 
 
-def frame_problem(data: str | bytes, handshake: bool, max_bytes: int) -> str | None:
+def frame_problem(data: str | bytes, handshake: bool) -> str | None:
     """Return why a websocket frame is not an Engine.IO packet a client may send, or ``None``.
+
+    Its size was bounded while it was read (:class:`GuardedWebSocket`).
 
     :param data: the frame as gevent-websocket returns it (text as ``str``).
     :param handshake: the frame is one of the two of an upgrade (``2probe``, then ``5``).
-    :param max_bytes: ``max_message_bytes``.
     """
-    if len(data) > max_bytes:
-        return f"frame of {len(data)} bytes over the {max_bytes} limit"
     if isinstance(data, bytes | bytearray):
         return None
     if handshake and data in HANDSHAKE_FRAMES:
@@ -209,19 +205,21 @@ class GuardedWebSocket:
         self._peer = peer
         self._read = 0
         self.rejected: str | None = None
+
         # gevent-websocket reads a whole frame (and joins fragments) before returning it,
         # whatever length its header announces: payload reads are counted and refused past
         # the limit, before the bytes are buffered.
-        read_payload = ws.raw_read
+        def bounded(read_payload: Callable[[int], bytes]) -> Callable[[int], bytes]:
+            def bounded_read(size: int) -> bytes:
+                self._read += size
+                if self._read > self._max_bytes:
+                    self.rejected = f"message over {self._max_bytes} bytes"
+                    raise WebSocketError(self.rejected)
+                return read_payload(size)
 
-        def bounded_read(size: int) -> bytes:
-            self._read += size
-            if self._read > self._max_bytes:
-                self.rejected = f"message over {self._max_bytes} bytes"
-                raise WebSocketError(self.rejected)
-            return read_payload(size)
+            return bounded_read
 
-        ws.raw_read = bounded_read
+        bound_frame_reads(ws, bounded)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ws, name)
@@ -244,7 +242,7 @@ class GuardedWebSocket:
         handshake = self._handshake > 0
         if handshake:
             self._handshake -= 1
-        problem = frame_problem(data, handshake, self._max_bytes)
+        problem = frame_problem(data, handshake)
         if problem is None:
             return data
         self.rejected = problem
@@ -282,8 +280,7 @@ class GuardedWebSocket:
             pass
 
     def _raw_socket(self) -> Any:
-        handler = getattr(self._ws, "handler", None)
-        return getattr(handler, "socket", None)
+        return handler_socket(self._ws)
 
 
 def _query_sid(environ: Mapping[str, Any]) -> str | None:
@@ -294,15 +291,19 @@ def _query_sid(environ: Mapping[str, Any]) -> str | None:
 class ClientGuard:
     """Per-session protective state of one server, and the way bad clients are put out.
 
-    :param eio: the python-engineio server (its ``sockets`` hold each session's send queue).
-    :param config: the bench configuration (limits and trusted proxies).
+    :param eio: the python-engineio server (its ``sockets`` hold each session).
+    :param limits: the bench's ``gsocket.limits``.
     :param metrics: where refused connections are counted.
+    :param is_proxy: tells whether a peer address is a trusted proxy (see
+        :func:`client_address`).
     """
 
-    def __init__(self, eio: Any, config: Config, metrics: Metrics) -> None:
+    def __init__(
+        self, eio: Any, limits: Limits, metrics: Metrics, is_proxy: Callable[[str], bool]
+    ) -> None:
         self.eio = eio
-        self.limits = config.limits
-        self.trusted_proxies = config.trusted_proxies
+        self.limits = limits
+        self.is_proxy = is_proxy
         self.metrics = metrics
         self.per_address = ConnectionCounter(self.limits.connections_per_ip)
         self.addresses: dict[str, tuple[str, bool]] = {}
@@ -375,7 +376,7 @@ class ClientGuard:
 
     def admit(self, eio_sid: str, environ: Mapping[str, Any]) -> bool:
         """Count a new Engine.IO session against its client address; ``False`` refuses it."""
-        address = client_address(environ, self.trusted_proxies)
+        address = client_address(environ, self.is_proxy)
         label = address or environ.get("REMOTE_ADDR") or "unix"
         if address is not None:
             if not self.per_address.acquire(address):
@@ -429,23 +430,21 @@ class ClientGuard:
             )
         return False
 
-    def congested(self, eio_sid: str) -> bool:
-        """Tell whether a session's send queue is full; a full one is put out at once.
+    def binary_problem(self, attachments: list[bytes], count: int, data: str | bytes) -> str | None:
+        """Why a binary Socket.IO packet being received ends its session, or ``None``.
 
-        A client that does not read (a stalled tab, a hostile script) would otherwise make
-        the server buffer every broadcast for it until its ping timeout.
+        Its attachments arrive as Engine.IO messages of their own, each within
+        ``max_message_bytes``: the bound applies to the packet as a whole too.
+
+        :param attachments: the attachments received so far.
+        :param count: the number of attachments the packet announced.
+        :param data: the message being received (the packet itself, or its next attachment).
         """
-        session = self.eio.sockets.get(eio_sid)
-        if session is None or session.closed:
-            return False
-        if session.queue.qsize() < self.limits.send_queue:
-            return False
-        self.kick(
-            eio_sid,
-            f"{self.limits.send_queue} packets queued: the client does not read (send_queue)",
-            abort=True,
-        )
-        return True
+        if sum(map(len, attachments)) + len(data) > self.limits.max_message_bytes:
+            return "binary attachments over max_message_bytes"
+        if count > MAX_ATTACHMENTS:
+            return f"binary packet announcing {count} attachments"
+        return None
 
     def kick(self, eio_sid: str, why: str, abort: bool = False) -> None:
         """Close a session because of its own behaviour, logging why once.
@@ -477,110 +476,3 @@ class ClientGuard:
             "guard_buckets": len(self.buckets),
             "guard_websockets": len(self.websockets),
         }
-
-
-class ScreenedWebSocketHandler(WebSocketHandler):
-    """gevent-websocket's request handler, answering a malformed websocket handshake cleanly.
-
-    gevent-websocket answers a bad handshake (unknown ``Sec-WebSocket-Version``, missing key)
-    with a ``str`` body that gevent's WSGI server cannot write: the client gets no answer and
-    the log a traceback per request.  Use it as ``WSGIServer(handler_class=...)``.
-    """
-
-    def upgrade_websocket(self) -> Any:
-        """Upgrade, or return the refusal's body as bytes."""
-        result = super().upgrade_websocket()
-        if isinstance(result, list):
-            return [r.encode() if isinstance(r, str) else r for r in result]
-        return result
-
-
-_watching = threading.Lock()
-_watch_started = False
-
-
-def watch_event_loop(max_blocking: float, report: Callable[[str], None] | None = None) -> bool:
-    """Log every time one greenlet holds the gevent hub longer than ``max_blocking`` seconds.
-
-    gevent switches greenlets only when one waits; a handler stuck in a CPU loop (or a C call
-    that does not yield) stops every socket of the process and no time limit can end it.  A
-    timer in the hub counts loop turns; a native thread looks at the count four times per
-    ``max_blocking`` and, when it has not moved for that long, takes the hub thread's current
-    frame at once, while the culprit is still running (gevent's own monitor formats every
-    greenlet first, and by then the culprit has often returned).  The report is handed back to
-    the hub to be logged once it runs again, because logging takes gevent locks that a native
-    thread must not touch.
-
-    A loop turn can also be long without any greenlet misbehaving: 10 000 sockets ready at
-    once (a disconnect storm) are all served in one turn.  The watch tells the two apart by
-    gevent's count of greenlet switches (its C tracer, about 0.1 µs a switch): no switch in
-    the last ``max_blocking`` seconds is a stall (an error, once per stall); switches mean a
-    saturated loop (a warning, once per turn: too much work at once, nothing stuck).
-
-    :param max_blocking: seconds without a loop turn that count as a stall.
-    :param report: called in the hub with each log line (defaults to ``log.error``).
-    :returns: ``True`` when the watch was started by this call.
-    """
-    global _watch_started
-    from gevent import monkey
-
-    with _watching:
-        if _watch_started:
-            return False
-        _watch_started = True
-    hub = gevent.get_hub()
-    emit = report or (lambda line: log.error("%s", line))
-    saturated = report or (lambda line: log.warning("%s", line))
-    turns = [0]
-    period = max_blocking / 4
-
-    def turn() -> None:
-        turns[0] += 1
-
-    tracer = GreenletTracer()
-    timer = hub.loop.timer(0, period)
-    timer.ref = False
-    timer.start(turn)
-    native_sleep = monkey.get_original("time", "sleep")
-
-    def watch() -> None:
-        seen, since = turns[0], time.monotonic()
-        stuck_reported = saturation_reported = False
-        looks: collections.deque[int] = collections.deque(maxlen=4)
-        while True:
-            native_sleep(period)
-            now = time.monotonic()
-            if turns[0] != seen:
-                seen, since = turns[0], now
-                stuck_reported = saturation_reported = False
-                looks.clear()
-                continue
-            frame = sys._current_frames().get(hub.thread_ident)
-            looks.append(tracer.greenlet_switch_counter)
-            if now - since < max_blocking:
-                continue
-            stuck = len(looks) == looks.maxlen and len(set(looks)) == 1
-            if stuck_reported or (not stuck and saturation_reported):
-                continue
-            stack = traceback.extract_stack(frame, limit=12)[-3:] if frame is not None else []
-            where = " <- ".join(
-                f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(stack)
-            )
-            if stuck:
-                stuck_reported = True
-                line = (
-                    f"the event loop was blocked for more than {max_blocking:.2f} s "
-                    f"(every socket stalled meanwhile): {where or 'unknown code'}"
-                )
-                hub.loop.run_callback_threadsafe(emit, line)
-            else:
-                saturation_reported = True
-                line = (
-                    f"the event loop fell behind by more than {max_blocking:.2f} s: many "
-                    f"greenlets ran in one turn (too much work at once, nothing stuck), "
-                    f"last at {where or 'unknown code'}"
-                )
-                hub.loop.run_callback_threadsafe(saturated, line)
-
-    monkey.get_original("_thread", "start_new_thread")(watch, ())
-    return True

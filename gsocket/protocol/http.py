@@ -1,0 +1,124 @@
+"""Engine.IO over HTTP: which requests are Engine.IO's, how an accepted one is answered, and
+the request handler every connection is served by.
+
+python-engineio answers some requests otherwise than the specification, Node's reference
+server and the protocol's official test suite: a request without ``transport`` or with
+another method than GET/POST/OPTIONS is answered 400 here (:func:`request_refusal`), an
+accepted POST ``ok`` (:func:`accepted_post`), and a request that asked to close the
+connection is told ``Connection: close`` (:class:`LeanWebSocketHandler`).  Verified against
+python-engineio 4.11.0 and 4.15.1, gevent 24.11.1 to 26.9.0 and gevent-websocket 0.10.1.
+
+:class:`LeanWebSocketHandler` serves the connections with a smaller read buffer than gevent's
+default (the buffer lives as long as the connection).
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket as pysocket
+from typing import Any
+from urllib.parse import parse_qs
+
+from geventwebsocket.handler import WebSocketHandler
+
+from gsocket.protocol.headers import read_headers
+
+READ_BUFFER = 1024
+"""Bytes of each connection's read buffer (gevent's default is 8 KiB, held for the whole life
+of a websocket): what clients send over a websocket is small, and a desk's request headers
+take two reads instead of one."""
+
+ENGINEIO_METHODS = frozenset({"GET", "POST", "OPTIONS"})
+"""HTTP methods of Engine.IO requests (OPTIONS for CORS preflights)."""
+POST_ACCEPTED = b"ok"
+"""The body of the answer to an accepted polling POST, as Node's reference server writes it."""
+
+
+def request_refusal(environ: dict[str, Any]) -> str | None:
+    """Why an Engine.IO request is answered 400 before python-engineio sees it, or ``None``.
+
+    python-engineio answers other methods (PUT, DELETE ...) 405 and takes a request without
+    ``transport`` for a polling one, opening a session for a handshake that names no
+    transport.  Engine.IO, Node's reference server and the protocol's test suite refuse
+    both with 400.
+    """
+    method = environ.get("REQUEST_METHOD")
+    if method not in ENGINEIO_METHODS:
+        return f"Bad request method {method}"
+    if method != "OPTIONS" and "transport" not in parse_qs(environ.get("QUERY_STRING", "")):
+        return "Transport unknown"
+    return None
+
+
+def accepted_post(environ: dict[str, Any], answer: Any) -> Any:
+    """The answer to a request as Engine.IO words it: an accepted polling POST is ``ok``
+    (python-engineio 4.11.0 to 4.15.1 write ``OK``; its clients accept either, the protocol's
+    test suite only ``ok``).  Its answer has no Content-Length, so the body can change."""
+    if environ.get("REQUEST_METHOD") == "POST" and answer == [b"OK"]:
+        return [POST_ACCEPTED]
+    return answer
+
+
+class ScreenedWebSocketHandler(WebSocketHandler):
+    """gevent-websocket's request handler, answering a malformed websocket handshake cleanly.
+
+    gevent-websocket answers a bad handshake (unknown ``Sec-WebSocket-Version``, missing key)
+    with a ``str`` body that gevent's WSGI server cannot write: the client gets no answer and
+    the log a traceback per request.  Use it as ``WSGIServer(handler_class=...)``.
+    """
+
+    def upgrade_websocket(self) -> Any:
+        """Upgrade, or return the refusal's body as bytes."""
+        result = super().upgrade_websocket()
+        if isinstance(result, list):
+            return [r.encode() if isinstance(r, str) else r for r in result]
+        return result
+
+
+class LeanWebSocketHandler(ScreenedWebSocketHandler):
+    """gsocket's request handler (gevent-websocket's, handshake refusals answered cleanly),
+    reading through a :data:`READ_BUFFER`-byte buffer instead of gevent's 8 KiB one, and
+    reading request headers with :func:`gsocket.protocol.headers.read_headers`, and sending without
+    Nagle's delay (as Node's ``ws`` does): a frame written while the client still holds back
+    its acknowledgement of the previous one would otherwise wait up to 40 ms for it."""
+
+    MessageClass = staticmethod(read_headers)
+
+    def __init__(self, sock: Any, address: Any, server: Any, *args: Any, **kwargs: Any) -> None:
+        if sock.family in _TCP_FAMILIES:
+            try:
+                sock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # already reset by the peer: the handler finds out when it reads
+        if _TAKES_RFILE and not args and "rfile" not in kwargs:
+            kwargs["rfile"] = sock.makefile("rb", READ_BUFFER)
+            super().__init__(sock, address, server, *args, **kwargs)
+            return
+        super().__init__(sock, address, server, *args, **kwargs)
+        default = self.rfile
+        self.rfile = sock.makefile("rb", READ_BUFFER)
+        default.close()  # only releases the socket reference it counted; nothing was read
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Any:
+        """Start the answer; one to an HTTP/1.1 request that asked to close the connection
+        says ``Connection: close`` (RFC 9112 section 9.6), which gevent leaves out.
+
+        Without it, a client that keeps connections alive by default (Node 19 and newer,
+        whatever the request said) reuses the connection gevent closes after the answer,
+        and its next request fails with "socket hang up".
+        """
+        if (
+            self.close_connection
+            and self.request_version == "HTTP/1.1"
+            and not any(name.lower() == "connection" for name, _ in headers)
+        ):
+            headers = [*headers, ("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
+
+
+_TCP_FAMILIES = (pysocket.AF_INET, pysocket.AF_INET6)
+_TAKES_RFILE = "rfile" in inspect.signature(ScreenedWebSocketHandler.__init__).parameters
+"""gevent's handler takes its read file as an argument (every version gsocket supports; it is
+marked deprecated, so a version without it gets the file replaced after construction)."""

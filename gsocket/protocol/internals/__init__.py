@@ -1,0 +1,15 @@
+"""Every hook gsocket has into another library's internals, and nothing else.
+
+A minor release of python-socketio, python-engineio, gevent, gevent-websocket, PyMySQL or the
+``json`` module may change what is private to it; each module here names the versions its
+hooks were verified against (the ranges of gsocket/ops/dependencies.py, which gsocket refuses
+to start outside of), so that a new release is checked here and only here.  The rest of
+gsocket uses public APIs of those libraries and of this package; tests/test_layout.py fails on
+a private name used anywhere else.
+
+- :mod:`.socketio_hooks`: python-socketio's server hooks and lazily started manager;
+- :mod:`.engineio_hooks`: python-engineio's session class, websocket loop and queue;
+- :mod:`.gevent_hooks`: gevent's tracer, raw sockets, gevent-websocket's frame reads;
+- :mod:`.json_hooks`: the C JSON encoder built once;
+- :mod:`.pymysql_hooks`: PyMySQL's TLS context.
+"""

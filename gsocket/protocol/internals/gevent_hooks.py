@@ -1,0 +1,117 @@
+"""gevent's and gevent-websocket's internals that gsocket relies on, in one place.
+
+- :func:`switch_counter`: gevent's C greenlet tracer (``gevent._tracer``), whose switch count
+  tells a stalled event loop from a saturated one (:mod:`gsocket.protocol.stall`);
+- :func:`thread_frame`: the current frame of another thread (``sys._current_frames``), to
+  name the code holding the event loop while it still holds it;
+- :func:`raw_socket`: the plain socket inside a gevent socket (``_sock``), for a
+  non-blocking ``send`` without gevent's wait machinery (the writer's flush, the web client);
+- :func:`bound_frame_reads`: gevent-websocket reads a whole frame whatever length its header
+  announces; wrapping its ``raw_read`` counts the bytes before they are buffered;
+- :func:`handler_socket`: the connection's socket behind gevent-websocket's object
+  (``ws.handler.socket``), for timeouts and shutdowns;
+- :func:`detach_connection`: a websocket's connection taken from gevent's WSGI handler, so
+  that its greenlet can end while the connection stays open (:mod:`gsocket.protocol.parked`):
+  the handler's ``socket``, ``rfile`` and ``close_connection``, ``socket.detach()``, and
+  gevent-websocket's ``closed``, ``handler``, ``stream``, ``raw_read`` and ``raw_write``;
+- :func:`lock_is_free`: whether a lock made before the monkey-patch is held (the private
+  ``_is_owned`` of a native ``RLock``), to re-create Frappe's pre-patch locks.
+
+Verified against gevent 24.11.1 (the lowest gsocket accepts) to 26.9.0 (the newest) and
+gevent-websocket 0.10.1 (gsocket/ops/dependencies.py), on CPython 3.10 to 3.12.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from gevent import socket as gsocket
+from gevent._tracer import GreenletTracer
+
+EMPTY_INPUT = io.BytesIO(b"")
+"""The request body left in a detached websocket's environ (a GET has none): gevent's reader
+there kept the connection's buffer and old socket object alive for the session's life."""
+
+
+def switch_counter() -> Callable[[], int]:
+    """Start counting greenlet switches; return what reads the count (about 0.1 µs a switch,
+    counted in C)."""
+    tracer = GreenletTracer()
+    return lambda: tracer.greenlet_switch_counter
+
+
+def thread_frame(thread_ident: int) -> FrameType | None:
+    """The frame thread ``thread_ident`` is running now, or ``None``."""
+    return sys._current_frames().get(thread_ident)
+
+
+def raw_socket(gsock: Any) -> Any:
+    """The standard-library socket a gevent socket wraps (its ``send`` never waits)."""
+    return gsock._sock
+
+
+def bound_frame_reads(
+    ws: Any, wrap: Callable[[Callable[[int], bytes]], Callable[[int], bytes]]
+) -> None:
+    """Route every payload read of gevent-websocket's ``ws`` through ``wrap(read)``."""
+    ws.raw_read = wrap(ws.raw_read)
+
+
+def handler_socket(ws: Any) -> Any:
+    """The connection's socket behind gevent-websocket's object, or ``None``."""
+    handler = getattr(ws, "handler", None)
+    return getattr(handler, "socket", None)
+
+
+def detach_connection(ws: Any, holder: Any) -> tuple[Any, bytes] | None:
+    """Take the connection of gevent-websocket's ``ws`` from gevent's WSGI handler.
+
+    Returns a new gevent socket on the same file descriptor (the handler's own socket object
+    is detached, so that gevent's handler and server close an empty object when the request's
+    greenlet ends) and the bytes the handler had read ahead; ``None`` when the objects are
+    not as expected.  gevent-websocket's object is marked closed (its handler would send a
+    close frame as the request ends), its ``handler`` becomes ``holder`` (whose ``socket``
+    :func:`handler_socket` then finds), and its reading objects are let go.
+    """
+    handler = getattr(ws, "handler", None)
+    old = getattr(handler, "socket", None)
+    rfile = getattr(handler, "rfile", None)
+    if old is None or rfile is None:
+        return None
+    timeout = old.gettimeout()
+    old.settimeout(0.0)
+    try:
+        buffered = bytes(rfile.peek())
+    finally:
+        old.settimeout(timeout)
+    if buffered:
+        rfile.read(len(buffered))
+    sock = gsocket.socket(fileno=old.detach())
+    sock.settimeout(timeout)
+    ws.closed = True
+    ws.handler = holder
+    ws.stream = ws.raw_read = ws.raw_write = None
+    environ = getattr(ws, "environ", None)
+    if environ is not None and "wsgi.input" in environ:
+        environ["wsgi.input"] = EMPTY_INPUT
+    handler.close_connection = True
+    handler.socket = None
+    return sock, buffered
+
+
+def lock_is_free(lock: Any) -> bool:
+    """Whether nobody holds ``lock`` (an OS ``Lock`` or ``RLock``, made before gevent's
+    monkey-patch); probing leaves it as found.  An ``RLock`` without ``locked()`` (before
+    Python 3.14) is asked through its private ``_is_owned``."""
+    if hasattr(lock, "locked"):
+        return not lock.locked()
+    if lock._is_owned():
+        return False
+    if lock.acquire(blocking=False):
+        lock.release()
+        return True
+    return False
