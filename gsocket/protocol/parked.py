@@ -3,11 +3,12 @@ readable, by a greenlet that lives only as long as there is something to read.
 
 gevent serves each connection in the greenlet that accepted it, and python-engineio's
 websocket loop blocks that greenlet in a read for the life of the connection.  A blocked
-greenlet keeps its saved C stack and a chunk of Python's frame stack: about 14 of the 31 KB
-an idle websocket cost (``benchmarks/memory_profile.py``), for a connection that receives a
-PONG every 25 s.
+greenlet keeps its saved C stack and a chunk of Python's frame stack (about 14 KB), and
+through its frames gevent's handler objects (read buffer, parsed request headers, socket
+objects): most of the 31 KB an idle websocket cost (``benchmarks/memory_profile.py``; 6.7 KB
+parked), for a connection that sends a PONG every 25 s.
 
-Once a session is on websocket (:meth:`gsocket.protocol.transport.LeanSocket`), :func:`park`
+Once a session is on websocket (:class:`gsocket.protocol.session.LeanSocket`), :func:`park`
 takes the connection out of gevent's WSGI handler: the file descriptor moves to a socket
 object of its own (the handler's is detached, so gevent's handler and server, when the
 greenlet ends, close an empty object), bytes the handler had already buffered are kept, and
@@ -15,7 +16,7 @@ gevent-websocket's object is marked closed (its handler would otherwise send a c
 as the request ends).  From then on :class:`Parked` reads: a libev watcher wakes it, a short
 greenlet reads every complete frame (RFC 6455: masked client frames, fragments, control
 frames), hands each message to the session exactly as the blocking loop did, and ends.
-Writing stays with the session's :class:`gsocket.protocol.transport.Wire`.
+Writing stays with the session's :class:`gsocket.protocol.writer.Wire`.
 
 Every use of another library's internals is in :mod:`gsocket.protocol.internals`
 (``detach_connection``, ``raw_socket``); the session's side (``serve_websocket``, ``close``)
