@@ -96,3 +96,27 @@ def test_an_unmasked_frame_drops_the_connection(probed):
     assert client.recv_until(lambda f: f == "", timeout=3) == ""
     server.wait_quiet(0, reaped=False)
     server.wait_for_log(r"websocket from 127\.0\.0\.1 ended: reserved bits set or an unmasked")
+
+
+def test_a_session_upgraded_from_polling_is_parked_too(probed, clients):
+    """python-socketio's client starts on polling and upgrades: once on websocket its
+    connection holds no greenlet either, and packets go both ways as before."""
+    server = probed(conf={"gsocket": {"ping_interval": 0.5, "ping_timeout": 60}})
+    warm = RawWebSocket(server.url, desk_headers()).open()  # starts the server-wide pinger
+    assert warm.connect(NS).startswith(f"40{NS},")
+    before = server.wait_quiet(1, reaped=False)
+    upgraded = [clients().connect(server.url, NS, desk_headers(sid="sid-jane")) for _ in range(5)]
+    wait_until(lambda: all(c.transport == "websocket" for c in upgraded), 10, "no upgrade")
+    # The polling requests' keep-alive HTTP connections each hold a greenlet of gevent's
+    # WSGI server until they close (an idle HTTP connection, not a websocket).
+    for c in upgraded:
+        c.client.eio.http.close()
+    after = before
+
+    def settled() -> bool:
+        nonlocal after
+        after = server.probe()
+        return after["eio_open"] == 6 and after["greenlets"] <= before["greenlets"] + 1
+
+    wait_until(settled, 10, lambda: f"greenlets before {before}, after {after}")
+    assert [c.call("echo", i) for i, c in enumerate(upgraded)] == list(range(5))
