@@ -629,3 +629,67 @@ def test_serve_runs_the_cyclic_collector_less_often():
         assert GC_YOUNG_THRESHOLD > 10 * 700
     finally:
         gc.set_threshold(*before)
+
+
+def test_bridge_gathers_only_dense_reads_of_a_few_messages():
+    """A read that waited less than GATHER and found a few messages means a dense stream read
+    one wakeup per event; a quiet channel, or a read that found a big batch, is read on at once."""
+    from gsocket.contract.bridge import GATHER, GATHER_BELOW, Bridge
+
+    assert Bridge.gathers(0.0, 1) and Bridge.gathers(GATHER / 2, GATHER_BELOW - 1)
+    assert not Bridge.gathers(GATHER * 1.5, 1)  # quiet: the next event goes out at once
+    assert not Bridge.gathers(0.0, GATHER_BELOW)  # already batched
+    assert not Bridge.gathers(0.0, 0)  # a PING's answer, no message
+
+
+def test_bridge_reads_a_dense_stream_of_user_events_in_gathered_batches(redis_server):
+    """Per-user events published every 0.2 ms (5 000/s) reach the rooms exactly once, in order,
+    in far fewer reads than events: each read and its wakeup cost more than an event's work."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from gsocket.contract.bridge import Bridge
+    from gsocket.metrics import Metrics
+
+    count = 500
+    emitted: list[tuple[str, str, object]] = []
+    batches: list[int] = []
+    server = SimpleNamespace(
+        manager=SimpleNamespace(
+            deliver=lambda site, room, event, message: emitted.append((room, event, message)) or 1
+        ),
+        transport=SimpleNamespace(flush_in_steps=lambda: None),
+    )
+    bridge = Bridge(server, redis_server.url, Metrics())  # type: ignore[arg-type]
+    deliver = bridge.deliver_batch
+
+    def counted(payloads: list[bytes]) -> None:
+        batches.append(len(payloads))
+        deliver(payloads)
+
+    bridge.deliver_batch = counted  # type: ignore[method-assign]
+    bridge.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not bridge.subscribed and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        publisher = (
+            "import json, sys, time, redis\n"
+            "r = redis.Redis.from_url(sys.argv[1])\n"
+            f"for i in range({count}):\n"
+            "    r.publish('events', json.dumps({'event': 'e', 'message': i,\n"
+            f"        'room': f'user:u{{i % 50}}@example.com', 'namespace': '{SITE}'}}))\n"
+            "    time.sleep(0.0002)\n"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", publisher, redis_server.url])
+        deadline = time.monotonic() + 30
+        while len(emitted) < count and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        assert proc.wait(10) == 0
+        gevent.sleep(0.05)  # nothing more may come
+    finally:
+        bridge.stop()
+    assert emitted == [(f"user:u{i % 50}@example.com", "e", i) for i in range(count)]
+    assert sum(batches) == count
+    assert len(batches) <= count / 4, batches

@@ -31,6 +31,10 @@ BINARY = 0x82
 CLOSE_FRAME = b"\x88\x00"
 """A close frame without a status code: what gevent-websocket sends when python-engineio
 closes a websocket, so clients see the same close as before."""
+CLOSE_NORMAL_FRAME = b"\x88\x02\x03\xe8"
+"""The close frame with status 1000: gevent-websocket's answer to a client's close frame."""
+PONG = 0x8A
+"""The opcode byte of an unfragmented PONG frame (the answer to a client's PING frame)."""
 
 EVENT = "2"
 """Socket.IO EVENT packet type."""

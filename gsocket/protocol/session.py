@@ -28,7 +28,8 @@ from engineio import packet as eio_packet
 from gevent.event import Event
 
 from gsocket.protocol.codec import PING_FRAME
-from gsocket.protocol.internals.engineio_hooks import HookedSocket, set_timeout
+from gsocket.protocol.internals.engineio_hooks import HookedSocket, set_timeout, websocket_of
+from gsocket.protocol.parked import park
 from gsocket.protocol.writer import Wire
 
 log = logging.getLogger("gsocket.transport")
@@ -244,6 +245,14 @@ class LeanSocket(HookedSocket):
             packets.append(pkt)
         return packets
 
+    def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        """Close the session; a parked connection (:mod:`gsocket.protocol.parked`) is shut
+        once the client had a moment to read the close."""
+        super().close(wait=wait, abort=abort, reason=reason)
+        parked = self.__dict__.get("parked")
+        if parked is not None:
+            parked.session_closed()
+
     def schedule_ping(self) -> None:
         """Have the server's pinger send the next PING (unless one is scheduled already)."""
         if self.last_ping:
@@ -285,6 +294,8 @@ class LeanSocket(HookedSocket):
             self.upgraded = True
 
         wire = self.transport.attach(self, ws)
+        if park(self, websocket_of(ws), wire) is not None:
+            return []  # read from now on when the socket is readable, without this greenlet
         try:
             while True:
                 try:

@@ -130,11 +130,11 @@ class Wire:
         if len(out) >= self.transport.limit:
             self.transport.congested(self)
 
-    def close(self) -> None:
+    def close(self, close_frame: bytes = CLOSE_FRAME) -> None:
         """Send the close frame after everything pending; nothing is written after it."""
         if self.state:
             return
-        self.write(CLOSE_FRAME)
+        self.write(close_frame)
         if self.state == OPEN:
             self.state = CLOSING
 

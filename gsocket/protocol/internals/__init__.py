@@ -9,7 +9,8 @@ a private name used anywhere else.
 
 - :mod:`.socketio_hooks`: python-socketio's server hooks and lazily started manager;
 - :mod:`.engineio_hooks`: python-engineio's session class, websocket loop and queue;
-- :mod:`.gevent_hooks`: gevent's tracer, raw sockets, gevent-websocket's frame reads;
+- :mod:`.gevent_hooks`: gevent's tracer, raw sockets, gevent-websocket's frame reads, a
+  websocket's connection taken from gevent's WSGI handler (parked websockets);
 - :mod:`.json_hooks`: the C JSON encoder built once;
 - :mod:`.pymysql_hooks`: PyMySQL's TLS context; the database pool's reset in one write and
   look at an idle connection's socket;

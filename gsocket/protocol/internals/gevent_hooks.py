@@ -10,6 +10,10 @@
   announces; wrapping its ``raw_read`` counts the bytes before they are buffered;
 - :func:`handler_socket`: the connection's socket behind gevent-websocket's object
   (``ws.handler.socket``), for timeouts and shutdowns;
+- :func:`detach_connection`: a websocket's connection taken from gevent's WSGI handler, so
+  that its greenlet can end while the connection stays open (:mod:`gsocket.protocol.parked`):
+  the handler's ``socket``, ``rfile`` and ``close_connection``, ``socket.detach()``, and
+  gevent-websocket's ``closed``, ``handler``, ``stream``, ``raw_read`` and ``raw_write``;
 - :func:`lock_is_free`: whether a lock made before the monkey-patch is held (the private
   ``_is_owned`` of a native ``RLock``), to re-create Frappe's pre-patch locks.
 
@@ -19,12 +23,18 @@ gevent-websocket 0.10.1 (gsocket/ops/dependencies.py), on CPython 3.10 to 3.12.
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from gevent import socket as gsocket
 from gevent._tracer import GreenletTracer
+
+EMPTY_INPUT = io.BytesIO(b"")
+"""The request body left in a detached websocket's environ (a GET has none): gevent's reader
+there kept the connection's buffer and old socket object alive for the session's life."""
 
 
 def switch_counter() -> Callable[[], int]:
@@ -55,6 +65,42 @@ def handler_socket(ws: Any) -> Any:
     """The connection's socket behind gevent-websocket's object, or ``None``."""
     handler = getattr(ws, "handler", None)
     return getattr(handler, "socket", None)
+
+
+def detach_connection(ws: Any, holder: Any) -> tuple[Any, bytes] | None:
+    """Take the connection of gevent-websocket's ``ws`` from gevent's WSGI handler.
+
+    Returns a new gevent socket on the same file descriptor (the handler's own socket object
+    is detached, so that gevent's handler and server close an empty object when the request's
+    greenlet ends) and the bytes the handler had read ahead; ``None`` when the objects are
+    not as expected.  gevent-websocket's object is marked closed (its handler would send a
+    close frame as the request ends), its ``handler`` becomes ``holder`` (whose ``socket``
+    :func:`handler_socket` then finds), and its reading objects are let go.
+    """
+    handler = getattr(ws, "handler", None)
+    old = getattr(handler, "socket", None)
+    rfile = getattr(handler, "rfile", None)
+    if old is None or rfile is None:
+        return None
+    timeout = old.gettimeout()
+    old.settimeout(0.0)
+    try:
+        buffered = bytes(rfile.peek())
+    finally:
+        old.settimeout(timeout)
+    if buffered:
+        rfile.read(len(buffered))
+    sock = gsocket.socket(fileno=old.detach())
+    sock.settimeout(timeout)
+    ws.closed = True
+    ws.handler = holder
+    ws.stream = ws.raw_read = ws.raw_write = None
+    environ = getattr(ws, "environ", None)
+    if environ is not None and "wsgi.input" in environ:
+        environ["wsgi.input"] = EMPTY_INPUT
+    handler.close_connection = True
+    handler.socket = None
+    return sock, buffered
 
 
 def lock_is_free(lock: Any) -> bool:

@@ -1,0 +1,176 @@
+"""The stand of the profiling scripts: Redis, the web stand-in, gsocket under
+``probe_server.py``, and processes of ``idle_clients.py``.
+
+Used by ``memory_profile.py`` and ``userpath_profile.py``; ``run.py`` measures against Node,
+these look inside gsocket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import processes
+from .publisher import Publisher
+
+BENCH_ROOT = Path(__file__).resolve().parent.parent
+REPO = BENCH_ROOT.parent
+SITE = "bench.localhost"
+CLIENTS_PER_PROCESS = 5000
+
+
+def make_bench(root: Path, socketio_port: int, redis_port: int, web_port: int) -> Path:
+    """A bench-shaped folder as ``run.py`` makes it (no ``webserver_host``: the Origin)."""
+    bench = root / "frappe-bench"
+    (bench / "sites" / SITE).mkdir(parents=True)
+    (bench / "logs").mkdir()
+    (bench / "apps").mkdir()
+    (bench / "sites" / "apps.txt").write_text("frappe\n")
+    (bench / "sites" / SITE / "site_config.json").write_text("{}\n")
+    config = {
+        "socketio_port": socketio_port,
+        "redis_queue": f"redis://127.0.0.1:{redis_port}",
+        "webserver_port": web_port,
+        "default_site": SITE,
+    }
+    (bench / "sites" / "common_site_config.json").write_text(json.dumps(config))
+    return bench
+
+
+class ClientProcess:
+    """One ``idle_clients.py`` process."""
+
+    def __init__(self, port: int, web_port: int, log_dir: Path, name: str) -> None:
+        self.log = open(log_dir / f"{name}.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(BENCH_ROOT / "idle_clients.py"),
+                f"http://127.0.0.1:{port}",
+                f"http://127.0.0.1:{web_port}",
+                SITE,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+        )
+
+    def call(self, **cmd: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"client process exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        try:
+            self.call(cmd="close")
+        except (OSError, RuntimeError):
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+class Stand:
+    """Redis, the develop web stand-in and gsocket under the probes, in a temporary folder."""
+
+    def __init__(self, tmp: Path, trace_frames: int = 0) -> None:
+        self.tmp = tmp
+        self.log_dir = tmp / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.dump_dir = tmp / "dumps"
+        processes.raise_fd_limit()
+        self.children: list[processes.Child] = []
+        self.clients: list[ClientProcess] = []
+        self.opened = 0
+        redis_child, self.redis_port = processes.start_redis(self.log_dir)
+        self.children.append(redis_child)
+        web, self.web_port = processes.start_webstub(BENCH_ROOT, self.log_dir, "develop")
+        self.children.append(web)
+        self.publisher = Publisher(self.redis_port, SITE)
+        self.port = processes.free_port()
+        bench = make_bench(tmp, self.port, self.redis_port, self.web_port)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        own = [str(self.dump_dir)] + (["--trace", str(trace_frames)] if trace_frames else [])
+        argv = [sys.executable, str(BENCH_ROOT / "probe_server.py"), *own, "--"]
+        level = os.environ.get("PROBE_LOG_LEVEL", "warning")
+        argv += ["--bench", str(bench), "--port", str(self.port), "--log-level", level]
+        self.server = processes.start("gsocket", argv, self.log_dir, cwd=bench / "sites", env=env)
+        self.children.append(self.server)
+
+        def ready() -> bool:
+            if not self.server.alive():
+                raise RuntimeError(f"gsocket exited:\n{self.server.log_tail()}")
+            return processes.healthy(self.port) and self.publisher.subscribers() >= 1
+
+        processes.wait_until(ready, 60, what="gsocket")
+        self.dumps = 0
+        self.profiles = 0
+
+    def open(self, count: int) -> None:
+        """Open ``count`` more clients (``u<i>`` numbered on from the last)."""
+        while count:
+            if not self.clients or self.opened % CLIENTS_PER_PROCESS == 0:
+                self.clients.append(
+                    ClientProcess(
+                        self.port, self.web_port, self.log_dir, f"clients-{len(self.clients)}"
+                    )
+                )
+            room = CLIENTS_PER_PROCESS - self.opened % CLIENTS_PER_PROCESS
+            n = min(count, room)
+            answer = self.clients[-1].call(cmd="open", first=self.opened, count=n)
+            if answer["failed"]:
+                raise RuntimeError(
+                    f"{answer['failed']} clients failed: {answer['errors']}\n"
+                    + self.server.log_tail(30)
+                )
+            self.opened += n
+            count -= n
+
+    def counts(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for c in self.clients:
+            for k, v in c.call(cmd="counts").items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def dump(self) -> tuple[dict[str, Any], Path]:
+        """Ask the server for a dump; return its facts and the snapshot's path."""
+        self.dumps += 1
+        base = self.dump_dir / f"dump-{self.dumps}"
+        os.kill(self.server.pid, signal.SIGUSR1)
+        done = Path(str(base) + ".done")
+        processes.wait_until(done.exists, 300, what="the server's dump")
+        return json.loads(Path(str(base) + ".json").read_text()), Path(str(base) + ".snapshot")
+
+    def profile(self) -> None:
+        """Start cProfile in the server, or stop it (returning its pstats path)."""
+        os.kill(self.server.pid, signal.SIGUSR2)
+
+    def profile_done(self) -> Path:
+        self.profiles += 1
+        done = self.dump_dir / f"cprofile-{self.profiles}.done"
+        processes.wait_until(done.exists, 60, what="the server's profile")
+        return self.dump_dir / f"cprofile-{self.profiles}.pstats"
+
+    def settle(self, seconds: float = 1.0) -> None:
+        time.sleep(seconds)
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.publisher.close()
+        for child in reversed(self.children):
+            child.stop()
