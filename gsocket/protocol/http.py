@@ -14,14 +14,12 @@ default (the buffer lives as long as the connection).
 
 from __future__ import annotations
 
-import inspect
 import socket as pysocket
 from typing import Any
 from urllib.parse import parse_qs
 
-from geventwebsocket.handler import WebSocketHandler
-
 from gsocket.protocol.headers import read_headers
+from gsocket.protocol.internals.gevent_hooks import HookedWSGIHandler
 
 READ_BUFFER = 1024
 """Bytes of each connection's read buffer (gevent's default is 8 KiB, held for the whole life
@@ -59,7 +57,7 @@ def accepted_post(environ: dict[str, Any], answer: Any) -> Any:
     return answer
 
 
-class ScreenedWebSocketHandler(WebSocketHandler):
+class ScreenedWebSocketHandler(HookedWSGIHandler):
     """gevent-websocket's request handler, answering a malformed websocket handshake cleanly.
 
     gevent-websocket answers a bad handshake (unknown ``Sec-WebSocket-Version``, missing key)
@@ -78,11 +76,13 @@ class ScreenedWebSocketHandler(WebSocketHandler):
 class LeanWebSocketHandler(ScreenedWebSocketHandler):
     """gsocket's request handler (gevent-websocket's, handshake refusals answered cleanly),
     reading through a :data:`READ_BUFFER`-byte buffer instead of gevent's 8 KiB one, and
-    reading request headers with :func:`gsocket.protocol.headers.read_headers`, and sending without
+    reading request headers with :func:`gsocket.protocol.headers.read_headers` (both through
+    :class:`~gsocket.protocol.internals.gevent_hooks.HookedWSGIHandler`), and sending without
     Nagle's delay (as Node's ``ws`` does): a frame written while the client still holds back
     its acknowledgement of the previous one would otherwise wait up to 40 ms for it."""
 
-    MessageClass = staticmethod(read_headers)
+    header_reader = read_headers
+    read_buffer = READ_BUFFER
 
     def __init__(self, sock: Any, address: Any, server: Any, *args: Any, **kwargs: Any) -> None:
         if sock.family in _TCP_FAMILIES:
@@ -90,14 +90,7 @@ class LeanWebSocketHandler(ScreenedWebSocketHandler):
                 sock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
             except OSError:
                 pass  # already reset by the peer: the handler finds out when it reads
-        if _TAKES_RFILE and not args and "rfile" not in kwargs:
-            kwargs["rfile"] = sock.makefile("rb", READ_BUFFER)
-            super().__init__(sock, address, server, *args, **kwargs)
-            return
         super().__init__(sock, address, server, *args, **kwargs)
-        default = self.rfile
-        self.rfile = sock.makefile("rb", READ_BUFFER)
-        default.close()  # only releases the socket reference it counted; nothing was read
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -119,6 +112,3 @@ class LeanWebSocketHandler(ScreenedWebSocketHandler):
 
 
 _TCP_FAMILIES = (pysocket.AF_INET, pysocket.AF_INET6)
-_TAKES_RFILE = "rfile" in inspect.signature(ScreenedWebSocketHandler.__init__).parameters
-"""gevent's handler takes its read file as an argument (every version gsocket supports; it is
-marked deprecated, so a version without it gets the file replaced after construction)."""

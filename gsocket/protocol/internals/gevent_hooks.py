@@ -14,6 +14,10 @@
   that its greenlet can end while the connection stays open (:mod:`gsocket.protocol.parked`):
   the handler's ``socket``, ``rfile`` and ``close_connection``, ``socket.detach()``, and
   gevent-websocket's ``closed``, ``handler``, ``stream``, ``raw_read`` and ``raw_write``;
+- :class:`HookedWSGIHandler`: gevent's request handler parses headers with its
+  ``MessageClass`` (an ``email`` parser) and reads through an 8 KiB buffer made in its
+  constructor (its ``rfile`` argument, marked deprecated): both are replaced through class
+  attributes with public names;
 - :func:`lock_is_free`: whether a lock made before the monkey-patch is held (the private
   ``_is_owned`` of a native ``RLock``), to re-create Frappe's pre-patch locks.
 
@@ -23,14 +27,16 @@ gevent-websocket 0.10.1 (gsocket/ops/dependencies.py), on CPython 3.10 to 3.12.
 
 from __future__ import annotations
 
+import inspect
 import io
 import sys
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 from gevent import socket as gsocket
 from gevent._tracer import GreenletTracer
+from geventwebsocket.handler import WebSocketHandler
 
 EMPTY_INPUT = io.BytesIO(b"")
 """The request body left in a detached websocket's environ (a GET has none): gevent's reader
@@ -115,3 +121,35 @@ def lock_is_free(lock: Any) -> bool:
         lock.release()
         return True
     return False
+
+
+class HookedWSGIHandler(WebSocketHandler):
+    """gevent-websocket's request handler reading headers with :attr:`header_reader` and
+    requests through a :attr:`read_buffer`-byte buffer (gevent's: an ``email`` parser, 8 KiB).
+
+    :cvar header_reader: ``header_reader(rfile)``, what gevent's ``MessageClass`` does.
+    :cvar read_buffer: bytes of each connection's read buffer.
+    """
+
+    header_reader: ClassVar[Callable[..., Any] | None] = None
+    read_buffer: ClassVar[int] = 8192
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.header_reader is not None:
+            cls.MessageClass = staticmethod(cls.header_reader)
+
+    def __init__(self, sock: Any, address: Any, server: Any, *args: Any, **kwargs: Any) -> None:
+        if _TAKES_RFILE and not args and "rfile" not in kwargs:
+            kwargs["rfile"] = sock.makefile("rb", self.read_buffer)
+            super().__init__(sock, address, server, *args, **kwargs)
+            return
+        super().__init__(sock, address, server, *args, **kwargs)
+        default = self.rfile
+        self.rfile = sock.makefile("rb", self.read_buffer)
+        default.close()  # only releases the socket reference it counted; nothing was read
+
+
+_TAKES_RFILE = "rfile" in inspect.signature(WebSocketHandler.__init__).parameters
+"""gevent's handler takes its read file as an argument (every version gsocket supports; it is
+marked deprecated, so a version without it gets the file replaced after construction)."""
