@@ -135,6 +135,16 @@ def client_address(environ: Mapping[str, Any], is_proxy: Callable[[str], bool]) 
     return None
 
 
+def oversized(length: int, max_bytes: int) -> str | None:
+    """The one size rule for what a client sends: why ``length`` bytes of one message are
+    refused (``max_message_bytes``), or ``None``.  Every way a message arrives (a frame read
+    by gevent-websocket or by a parked websocket, a polling body, a binary packet's
+    attachments) asks this before it keeps the bytes."""
+    if length > max_bytes:
+        return f"message over {max_bytes} bytes"
+    return None
+
+
 def frame_problem(data: str | bytes, handshake: bool) -> str | None:
     """Return why a websocket frame is not an Engine.IO packet a client may send, or ``None``.
 
@@ -212,8 +222,8 @@ class GuardedWebSocket:
         def bounded(read_payload: Callable[[int], bytes]) -> Callable[[int], bytes]:
             def bounded_read(size: int) -> bytes:
                 self._read += size
-                if self._read > self._max_bytes:
-                    self.rejected = f"message over {self._max_bytes} bytes"
+                self.rejected = oversized(self._read, self._max_bytes)
+                if self.rejected is not None:
                     raise WebSocketError(self.rejected)
                 return read_payload(size)
 
@@ -339,7 +349,7 @@ class ClientGuard:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             length = -1
-        if length < 0 or length > self.limits.max_message_bytes:
+        if length < 0 or oversized(length, self.limits.max_message_bytes):
             self.kick(sid, f"polling POST with Content-Length {environ.get('CONTENT_LENGTH')!r}")
             return "413 Payload Too Large", b"Payload Too Large"
         body = environ["wsgi.input"].read(length)
@@ -440,7 +450,7 @@ class ClientGuard:
         :param count: the number of attachments the packet announced.
         :param data: the message being received (the packet itself, or its next attachment).
         """
-        if sum(map(len, attachments)) + len(data) > self.limits.max_message_bytes:
+        if oversized(sum(map(len, attachments)) + len(data), self.limits.max_message_bytes):
             return "binary attachments over max_message_bytes"
         if count > MAX_ATTACHMENTS:
             return f"binary packet announcing {count} attachments"

@@ -36,7 +36,7 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 
 from gsocket.protocol.codec import CLOSE_NORMAL_FRAME, PONG, frame
-from gsocket.protocol.guards import CLOSE_GRACE, frame_problem
+from gsocket.protocol.guards import CLOSE_GRACE, frame_problem, oversized
 from gsocket.protocol.internals.gevent_hooks import detach_connection, raw_socket
 
 log = logging.getLogger("gsocket.parked")
@@ -167,10 +167,9 @@ class Parked:
             if opcode >= CLOSE and (not fin or length > 125):
                 return self._fail("a fragmented or long control frame")
             held = sum(len(f) for f in self.fragments) if self.fragments else 0
-            if length + held > self.max_bytes:
-                log.warning(
-                    "closed a websocket from %s: message over %d bytes", self.peer, self.max_bytes
-                )
+            problem = oversized(length + held, self.max_bytes)
+            if problem is not None:
+                log.warning("closed a websocket from %s: %s", self.peer, problem)
                 return self._fail(None)
             if size - at < 4 + length:
                 break
