@@ -2,6 +2,7 @@
 
     python benchmarks/deskmix_profile.py                        # 1000 clients, 3 rounds
     python benchmarks/deskmix_profile.py --pyspy /tmp/dm        # py-spy of each mix phase
+    PYSPY_NATIVE=1 python benchmarks/deskmix_profile.py --pyspy /tmp/dm   # with C frames
     python benchmarks/deskmix_profile.py --cprofile /tmp/dm     # cProfile of each mix phase
     python benchmarks/deskmix_profile.py --compare /work/main   # that tree and this, interleaved
 
@@ -47,6 +48,18 @@ def user_system(pid: int) -> tuple[float, float]:
     return int(fields[11]) / processes.CLK_TCK, int(fields[12]) / processes.CLK_TCK
 
 
+def on_cpu(pid: int) -> float:
+    """Seconds the threads of process ``pid`` ran, from the scheduler's own clock
+    (``/proc/<pid>/task/*/schedstat``): utime and stime are sampled at the tick, this is not."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            continue
+    return total / 1e9
+
+
 class ProbedCase(bench.Case):
     """``run.py``'s gsocket case, with the server under ``probe_server.py`` from ``tree``."""
 
@@ -71,15 +84,18 @@ class ProbedCase(bench.Case):
         assert self.proc is not None
         pid = self.proc.pid
         u0, s0 = user_system(pid)
+        r0 = on_cpu(pid)
         t0 = time.monotonic()
         body()
         u1, s1 = user_system(pid)
+        r1 = on_cpu(pid)
         wall = time.monotonic() - t0
         self.phases[name] = {
             "wall_s": wall,
             "user_cores": (u1 - u0) / wall,
             "system_cores": (s1 - s0) / wall,
             "cores": (u1 - u0 + s1 - s0) / wall,
+            "sched_cores": (r1 - r0) / wall,
         }
 
     def scenarios(self) -> None:
@@ -108,10 +124,26 @@ class ProbedCase(bench.Case):
 
         if self.opts.rate:
             self.measured("fanout", fixed)
-        spy = self.start_profile()
+        self.profile_publishing()
         self.measured("mix", self.desk_mix)
-        self.stop_profile(spy)
         self.lg.call("disconnect")
+
+    def profile_publishing(self) -> None:
+        """Profile the mix while its events are published (from the loadgen's
+        ``phase_start`` of the mix to its ``churn_stop``), not while clients subscribe."""
+        assert self.lg is not None
+        call = self.lg.call
+        spy: list[subprocess.Popen | None] = []
+
+        def watched(cmd: str, **args: Any) -> dict[str, Any]:
+            if cmd == "churn_stop" and spy:
+                self.stop_profile(spy.pop())
+            answer = call(cmd, **args)
+            if cmd == "phase_start" and args.get("phase") == "mix":
+                spy.append(self.start_profile())
+            return answer
+
+        self.lg.call = watched  # type: ignore[method-assign]
 
     def start_profile(self) -> subprocess.Popen | None:
         assert self.proc is not None
@@ -119,8 +151,18 @@ class ProbedCase(bench.Case):
             os.kill(self.proc.pid, bench.signal.SIGUSR2)
         if not self.opts.pyspy:
             return None
-        argv = ["py-spy", "record", "-p", str(self.proc.pid), "-r", "200", "-f", "raw"]
-        argv += ["--nonblocking", "-o", f"{self.opts.pyspy}.{self.tag()}"]
+        argv = [
+            "py-spy",
+            "record",
+            "-p",
+            str(self.proc.pid),
+            "-r",
+            os.environ.get("PYSPY_RATE", "200"),
+            "-f",
+            "raw",
+        ]
+        argv += ["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"]
+        argv += ["-o", f"{self.opts.pyspy}.{self.tag()}"]
         return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop_profile(self, spy: subprocess.Popen | None) -> None:
@@ -178,6 +220,7 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
             f"  {phase:7s} cores {cell([g['cores'] for g in got], '.3f')}"
             f"  user {cell([g['user_cores'] for g in got], '.3f')}"
             f"  system {cell([g['system_cores'] for g in got], '.3f')}"
+            f"  on-cpu {cell([g['sched_cores'] for g in got], '.3f')}"
         )
     fixed = [r["fanout_fixed"] for r in rows if "fanout_fixed" in r]
     if fixed:
