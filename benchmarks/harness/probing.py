@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gsocket.demo.ports import free_port
-from gsocket.demo.processes import wait_until
+from gsocket.demo.processes import Child, wait_until
 
 from . import processes
 from .publisher import Publisher
@@ -91,7 +91,7 @@ class Stand:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.dump_dir = tmp / "dumps"
         processes.raise_fd_limit()
-        self.children: list[processes.Child] = []
+        self.children: list[Child] = []
         self.clients: list[ClientProcess] = []
         self.opened = 0
         self.redis = processes.start_redis(self.log_dir)
