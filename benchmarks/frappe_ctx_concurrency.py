@@ -56,10 +56,10 @@ if str(REPO) not in sys.path:
 
 from benchmarks.harness import processes
 from gsocket.config import Limits
+from gsocket.demo.redis_server import RedisServer
 from tests.support.bench import GsocketProcess, desk_headers, make_bench
 from tests.support.mariadb import MariaDBServer
 from tests.support.pyclient import PyClient
-from tests.support.redis_server import RedisServer
 from tests.support.webstub import WebStub
 
 SITE = "ctxbench.local"

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gsocket.cluster.recovery import EventLog  # noqa: E402
-from tests.support.redis_server import RedisServer  # noqa: E402
+from gsocket.demo.redis_server import RedisServer  # noqa: E402
 
 BODY = json.dumps(
     ["list_update", {"doctype": "ToDo", "name": "TD-00042", "user": "jane@example.com"}],

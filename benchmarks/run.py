@@ -39,6 +39,10 @@ from harness.loadgen import Loadgen
 from harness.mix import Mix, Schedule, schedule
 from harness.publisher import Published, Publisher, Route, Target, events_for
 
+from gsocket.demo.ports import free_port, free_port_run, port_is_open
+from gsocket.demo.processes import Child, wait_until
+from gsocket.demo.redis_server import RedisServer
+
 BENCH_ROOT = Path(__file__).resolve().parent
 REPO = BENCH_ROOT.parent
 SITE = "bench.localhost"
@@ -352,17 +356,20 @@ class Run:
         self.bench = make_bench(tmp)
         self.frappe_nodes = frappe_nodes
         self.fd_hard = processes.raise_fd_limit()
-        self._children: list[processes.Child] = []
-        self._webs: dict[str, tuple[processes.Child, int]] = {}
+        self._children: list[Child | RedisServer] = []
+        self._webs: dict[str, tuple[Child, int]] = {}
         try:
-            self.redis, self.redis_port = processes.start_redis(log_dir)
+            self.redis = processes.start_redis(log_dir)
+            self.redis_port = self.redis.port
+            assert self.redis.pid is not None
+            self.redis_pid = self.redis.pid
             self._children.append(self.redis)
             self.publisher = Publisher(self.redis_port, SITE)
         except BaseException:
             self._stop_children()
             raise
 
-    def web(self, flavour: str) -> tuple[processes.Child, int]:
+    def web(self, flavour: str) -> tuple[Child, int]:
         """The web stand-in answering as FLAVOUR (started on first use, shared after)."""
         if flavour not in self._webs:
             child, port = processes.start_webstub(BENCH_ROOT, self.log_dir, flavour)
@@ -414,7 +421,7 @@ class Case:
                 f"the hard RLIMIT_NOFILE of this machine is {run.fd_hard} and cannot be "
                 f"raised here, so one server process cannot hold {n_requested} sockets"
             )
-        self.proc: processes.Child | processes.Group | None = None
+        self.proc: processes.Group | None = None
         self.ports: list[int] = []
         self.lg: Loadgen | None = None
         self.probe_seq = 0
@@ -430,9 +437,9 @@ class Case:
             "wall": time.monotonic(),
             "server_cpu": self.proc.cpu(),
             "server_rss": self.proc.rss(),
-            "loadgen_cpu": self.lg.child.cpu(),
-            "web_cpu": self.web.cpu(),
-            "redis_cpu": self.run.redis.cpu(),
+            "loadgen_cpu": processes.cpu(self.lg.child.pid),
+            "web_cpu": processes.cpu(self.web.pid),
+            "redis_cpu": processes.cpu(self.run.redis_pid),
             "harness_cpu": own.ru_utime + own.ru_stime,
             "machine_busy": busy,
         }
@@ -458,7 +465,7 @@ class Case:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def launch(self, port: int, index: int) -> processes.Child:
+    def launch(self, port: int, index: int) -> Child:
         """Start one process of the server on PORT, the way a bench starts it."""
         name = f"{self.server}-{self.n_requested}-r{self.result['round']}"
         name += f"-{index}" if self.count > 1 else ""
@@ -481,9 +488,10 @@ class Case:
 
     def start_server(self) -> None:
         if self.spec.cluster:
-            self.ports = processes.consecutive_free_ports(self.count)
+            base = free_port_run(self.count)
+            self.ports = list(range(base, base + self.count))
         else:
-            self.ports = [processes.free_port() for _ in range(self.count)]
+            self.ports = [free_port() for _ in range(self.count)]
         write_config(
             self.run.bench,
             self.ports[0],
@@ -492,9 +500,9 @@ class Case:
             self.spec.gsocket_conf,
         )
         children = [self.launch(port, i) for i, port in enumerate(self.ports)]
-        self.proc = children[0] if self.count == 1 else processes.Group(children)
+        self.proc = processes.Group(children)
         # Frappe's Node servers have no /health: listening is what a bench checks for them.
-        up = processes.healthy if self.spec.kind == "gsocket" else processes.listening
+        up = processes.healthy if self.spec.kind == "gsocket" else port_is_open
 
         def ready() -> bool:
             assert self.proc is not None
@@ -504,7 +512,7 @@ class Case:
                 self.run.publisher.subscribers() >= self.count
             )
 
-        processes.wait_until(ready, 60, what=f"{self.server} listening and its Redis subscription")
+        wait_until(ready, 60, f"no {self.server} listening with its Redis subscription in 60 s")
 
     def execute(self) -> dict[str, Any]:
         log.info("%s with %d clients", self.server, self.n)

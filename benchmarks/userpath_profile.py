@@ -20,7 +20,6 @@ import os
 import pstats
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import processes  # noqa: E402
 from harness.probing import Stand  # noqa: E402
 from harness.publisher import Target  # noqa: E402
+
+from gsocket.demo.processes import Child, wait_until  # noqa: E402
 
 
 def user_system(pid: int) -> tuple[float, float]:
@@ -52,10 +53,13 @@ def one_round(args: argparse.Namespace, round_: int) -> dict[str, float]:
             route = lambda seq: Target(f"user:u{seq % n}@example.com")  # noqa: E731
             count = int(args.rate * args.seconds) if args.rate else args.flat_events
             stand.publisher.burst("warm", n, route)  # every client once: rooms and paths hot
-            processes.wait_until(lambda: stand.counts()["received"] >= n, 60, what="warm-up events")
+            wait_until(
+                lambda: stand.counts()["received"] >= n, 60, "warm-up events missing after 60 s"
+            )
             spy = None
             if args.pyspy:
-                spy = subprocess.Popen(
+                spy = Child(
+                    "py-spy",
                     [
                         "py-spy",
                         "record",
@@ -71,30 +75,29 @@ def one_round(args: argparse.Namespace, round_: int) -> dict[str, float]:
                         "-d",
                         str(int(args.seconds) + 1),
                     ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    log_path=Path(tmp) / "py-spy.log",
                 )
                 time.sleep(0.5)
             if args.cprofile:
                 stand.profile()
             us0 = user_system(stand.server.pid)
-            cpu0, t0 = stand.server.cpu(), time.monotonic()
+            cpu0, t0 = processes.cpu(stand.server.pid), time.monotonic()
             machine0 = processes.machine_cpu()
             if args.rate:
                 stand.publisher.fixed_rate("m", args.rate, count, lambda seq: route(seq + n))
             else:
                 stand.publisher.burst("m", count, lambda seq: route(seq + n))
-            processes.wait_until(
-                lambda: stand.counts()["received"] >= n + count, 120, what="every event"
+            wait_until(
+                lambda: stand.counts()["received"] >= n + count, 120, "events missing after 120 s"
             )
-            cpu1, t1 = stand.server.cpu(), time.monotonic()
+            cpu1, t1 = processes.cpu(stand.server.pid), time.monotonic()
             us1 = user_system(stand.server.pid)
             machine1 = processes.machine_cpu()
             if args.cprofile:
                 stand.profile()
                 shutil.copy(stand.profile_done(), f"{args.cprofile}.{round_}")
             if spy is not None:
-                spy.wait(30)
+                spy.proc.wait(30)
             counts = stand.counts()
             busy = (machine1[0] - machine0[0]) / max(1e-9, machine1[1] - machine0[1])
             return {

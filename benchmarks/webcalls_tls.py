@@ -27,7 +27,6 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,8 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gsocket.contract import httpclient
+from gsocket.demo.ports import wait_for_port
+from gsocket.demo.processes import Child
 from tests.support.nginx import Nginx
-from tests.support.ports import wait_for_port
 
 METHOD = "/api/method/frappe.realtime.get_user_info"
 STUB = """
@@ -120,11 +120,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
-    stub = subprocess.Popen(
-        [sys.executable, "-c", STUB], cwd=REPO, stdout=subprocess.PIPE, text=True
+    stub = Child(
+        "web stand-in", [sys.executable, "-c", STUB], cwd=REPO, stdout_pipe=True, text=True
     )
-    assert stub.stdout is not None
-    web_port = int(stub.stdout.readline())
+    assert stub.proc.stdout is not None
+    web_port = int(stub.proc.stdout.readline())
     with tempfile.TemporaryDirectory() as tmp:
         conf = FRONT.replace("@WEB_PORT@", str(web_port))
         tls = "ssl_certificate @CERT@; ssl_certificate_key @KEY@;"
@@ -145,8 +145,7 @@ def main() -> None:
             ):
                 cpu, wall = measure(make(ca, args.concurrency), url, args.calls, args.concurrency)
                 print(f"{name:<20} {cpu:>12.0f} {wall:>13.0f}", flush=True)
-    stub.terminate()
-    stub.wait(10)
+    stub.stop(10)
 
 
 if __name__ == "__main__":

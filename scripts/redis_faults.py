@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from gsocket.demo.processes import wait_until
 from tests.support.hardening.kit import SITE, Stack, desk_headers
-from tests.support.hardening.redisfaults import bad_message, good_message, run_outage, wait_for
+from tests.support.hardening.redisfaults import bad_message, good_message, run_outage
 from tests.support.pyclient import PyClient
 
 
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                 if i % 200 == 199:
                     # Paced: a publisher far ahead of the bridge is Redis's matter (it drops
                     # a subscriber whose backlog passes client-output-buffer-limit pubsub).
-                    wait_for(lambda g=good: len(client.events("seq")) >= g, 60, "good lost")
-            wait_for(lambda: len(client.events("seq")) >= good, 120, "good messages lost")
+                    wait_until(lambda g=good: len(client.events("seq")) >= g, 60, "good lost")
+            wait_until(lambda: len(client.events("seq")) >= good, 120, "good messages lost")
             bad_phase = {
                 "malformed_published": args.bad,
                 "good_published": good,

@@ -1,6 +1,7 @@
 """Smoke test of an installed gsocket wheel, run by ``scripts/check-wheel`` inside its venv.
 
-It uses what the wheel itself installed (the ``gsocket`` script, ``requests``) and Debian's
+It uses what the wheel itself installed (the ``gsocket`` script, ``requests``, the demo's
+local-stack pieces: ports, child processes, the ``redis-server`` launcher) and Debian's
 ``redis-server``: the package must come from the venv, carry its data files, serve a bench,
 answer a Socket.IO handshake and a namespace connect, publish, run the doctor and stop cleanly.
 Exit status 0 when every step passed; the first failure ends it with a message.
@@ -11,32 +12,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import requests
 
+from gsocket.demo.ports import free_port
+from gsocket.demo.processes import Child, wait_until
+from gsocket.demo.redis_server import RedisServer
+
 SITE = "site1.local"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"wheel smoke: {what} did not happen within {timeout:g} s")
-        time.sleep(0.05)
 
 
 def answers(url: str) -> bool:
@@ -66,13 +53,9 @@ def main(venv: Path) -> None:
 
     script = str(venv / "bin" / "gsocket")
     work = Path(tempfile.mkdtemp(prefix="gsocket-wheel-"))
-    redis_port, port, dead_web = free_port(), free_port(), free_port()
-    redis = subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(work)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    server: subprocess.Popen[bytes] | None = None
+    port, dead_web = free_port(), free_port()
+    redis = RedisServer(work / "redis").start()
+    server: Child | None = None
     try:
         bench = work / "bench"
         (bench / "sites" / SITE).mkdir(parents=True)
@@ -81,21 +64,25 @@ def main(venv: Path) -> None:
         (bench / "sites" / "common_site_config.json").write_text(
             json.dumps(
                 {
-                    "redis_queue": f"redis://127.0.0.1:{redis_port}",
+                    "redis_queue": redis.url,
                     "socketio_port": port,
                     "webserver_host": "127.0.0.1",
                     "webserver_port": dead_web,
                 }
             )  # fmt: skip
         )
-        log = (work / "gsocket.log").open("wb")
-        server = subprocess.Popen(
+        server = Child(
+            "gsocket",
             [script, "serve", "--bench", str(bench), "--host", "127.0.0.1"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            log_path=work / "gsocket.log",
         )
         base = f"http://127.0.0.1:{port}"
-        wait(lambda: answers(f"{base}/health"), "gsocket's /health answering 200")
+        wait_until(
+            lambda: answers(f"{base}/health"),
+            20,
+            "wheel smoke: gsocket's /health did not answer 200 within 20 s",
+            error=SystemExit,
+        )
         check(True, "gsocket serve is healthy (bridge subscribed to Redis)")
 
         # The checks run on the handshake's headers, as the desk sends them through nginx.
@@ -136,16 +123,14 @@ def main(venv: Path) -> None:
             url_doctor.returncode == 1 and "OK    reach:" in url_doctor.stdout,
             "gsocket doctor --url reaches gsocket's report of what arrived",
         )
-        server.send_signal(signal.SIGTERM)
-        check(server.wait(timeout=20) == 0, "gsocket serve exits 0 on SIGTERM")
+        stopped = server.stop(timeout=20)
+        check(stopped and server.returncode == 0, "gsocket serve exits 0 on SIGTERM")
         server = None
     finally:
         if server is not None:
             server.kill()
-            server.wait()
             sys.stderr.write((work / "gsocket.log").read_text(errors="replace"))
-        redis.terminate()
-        redis.wait()
+        redis.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

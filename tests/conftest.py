@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from gsocket.demo.redis_server import RedisServer
 from tests.support.bench import GsocketProcess, desk_headers, make_bench
 from tests.support.hardening.kit import ProbedGsocket
 from tests.support.hardening.kit import start_gsocket as start_probed_gsocket
 from tests.support.pyclient import PyClient
-from tests.support.redis_server import RedisServer
 from tests.support.webstub import WebStub
 
 SITE = "site1.local"

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
+from gsocket.demo.ports import free_port, free_port_run, wait_for_port
 from tests.support.bench import REPO, GsocketProcess, make_bench, wait_until
 from tests.support.node_client import NodeClient
-from tests.support.ports import free_port, free_port_run, wait_for_port
 from tests.support.pyclient import PyClient
 
 SITE = "localhost"  # the Host nginx sees, hence X-Frappe-Site-Name: the clients connect to it

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from gsocket.demo.ports import free_port
 from tests.support.bench import GsocketProcess, make_bench, wait_until
 from tests.support.node_client import NodeClient
-from tests.support.ports import free_port
 from tests.test_cluster_nginx import SITE, Cluster, running_cluster
 
 USERS = {"sid-admin": "Administrator", "sid-jane": "jane@example.com"}

@@ -14,9 +14,9 @@ import pytest
 import requests
 
 from gsocket.config import ConfigError, load_config
+from gsocket.demo.ports import free_port_run, port_is_open, wait_for_port
 from tests.conftest import bench_conf
 from tests.support.bench import REPO, make_bench, wait_until
-from tests.support.ports import free_port_run, port_is_open, wait_for_port
 
 NODE_PROGRAMS = """\
 [program:bench-frappe-web]

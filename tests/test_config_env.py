@@ -13,9 +13,9 @@ import subprocess
 import sys
 
 from gsocket.config import load_config
+from gsocket.demo.ports import free_port, port_is_open
 from tests.conftest import SITE
 from tests.support.bench import REPO, make_bench, wait_until
-from tests.support.ports import free_port, port_is_open
 
 
 def test_environment_overrides_are_read(tmp_path):

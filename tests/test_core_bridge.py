@@ -8,9 +8,9 @@ import subprocess
 import pytest
 import socketio
 
+from gsocket.demo.redis_server import RedisServer
 from tests.conftest import SITE, SITE2, desk_headers
 from tests.support.bench import wait_until
-from tests.support.redis_server import RedisServer
 
 
 def message(event, payload, room, site=SITE):

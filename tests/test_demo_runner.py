@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from gsocket.demo.ports import free_port
+from gsocket.demo.redis_server import RedisServer
 from tests.support.bench import REPO, wait_until
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
 
 DEMO_SITE = "demo.localhost"
 

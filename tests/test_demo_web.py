@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
+from gsocket.demo.redis_server import RedisServer
 from gsocket.demo.web import DEMO_DOCNAME, DEMO_DOCTYPE, JOB_STEP_SECONDS, JOB_STEPS, DemoWeb
-from tests.support.redis_server import RedisServer
 
 SITE = "demo.localhost"
 USER_INFO = "/api/method/frappe.realtime.get_user_info"

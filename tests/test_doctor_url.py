@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from gsocket.demo.ports import free_port
 from tests.conftest import SITE
 from tests.support.bench import REPO, GsocketProcess
 from tests.support.nginx import Nginx
-from tests.support.ports import free_port
 
 # bench's template (bench/config/templates/nginx.conf), its /socket.io location unchanged.
 BENCH_TEMPLATE = """

@@ -7,10 +7,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+from gsocket.demo.redis_server import RedisServer
 from tests.support.bench import wait_until
 from tests.support.hardening.kit import SITE, desk_headers, start_gsocket
 from tests.support.hardening.redisfaults import bad_message, good_message, run_outage
-from tests.support.redis_server import RedisServer
 
 NS = f"/{SITE}"
 

@@ -8,6 +8,7 @@ only for type checking or inside a function, is seen.
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -231,3 +232,149 @@ def test_the_harness_is_shared_one_way():
         )
     )
     assert wrong == []
+
+
+SHARED_HARNESS = {
+    "gsocket/demo/processes.py": {"Child", "wait_until", "log_tail", "tie_to_parent"},
+    "gsocket/demo/ports.py": {
+        "free_port",
+        "port_is_free",
+        "free_port_run",
+        "port_is_open",
+        "wait_for_port",
+    },
+    "gsocket/demo/redis_server.py": {"RedisServer", "redis_binary"},
+}
+"""The one implementation of each local-stack concept: a child process, a bounded poll, a free
+port, the ``redis-server`` launcher.  In the package (the demo ships in the wheel and cannot
+import tests/ or benchmarks/); the suite's support, the benchmarks and the scripts import it."""
+
+COPY_NAMES = {name for names in SHARED_HARNESS.values() for name in names} | {
+    "wait_for",
+    "consecutive_free_ports",
+    "bindable",
+    "listening",
+    "die_with_parent",
+}
+"""Names whose module-level definition elsewhere is a second copy (with the names the copies
+had before there was one: ``wait_for``, ``consecutive_free_ports``, ``listening``...)."""
+
+
+def harness_files() -> list[Path]:
+    """Every module that starts local processes or waits for them: the demo, the suite's
+    support and fixtures, the benchmarks and the scripts.  Test modules are left out: they use
+    the harness, and some run the command under test with ``subprocess`` on purpose."""
+    found = [*(REPO / "gsocket" / "demo").rglob("*.py"), *(REPO / "scripts").rglob("*.py")]
+    found += [p for p in (REPO / "benchmarks").rglob("*.py") if "node_modules" not in p.parts]
+    found += [
+        p
+        for p in (REPO / "tests").rglob("*.py")
+        if "node_modules" not in p.parts and not p.name.startswith("test_")
+    ]
+    return sorted(found)
+
+
+def harness_copies(file: str, tree: ast.Module) -> Iterator[str]:
+    """What in one module repeats a shared harness concept: a module-level definition of one of
+    :data:`COPY_NAMES`, a ``Popen`` (a child not started through ``Child``), a bind to port 0
+    (a free port chosen by hand), a ``redis-server`` launched by hand (its ``--appendonly``
+    option, or ``which("redis-server")``)."""
+    own = SHARED_HARNESS.get(file, set())
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            if node.name.lstrip("_") in COPY_NAMES - own:
+                yield f"defines {node.name}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = ast.unparse(node.func)
+            first = node.args[0] if node.args else None
+            if func.endswith("Popen") and file != "gsocket/demo/processes.py":
+                yield f"line {node.lineno}: Popen"
+            if (
+                func.endswith(".bind")
+                and isinstance(first, ast.Tuple)
+                and len(first.elts) == 2
+                and isinstance(first.elts[1], ast.Constant)
+                and first.elts[1].value == 0
+                and file != "gsocket/demo/ports.py"
+            ):
+                yield f"line {node.lineno}: binds port 0"
+            if (
+                func.endswith("which")
+                and isinstance(first, ast.Constant)
+                and first.value == "redis-server"
+                and file != "gsocket/demo/redis_server.py"
+            ):
+                yield f"line {node.lineno}: looks for redis-server"
+        elif isinstance(node, ast.List) and file != "gsocket/demo/redis_server.py":
+            if any(isinstance(e, ast.Constant) and e.value == "--appendonly" for e in node.elts):
+                yield f"line {node.lineno}: launches redis-server"
+
+
+def test_each_harness_concept_has_one_implementation():
+    """Child processes, waiting, ports and the redis-server launcher are written once, in
+    gsocket.demo, and started through there by the demo, the suite, benchmarks and scripts."""
+    copies = sorted(
+        f"{path.relative_to(REPO)}: {copy}"
+        for path in harness_files()
+        for copy in harness_copies(
+            str(path.relative_to(REPO)), ast.parse(path.read_text(), str(path))
+        )
+    )
+    assert copies == []
+    for file, names in SHARED_HARNESS.items():
+        tree = ast.parse((REPO / file).read_text())
+        defined = {
+            n.name.lstrip("_") for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+        }
+        assert names <= defined, file
+
+
+def test_the_shared_harness_stands_alone():
+    """The shared pieces import only the standard library, redis-py and each other (so that
+    tests/support, benchmarks and scripts can use them without the server), and nothing in the
+    package imports the suite, the benchmarks or the scripts (the wheel has none of them)."""
+    shared = {module_name(REPO / file) for file in SHARED_HARNESS}
+    allowed = set(sys.stdlib_module_names) | {"redis", "__future__"}
+    wrong = sorted(
+        f"{name} -> {target}"
+        for name, tree in modules().items()
+        if name in shared
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for target in (
+            [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        )
+        if target.split(".")[0] not in allowed and target not in shared
+    )
+    assert wrong == []
+    upward = sorted(
+        f"{file}: {name}"
+        for file, name in top_imports(PACKAGE)
+        if name.split(".")[0] in ("tests", "scripts", "benchmarks")
+    )
+    assert upward == []
+
+
+def test_the_harness_check_sees_a_copy():
+    """The check above finds each kind of copy when there is one."""
+    tree = ast.parse(
+        "import socket, subprocess, shutil\n"
+        "def _free_port():\n    s = socket.socket()\n    s.bind(('127.0.0.1', 0))\n"
+        "def wait_for(c, t): pass\n"
+        "p = subprocess.Popen(['x'])\n"
+        "b = shutil.which('redis-server')\n"
+        "a = [b, '--port', '1', '--appendonly', 'no']\n"
+    )
+    assert list(harness_copies("benchmarks/x.py", tree)) == [
+        "defines _free_port",
+        "defines wait_for",
+        "line 6: Popen",
+        "line 7: looks for redis-server",
+        "line 8: launches redis-server",
+        "line 4: binds port 0",
+    ]
+    assert list(harness_copies("tests/support/x.py", ast.parse("def port_is_open(): pass"))) == [
+        "defines port_is_open"
+    ]
+    assert list(harness_copies("gsocket/demo/ports.py", ast.parse("def free_port(): pass"))) == []

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import requests
 
+from gsocket.demo.ports import free_port
+from gsocket.demo.redis_server import RedisServer
 from tests.conftest import SITE, bench_conf, desk_headers
 from tests.support.bench import REPO, GsocketProcess, make_bench
-from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
 from tests.support.webstub import WebStub
 
 SECRET = "doctor-secret-value"

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from gsocket.demo.redis_server import RedisServer
 from tests.conftest import SITE, bench_conf, desk_headers
 from tests.support.bench import FIXTURE_APPS, GsocketProcess, make_bench, wait_until
 from tests.support.node_client import NodeClient
-from tests.support.redis_server import RedisServer
 from tests.support.webstub import WebStub
 
 TRANSPORTS = {"ws": ["websocket"], "poll": ["polling"]}

@@ -11,9 +11,9 @@ import json
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from gsocket.demo.redis_server import RedisServer
 from tests.conftest import SITE, desk_headers
 from tests.support.bench import GsocketProcess, wait_until
-from tests.support.redis_server import RedisServer
 
 OPS_APPS = {"apps": ("frappe", "opsapp"), "copy_apps": ("opsapp",), "sites": (SITE,)}
 

@@ -22,11 +22,11 @@ import requests
 import socketio
 
 from gsocket.config import load_config
+from gsocket.demo.ports import free_port
 from gsocket.ops.supervisor_setup import Program, patch_procfile, procfile_line, setup_supervisor
 from tests.conftest import SITE, bench_conf, desk_headers
 from tests.support.bench import REPO, make_bench, wait_until
 from tests.support.node_client import NodeClient
-from tests.support.ports import free_port
 
 SUPERVISORD = shutil.which("supervisord") or "/usr/bin/supervisord"
 SUPERVISORCTL = shutil.which("supervisorctl") or "/usr/bin/supervisorctl"

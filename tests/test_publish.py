@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from gsocket.contract.publish import Publisher
+from gsocket.demo.redis_server import RedisServer
 from tests.conftest import SITE, desk_headers
 from tests.support.bench import REPO, make_bench
-from tests.support.redis_server import RedisServer
 
 
 class Subscriber:

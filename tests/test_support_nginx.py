@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from gsocket.demo.ports import port_is_open
 from tests.support.nginx import Nginx
-from tests.support.ports import port_is_open
 
 CONF = """
 server {

@@ -13,9 +13,9 @@ import requests
 import socketio
 from werkzeug.serving import make_server
 
+from gsocket.demo.ports import free_port, port_is_open
+from gsocket.demo.redis_server import RedisServer
 from tests.support.node_client import NodeClient
-from tests.support.ports import free_port, port_is_open
-from tests.support.redis_server import RedisServer
 from tests.support.webstub import WebStub
 
 USER_INFO = "/api/method/frappe.realtime.get_user_info"

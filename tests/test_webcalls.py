@@ -35,12 +35,12 @@ from gsocket.contract import httpclient
 from gsocket.contract.auth import Authenticator, Refused
 from gsocket.contract.secret import SocketSecret
 from gsocket.contract.webclient import WebClient
+from gsocket.demo.ports import free_port
+from gsocket.demo.redis_server import RedisServer
 from gsocket.metrics import Metrics
 from tests.support.bench import GsocketProcess, make_bench, wait_until
 from tests.support.nginx import Nginx
-from tests.support.ports import free_port
 from tests.support.pyclient import PyClient
-from tests.support.redis_server import RedisServer
 from tests.support.tlsfront import https_redirect, site_front
 from tests.support.webstub import WebStub
 

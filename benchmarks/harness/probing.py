@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gsocket.demo.ports import free_port
+from gsocket.demo.processes import Child, wait_until
+
 from . import processes
 from .publisher import Publisher
 
@@ -47,8 +50,8 @@ class ClientProcess:
     """One ``idle_clients.py`` process."""
 
     def __init__(self, port: int, web_port: int, log_dir: Path, name: str) -> None:
-        self.log = open(log_dir / f"{name}.log", "ab")
-        self.proc = subprocess.Popen(
+        self.child = processes.start(
+            name,
             [
                 sys.executable,
                 str(BENCH_ROOT / "idle_clients.py"),
@@ -56,10 +59,11 @@ class ClientProcess:
                 f"http://127.0.0.1:{web_port}",
                 SITE,
             ],
+            log_dir,
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
+            stdout_pipe=True,
         )
+        self.proc = self.child.proc
 
     def call(self, **cmd: Any) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -75,11 +79,7 @@ class ClientProcess:
             self.call(cmd="close")
         except (OSError, RuntimeError):
             pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        self.child.wait_stopped(10)
 
 
 class Stand:
@@ -91,15 +91,15 @@ class Stand:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.dump_dir = tmp / "dumps"
         processes.raise_fd_limit()
-        self.children: list[processes.Child] = []
+        self.children: list[Child] = []
         self.clients: list[ClientProcess] = []
         self.opened = 0
-        redis_child, self.redis_port = processes.start_redis(self.log_dir)
-        self.children.append(redis_child)
+        self.redis = processes.start_redis(self.log_dir)
+        self.redis_port = self.redis.port
         web, self.web_port = processes.start_webstub(BENCH_ROOT, self.log_dir, "develop")
         self.children.append(web)
         self.publisher = Publisher(self.redis_port, SITE)
-        self.port = processes.free_port()
+        self.port = free_port()
         bench = make_bench(tmp, self.port, self.redis_port, self.web_port)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -115,7 +115,7 @@ class Stand:
                 raise RuntimeError(f"gsocket exited:\n{self.server.log_tail()}")
             return processes.healthy(self.port) and self.publisher.subscribers() >= 1
 
-        processes.wait_until(ready, 60, what="gsocket")
+        wait_until(ready, 60, "gsocket did not become ready in 60 s")
         self.dumps = 0
         self.profiles = 0
 
@@ -152,7 +152,7 @@ class Stand:
         base = self.dump_dir / f"dump-{self.dumps}"
         os.kill(self.server.pid, signal.SIGUSR1)
         done = Path(str(base) + ".done")
-        processes.wait_until(done.exists, 300, what="the server's dump")
+        wait_until(done.exists, 300, "the server wrote no dump in 300 s")
         return json.loads(Path(str(base) + ".json").read_text()), Path(str(base) + ".snapshot")
 
     def profile(self) -> None:
@@ -162,7 +162,7 @@ class Stand:
     def profile_done(self) -> Path:
         self.profiles += 1
         done = self.dump_dir / f"cprofile-{self.profiles}.done"
-        processes.wait_until(done.exists, 60, what="the server's profile")
+        wait_until(done.exists, 60, "the server wrote no profile in 60 s")
         return self.dump_dir / f"cprofile-{self.profiles}.pstats"
 
     def settle(self, seconds: float = 1.0) -> None:
@@ -174,3 +174,4 @@ class Stand:
         self.publisher.close()
         for child in reversed(self.children):
             child.stop()
+        self.redis.stop()

@@ -1,5 +1,10 @@
 """Child processes of a benchmark run and what /proc says about them.
 
+The children themselves, Redis and the ports are gsocket's own local-stack pieces
+(:mod:`gsocket.demo.processes`, :mod:`gsocket.demo.redis_server`, :mod:`gsocket.demo.ports`),
+shared with the demo and the test suite; what is here is the benchmarks' own: measuring, the
+Node web stand-in, gsocket's ``/health``.
+
 The servers under test are measured from the outside, through /proc, so that the Node
 baseline and gsocket are charged the same way: CPU is utime+stime of the server's whole
 process tree, memory is the tree's resident set.
@@ -12,18 +17,17 @@ import json
 import logging
 import os
 import resource
-import shutil
 import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import redis
+from gsocket.demo.processes import Child
+from gsocket.demo.redis_server import RedisServer
 
 log = logging.getLogger("gsocket.bench.processes")
 
@@ -40,32 +44,6 @@ def raise_fd_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def consecutive_free_ports(count: int, attempts: int = 50) -> list[int]:
-    """COUNT consecutive TCP ports on 127.0.0.1 that nothing listens on right now: a cluster of
-    ``gsocket.processes`` serves process K on ``socketio_port + K``."""
-    for _ in range(attempts):
-        base = free_port()
-        if base + count <= 65536 and all(_bindable(base + k) for k in range(1, count)):
-            return list(range(base, base + count))
-    raise RuntimeError(f"no {count} consecutive free ports found in {attempts} attempts")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def _children() -> dict[int, list[int]]:
@@ -133,52 +111,20 @@ def loadavg() -> list[float]:
         return [float(v) for v in f.read().split()[:3]]
 
 
-@dataclass
-class Child:
-    """A started child process with its log file; stop() ends it and only it."""
+def cpu(pid: int) -> float:
+    """CPU seconds of PID's process tree (a server may fork helpers; they count too)."""
+    return cpu_seconds(process_tree(pid))
 
-    name: str
-    proc: subprocess.Popen
-    log_path: Path
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def cpu(self) -> float:
-        return cpu_seconds(process_tree(self.pid))
-
-    def rss(self) -> int:
-        return rss_bytes(process_tree(self.pid))
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if not self.alive():
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        self.wait_stopped(timeout)
-
-    def wait_stopped(self, timeout: float) -> None:
-        """Wait for the exit a SIGTERM asked for; kill the child if it does not come."""
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop on SIGTERM, killing it", self.name)
-            self.proc.kill()
-            self.proc.wait(timeout)
+def rss(pid: int) -> int:
+    """Resident set of PID's process tree."""
+    return rss_bytes(process_tree(pid))
 
 
 @dataclass
 class Group:
-    """Several children measured as one server: CPU and RSS summed, alive while all are."""
+    """The children of one server under test, measured as one: CPU and RSS summed, alive
+    while all are (a cluster is several processes; a single server is a group of one)."""
 
     children: list[Child]
 
@@ -186,102 +132,37 @@ class Group:
         return all(c.alive() for c in self.children)
 
     def cpu(self) -> float:
-        return sum(c.cpu() for c in self.children)
+        return sum(cpu(c.pid) for c in self.children)
 
     def rss(self) -> int:
-        return sum(c.rss() for c in self.children)
+        return sum(rss(c.pid) for c in self.children)
 
     def log_tail(self, lines: int = 20) -> str:
+        if len(self.children) == 1:
+            return self.children[0].log_tail(lines)
         return "\n".join(f"[{c.name}]\n{c.log_tail(lines)}" for c in self.children)
 
     def stop(self, timeout: float = 10.0) -> None:
         for c in self.children:
-            if c.alive():
-                c.proc.send_signal(signal.SIGTERM)
+            c.send(signal.SIGTERM)
         for c in self.children:
-            c.wait_stopped(timeout)  # not stop(): a second SIGTERM cuts gsocket's drain short
+            c.wait_stopped(timeout)  # not stop() one by one: all drain at once
 
 
-def start(
-    name: str,
-    argv: Sequence[str],
-    log_dir: Path,
-    cwd: Path | None = None,
-    env: dict[str, str] | None = None,
-    stdin: int | None = subprocess.DEVNULL,
-    stdout_pipe: bool = False,
-) -> Child:
-    """Start a child whose stderr (and stdout unless piped) goes to LOG_DIR/NAME.log."""
-    log_path = log_dir / f"{name}.log"
-    log_file = open(log_path, "ab")
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            env=env,
-            stdin=stdin,
-            stdout=subprocess.PIPE if stdout_pipe else log_file,
-            stderr=log_file,
-        )
-    finally:
-        log_file.close()
-    return Child(name, proc, log_path)
+def start(name: str, argv: Sequence[str], log_dir: Path, **options: Any) -> Child:
+    """A :class:`~gsocket.demo.processes.Child` whose output goes to LOG_DIR/NAME.log
+    (OPTIONS as the Child takes them: cwd, env, stdin, stdout_pipe)."""
+    return Child(name, argv, log_path=log_dir / f"{name}.log", **options)
 
 
-def wait_until(condition, timeout: float, interval: float = 0.05, what: str = "condition") -> None:
-    """Poll CONDITION until it is true; raise TimeoutError naming WHAT after TIMEOUT seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def start_redis(log_dir: Path) -> tuple[Child, int]:
-    """Debian's redis-server on a free port, without persistence.
+def start_redis(log_dir: Path) -> RedisServer:
+    """Debian's redis-server on a free port, without persistence, its log in LOG_DIR.
 
     The pub/sub output-buffer limit is lifted: a benchmark publishing as fast as it can must
     not get the server under test disconnected by Redis for being a slow subscriber.
     """
-    binary = shutil.which("redis-server")
-    if not binary:
-        raise RuntimeError("redis-server not found (apt-get install redis-server)")
-    port = free_port()
-    child = start(
-        "redis",
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--client-output-buffer-limit",
-            "pubsub 0 0 0",
-        ],
-        log_dir,
-    )
-    client = redis.Redis(port=port)
-
-    def answers() -> bool:
-        if not child.alive():
-            raise RuntimeError(f"redis-server exited:\n{child.log_tail()}")
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    try:
-        wait_until(answers, 20, what="redis-server")
-    except BaseException:
-        child.stop()
-        raise
-    finally:
-        client.close()
-    return child, port
+    server = RedisServer(log_dir, extra_args=["--client-output-buffer-limit", "pubsub 0 0 0"])
+    return server.start(timeout=20)
 
 
 def start_webstub(benchmarks_dir: Path, log_dir: Path, flavour: str) -> tuple[Child, int]:
@@ -312,14 +193,6 @@ def webstub_counts(port: int) -> dict[str, dict[str, int]]:
     {...}}`` (HTTP 200 and anything else)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/__stats", timeout=10) as res:
         return json.loads(res.read())
-
-
-def listening(port: int) -> bool:
-    """Something accepts TCP connections on 127.0.0.1:PORT."""
-    with contextlib.suppress(OSError):
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    return False
 
 
 def healthy(port: int) -> bool:

@@ -24,8 +24,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +39,9 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 import gsocket
+from gsocket.demo.ports import free_port, port_is_free
+from gsocket.demo.processes import Child, wait_until
+from gsocket.demo.redis_server import RedisServer, redis_binary
 from gsocket.demo.web import DemoWeb
 from gsocket.errors import StartupError
 
@@ -89,32 +90,6 @@ class DemoOptions:
     log_level: str = "INFO"
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: own process group, and SIGTERM when the demo process dies."""
-    os.setpgrp()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def choose_port(asked: int | None, preferred: int, what: str, option: str) -> int:
     """The port for one part of the demo.
 
@@ -127,26 +102,17 @@ def choose_port(asked: int | None, preferred: int, what: str, option: str) -> in
     :raises StartupError: when the asked port is taken.
     """
     if asked is not None:
-        if not _port_is_free(asked):
+        if not port_is_free(asked):
             raise StartupError(
                 f"port {asked} for the {what} is in use (is a bench running?); "
                 f"choose another with {option}, or leave it out to get a free one"
             )
         return asked
-    if _port_is_free(preferred):
+    if port_is_free(preferred):
         return preferred
-    port = _free_port()
+    port = free_port()
     log.info("port %d for the %s is taken; using %d", preferred, what, port)
     return port
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until true: child processes give no readiness signal to block on."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise StartupError(f"{what} did not become ready within {timeout:.0f} s")
-        gevent.sleep(0.05)
 
 
 def write_demo_bench(
@@ -188,52 +154,6 @@ def write_demo_bench(
     return root
 
 
-class Child:
-    """One child process of the demo, stopped with SIGTERM and waited for.
-
-    :param name: how log lines name it.
-    :param args: the command.
-    :param env: its environment.
-
-    Its output goes to the demo's stderr, with the demo's own log lines: the demo's stdout
-    holds only what it prints for the user (the URL, the ports), though ``gsocket serve``
-    writes its INFO lines to stdout.
-    """
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.proc = subprocess.Popen(
-            args,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=sys.stderr.fileno(),
-            preexec_fn=_die_with_parent,
-        )
-        self.expected_exit = False
-
-    @property
-    def pid(self) -> int:
-        """The child's process id."""
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        """Whether it still runs."""
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        """SIGTERM, wait, SIGKILL if it does not exit in time."""
-        self.expected_exit = True
-        if not self.alive():
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0f s; killing it", self.name, STOP_TIMEOUT)
-            self.proc.kill()
-            self.proc.wait()
-
-
 class Demo:
     """The running demo: Redis, the web process and gsocket on a temporary bench.
 
@@ -248,7 +168,7 @@ class Demo:
         self.redis_url = options.redis_url or ""
         self.web_port = 0
         self.socketio_port = 0
-        self.redis: Child | None = None
+        self.redis: RedisServer | None = None
         self.gsocket: Child | None = None
         self.web: DemoWeb | None = None
         self._restarting = Semaphore()
@@ -298,40 +218,39 @@ class Demo:
             raise
 
     def _start_redis(self) -> None:
-        if not self.options.redis_url:
-            binary = shutil.which("redis-server")
-            if binary is None:
-                raise StartupError(REDIS_MISSING)
-            port = _free_port()
-            self.redis_url = f"redis://127.0.0.1:{port}"
-            data = self.root / "redis"
-            data.mkdir()
-            self.redis = Child(
-                "redis-server",
-                [
-                    binary,
-                    "--port", str(port),
-                    "--bind", "127.0.0.1",
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--protected-mode", "yes",
-                    "--dir", str(data),
-                    "--logfile", str(data / "redis.log"),
-                ],
-            )  # fmt: skip
-            self._watch(self.redis)
+        if self.options.redis_url:
+            self._wait_for_external_redis()
+            return
+        if redis_binary() is None:
+            raise StartupError(REDIS_MISSING)
+        self.redis = RedisServer(self.root / "redis", tie_to_parent=True)
+        try:
+            self.redis.start(STARTUP_TIMEOUT)
+        except RuntimeError as e:
+            raise StartupError(str(e)) from None
+        self.redis_url = self.redis.url
+        assert self.redis.child is not None
+        self._watch(self.redis.child)
+        log.info("Redis ready at %s", self.redis_url)
+
+    def _wait_for_external_redis(self) -> None:
+        """Wait for the ``--redis-url`` Redis to answer: it may be starting with the demo."""
         client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
 
         def answers() -> bool:
-            if self.redis is not None and not self.redis.alive():
-                raise StartupError(f"redis-server exited; see {self.root / 'redis' / 'redis.log'}")
             try:
                 return bool(client.ping())
             except redis.RedisError:
                 return False
 
         try:
-            _wait_for(answers, STARTUP_TIMEOUT, f"Redis at {self.redis_url}")
+            wait_until(
+                answers,
+                STARTUP_TIMEOUT,
+                f"Redis at {self.redis_url} did not become ready within {STARTUP_TIMEOUT:.0f} s",
+                interval=0.05,
+                error=StartupError,
+            )
         finally:
             client.close()
         log.info("Redis ready at %s", self.redis_url)
@@ -344,7 +263,10 @@ class Demo:
             p for p in (package_parent, env.get("PYTHONPATH", "")) if p
         )
         child = Child(
-            "gsocket", [sys.executable, "-m", "gsocket", "serve", "--bench", str(self.root)], env
+            "gsocket",
+            [sys.executable, "-m", "gsocket", "serve", "--bench", str(self.root)],
+            env=env,
+            tie_to_parent=True,
         )
         self.gsocket = child
         health = f"{self.socketio_url}/health"
@@ -360,7 +282,13 @@ class Demo:
                 return False
 
         try:
-            _wait_for(healthy, STARTUP_TIMEOUT, "gsocket")
+            wait_until(
+                healthy,
+                STARTUP_TIMEOUT,
+                f"gsocket did not become ready within {STARTUP_TIMEOUT:.0f} s",
+                interval=0.05,
+                error=StartupError,
+            )
         finally:
             session.close()
         self._watch(child)
@@ -371,7 +299,7 @@ class Demo:
 
         def wait() -> None:
             status = child.proc.wait()
-            if not child.expected_exit:
+            if not child.stop_requested:
                 self.on_failure(f"{child.name} exited unexpectedly with status {status}")
 
         gevent.spawn(wait)
@@ -384,7 +312,7 @@ class Demo:
             log.info("restarting gsocket")
             started = time.monotonic()
             if self.gsocket is not None:
-                self.gsocket.stop()
+                self.gsocket.stop(STOP_TIMEOUT)
             try:
                 self._start_gsocket()
             except StartupError as e:
@@ -395,11 +323,11 @@ class Demo:
     def stop(self) -> None:
         """Stop gsocket, the web process and Redis, in that order; remove the demo bench."""
         if self.gsocket is not None:
-            self.gsocket.stop()
+            self.gsocket.stop(STOP_TIMEOUT)
         if self.web is not None:
             self.web.stop()
         if self.redis is not None:
-            self.redis.stop()
+            self.redis.stop(STOP_TIMEOUT)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

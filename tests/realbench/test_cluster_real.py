@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from gsocket.demo.ports import free_port, free_port_run, wait_for_port
 from tests.support.bench import GsocketProcess, wait_until
-from tests.support.ports import free_port, free_port_run, wait_for_port
 from tests.support.pyclient import PyClient
 from tests.support.realbench import SITE, RealBench
 

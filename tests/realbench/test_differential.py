@@ -354,7 +354,7 @@ def test_empty_user_info_is_refused_where_node_takes_it(
             conn = PyConn()
             answers[name] = conn.connect(url, SITE, side.headers(lane.desk))
             if answers[name] is None and real_bench.version == "develop":
-                assert node.proc is not None and node.proc.wait(10) != 0
+                assert node.child is not None and node.child.proc.wait(10) != 0
             conn.close()
         assert answers["node"] is None
         assert (answers["gsocket"] or "").startswith("Unauthorized: ")

@@ -25,8 +25,8 @@ import pytest
 import requests
 from werkzeug.test import Client
 
+from gsocket.demo.ports import free_port
 from gsocket.demo.web import DemoWeb
-from tests.support.ports import free_port
 from tests.support.realbench import SITE, RealBench
 from tests.support.webstub import WebStub
 

@@ -22,8 +22,8 @@ import pytest
 import redis
 import socketio
 
+from gsocket.demo.ports import free_port
 from tests.support.bench import GsocketProcess
-from tests.support.ports import free_port
 from tests.support.pyclient import PyClient
 from tests.support.realbench import ADMIN_PASSWORD, SITE, RealBench
 from tests.support.tlsfront import https_redirect, site_front

@@ -1,5 +1,8 @@
 """Bench-shaped folders and real gsocket server processes for tests.
 
+``wait_until`` is :func:`gsocket.demo.processes.wait_until`, the one bounded poll, imported
+here for the suite's convenience.
+
 Tests run gsocket exactly as supervisord does, ``python -m gsocket serve --bench PATH``, in a
 process of its own (monkey-patched by gevent, unlike the pytest process), against a folder laid
 out like a bench: ``sites/common_site_config.json``, ``sites/apps.txt``, ``sites/<site>/``,
@@ -15,14 +18,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from .ports import free_port
+from gsocket.demo.ports import free_port
+from gsocket.demo.processes import Child, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE_APPS = REPO / "tests" / "fixture_apps"
@@ -91,7 +94,7 @@ class GsocketProcess:
         self.env = env or {}
         self.args = list(args)
         self.log_path = bench / "logs" / f"gsocket-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
 
     module = "gsocket"
     """The module run with ``python -m``; a subclass may run a wrapper of the same CLI."""
@@ -99,6 +102,11 @@ class GsocketProcess:
     """The interpreter; a real bench's subclass runs the bench's own, with gsocket installed."""
     pythonpath = True
     """Whether this checkout goes first on ``PYTHONPATH`` (not for an installed gsocket)."""
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The running process (``None`` before ``start()``)."""
+        return self.child.proc if self.child is not None else None
 
     @property
     def url(self) -> str:
@@ -127,10 +135,7 @@ class GsocketProcess:
             "127.0.0.1",
             *self.args,
         ]
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO
-        )
+        self.child = Child("gsocket", cmd, log_path=self.log_path, env=env, cwd=REPO)
         if wait:
             self.wait_healthy(timeout)
         return self
@@ -174,36 +179,14 @@ class GsocketProcess:
         return found[0]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        """Send ``sig`` and wait for the exit status."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"gsocket did not exit on {sig}; log:\n{self.log()}") from None
-        finally:
-            self._log.close()
+        """Send ``sig`` and wait for the exit status; fail when it does not come in time."""
+        if self.child is None:
+            return 0
+        if not self.child.stop(timeout, sig):
+            raise AssertionError(f"gsocket did not exit on {sig}; log:\n{self.log()}")
+        return self.child.proc.returncode
 
     def kill(self) -> None:
         """Kill the process at once (no drain)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def wait_until(condition: Any, timeout: float, message: Any = "condition not met") -> None:
-    """Poll ``condition()`` until it is true, failing after ``timeout`` seconds.
-
-    Polls every 20 ms: the things waited for (a process, a socket, a log file) offer no
-    notification to block on.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(message() if callable(message) else message)
-        time.sleep(0.02)
+        if self.child is not None:
+            self.child.kill()

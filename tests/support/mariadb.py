@@ -24,7 +24,8 @@ from typing import Any
 
 import pymysql
 
-from .ports import free_port
+from gsocket.demo.ports import free_port
+from gsocket.demo.processes import Child, log_tail, wait_until
 
 log = logging.getLogger("gsocket.tests.mariadb")
 
@@ -73,12 +74,12 @@ class MariaDBServer:
         self.user = TEST_USER
         self.password = TEST_PASSWORD
         self.max_connections = max_connections
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._child: Child | None = None
         self._lock = threading.Lock()
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._child is not None and self._child.alive()
 
     def start(self, timeout: float = 60.0) -> MariaDBServer:
         """Create the data folder (first time), launch the server, wait until it answers.
@@ -95,17 +96,18 @@ class MariaDBServer:
                 self._install()
             while True:
                 self.port = free_port()
-                self._proc = self._spawn()
+                self._child = self._spawn()
                 _live.add(self)
-                if self._wait_ready(deadline):
+                if self._wait_ready(self._child, deadline):
                     break
                 self._reap()
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"mariadbd did not start within {timeout}s:\n{self._log_tail()}"
+                        f"mariadbd did not start within {timeout}s:\n"
+                        f"{log_tail(self.log_path) or '(no mariadb log)'}"
                     )
             self._create_test_user()
-            log.debug("mariadbd pid %s ready on port %s", self._proc.pid, self.port)
+            log.debug("mariadbd pid %s ready on port %s", self._child.pid, self.port)
             return self
 
     def _root_args(self) -> list[str]:
@@ -126,7 +128,7 @@ class MariaDBServer:
         if done.returncode != 0:
             raise RuntimeError(f"mariadb-install-db failed:\n{done.stdout}\n{done.stderr}")
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self) -> Child:
         args = [
             _binary("mariadbd"),
             "--no-defaults",
@@ -146,28 +148,28 @@ class MariaDBServer:
             "--innodb-flush-log-at-trx-commit=2",
             "--performance-schema=OFF",
         ]
-        return subprocess.Popen(
-            args,
-            cwd=self.dir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        return Child("mariadbd", args, log_path=self.dir / "mariadbd.out", cwd=self.dir)
 
-    def _wait_ready(self, deadline: float) -> bool:
-        """Poll until root answers on the socket (True), or the process dies / time runs out."""
-        assert self._proc is not None
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+    def _wait_ready(self, child: Child, deadline: float) -> bool:
+        """Wait until root answers on the socket (True), or the process dies or time runs out
+        (False)."""
+
+        def answers_or_exited() -> bool:
+            if not child.alive():
+                return True
+            if not os.path.exists(self.socket):
                 return False
-            if os.path.exists(self.socket):
-                try:
-                    self.admin_sql("SELECT 1")
-                    return True
-                except pymysql.err.OperationalError:
-                    pass
-            time.sleep(0.02)
-        return False
+            try:
+                self.admin_sql("SELECT 1")
+                return True
+            except pymysql.err.OperationalError:
+                return False
+
+        try:
+            wait_until(answers_or_exited, deadline - time.monotonic())
+        except TimeoutError:
+            return False
+        return child.alive()
 
     def _create_test_user(self) -> None:
         for host in ("127.0.0.1", "localhost"):
@@ -228,18 +230,9 @@ class MariaDBServer:
             time.sleep(0.02)
 
     def _reap(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-
-    def _log_tail(self) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-        except OSError:
-            return "(no mariadb log)"
+        child, self._child = self._child, None
+        if child is not None:
+            child.kill()
 
     def kill(self) -> None:
         """SIGKILL the server (no shutdown) and remove the socket folder."""
@@ -250,13 +243,8 @@ class MariaDBServer:
     def stop(self, timeout: float = 30.0) -> None:
         """Shut down cleanly (SIGTERM), falling back to SIGKILL after ``timeout``."""
         with self._lock:
-            proc = self._proc
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    log.warning("mariadbd %s ignored SIGTERM, killing", proc.pid)
+            if self._child is not None:
+                self._child.stop(timeout)
             self._reap()
         shutil.rmtree(self._sockdir, ignore_errors=True)
 
@@ -270,8 +258,3 @@ class MariaDBServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    def __del__(self) -> None:
-        proc = getattr(self, "_proc", None)
-        if proc is not None and proc.poll() is None:
-            proc.kill()

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from .ports import free_port, wait_for_port
+from gsocket.demo.ports import free_port, wait_for_port
+from gsocket.demo.processes import Child
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -75,7 +75,7 @@ class Nginx:
         if tls:
             self.cert, self.key = make_self_signed_cert(folder / "tls", tls_names)
         self.http_conf = http_conf
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: Child | None = None
 
     @property
     def url(self) -> str:
@@ -125,7 +125,7 @@ class Nginx:
         check = subprocess.run([*base, "-t"], capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx refuses the configuration:\n{check.stderr}")
-        self.process = subprocess.Popen(base, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = Child("nginx", base, log_path=self.folder / "nginx.out")
         try:
             wait_for_port(self.port, timeout=timeout)
         except TimeoutError:
@@ -140,16 +140,8 @@ class Nginx:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop nginx fast (SIGTERM to the master, which stops its worker) and wait for it."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=timeout)
-        if process.stderr is not None:
-            process.stderr.close()
+        if process is not None:
+            process.stop(timeout)
 
     def __enter__(self) -> Nginx:
         return self.start()

@@ -22,6 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from gsocket.demo.processes import Child
+
 log = logging.getLogger("gsocket.tests.node_client")
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -85,7 +87,7 @@ class NodeClient:
         self._cond = threading.Condition()
         self._write_lock = threading.Lock()
         self._seq = itertools.count(1)
-        self._proc: subprocess.Popen[str] | None = None
+        self._child: Child | None = None
         self._threads: list[threading.Thread] = []
         self._exited = False
 
@@ -93,23 +95,24 @@ class NodeClient:
 
     def start(self, timeout: float = 10.0) -> NodeClient:
         """Install the client library if needed, start the driver, wait for its ready line."""
-        if self._proc is not None:
+        if self._child is not None:
             return self
         ensure_node_modules(self.node_dir)
         self._exited = False
-        self._proc = subprocess.Popen(
+        self._child = Child(
+            "node client",
             [NODE_BINARY, "client.js"],
             cwd=self.node_dir,
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout_pipe=True,
+            stderr_pipe=True,
             text=True,
-            bufsize=1,
         )
-        assert self._proc.stdout is not None and self._proc.stderr is not None
+        proc = self._child.proc
+        assert proc.stdout is not None and proc.stderr is not None
         self._threads = [
-            threading.Thread(target=self._read_stdout, args=(self._proc.stdout,), daemon=True),
-            threading.Thread(target=self._read_stderr, args=(self._proc.stderr,), daemon=True),
+            threading.Thread(target=self._read_stdout, args=(proc.stdout,), daemon=True),
+            threading.Thread(target=self._read_stderr, args=(proc.stderr,), daemon=True),
         ]
         for thread in self._threads:
             thread.start()
@@ -122,20 +125,19 @@ class NodeClient:
 
     def stop(self) -> None:
         """Ask the driver to exit, and kill it if it does not at once. Safe to call twice."""
-        proc, self._proc = self._proc, None
-        if proc is None:
+        child, self._child = self._child, None
+        if child is None:
             return
+        proc = child.proc
         try:
-            if proc.poll() is None:
+            if child.alive():
                 try:
                     self._send_to(proc, {"cmd": "exit"})
                     proc.wait(timeout=3)
                 except (OSError, ValueError, subprocess.TimeoutExpired):
                     pass
         finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
+            child.kill()
             for thread in self._threads:
                 thread.join(timeout=5)
             for stream in (proc.stdin, proc.stdout, proc.stderr):
@@ -152,11 +154,6 @@ class NodeClient:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    def __del__(self) -> None:
-        proc = getattr(self, "_proc", None)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
 
     # ---- reader threads ----------------------------------------------------------------
 
@@ -200,10 +197,10 @@ class NodeClient:
 
     def send(self, command: dict[str, Any]) -> None:
         """Write one raw command line to the driver."""
-        if self._proc is None or self._proc.poll() is not None:
+        if self._child is None or not self._child.alive():
             raise RuntimeError(f"node client is not running; stderr: {self.stderr_lines[-20:]}")
         with self._write_lock:
-            self._send_to(self._proc, command)
+            self._send_to(self._child.proc, command)
 
     def connect(
         self,

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,8 +32,10 @@ from typing import Any
 
 import requests
 
+from gsocket.demo.ports import free_port, wait_for_port
+from gsocket.demo.processes import Child
+
 from .bench import REPO, GsocketProcess
-from .ports import free_port, wait_for_port
 
 SHARED_FRAPPE = Path(os.environ.get("GSOCKET_SHARED_FRAPPE", REPO.parent / "shared" / "frappe"))
 CACHE = Path(os.environ.get("GSOCKET_BENCH_CACHE", Path.home() / ".cache" / "gsocket" / "benches"))
@@ -82,7 +83,7 @@ class NodeRealtime:
         self.bench = bench
         self.port = port
         self.log_path = bench.path / "logs" / f"node-realtime-{port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
 
     @property
     def url(self) -> str:
@@ -97,20 +98,14 @@ class NodeRealtime:
             "FRAPPE_BENCH_ROOT": str(self.bench.path),
             "FRAPPE_SOCKETIO_PORT": str(self.port),
         }
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    "node",
-                    "-r",
-                    str(SHARED_FRAPPE / "bench" / "loopback.js"),
-                    "apps/frappe/socketio.js",
-                ],
-                cwd=self.bench.path,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.child = Child(
+            "node realtime",
+            ["node", "-r", str(SHARED_FRAPPE / "bench" / "loopback.js"), "apps/frappe/socketio.js"],
+            log_path=self.log_path,
+            cwd=self.bench.path,
+            env=env,
+            own_session=True,
+        )
         try:
             wait_for_port(self.port, timeout=30)
         except TimeoutError:
@@ -123,13 +118,8 @@ class NodeRealtime:
 
     def stop(self) -> None:
         """Stop the server."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.child is not None:
+            self.child.stop(10)
 
 
 class BenchGsocket(GsocketProcess):

@@ -17,9 +17,9 @@ from typing import Any
 import requests
 import websocket
 
+from gsocket.demo.redis_server import RedisServer
 from tests.support.bench import GsocketProcess, make_bench, wait_until
 from tests.support.bench import desk_headers as bench_desk_headers
-from tests.support.redis_server import RedisServer
 from tests.support.webstub import WebStub
 
 SITE = "site1.local"

@@ -22,6 +22,7 @@ from typing import Any
 import redis
 import requests
 
+from gsocket.demo.processes import wait_until
 from tests.support.hardening.kit import SITE, SITE2
 
 RESERVED = ("connect", "disconnect", "connect_error", "disconnecting", "newListener")
@@ -143,13 +144,13 @@ def run_outage(
 ) -> OutageReport:
     """Kill Redis for ``down_seconds`` under steady publishing; restart it; count everything.
 
-    :param redis_server: a :class:`tests.support.redis_server.RedisServer` gsocket uses.
+    :param redis_server: a :class:`gsocket.demo.redis_server.RedisServer` gsocket uses.
     :param received: sequence numbers the witness client received so far.
     """
     report = OutageReport()
     publisher = Publisher(redis_server.url)
     publisher.start()
-    wait_for(lambda: len(received()) >= 20, 10, "no delivery before the outage")
+    wait_until(lambda: len(received()) >= 20, 10, "no delivery before the outage")
     killed = time.monotonic()
     redis_server.kill()
     time.sleep(down_seconds)  # the outage itself: a duration, not a synchronisation
@@ -163,10 +164,10 @@ def run_outage(
         except requests.RequestException:
             return False
 
-    wait_for(healthy, 10, "the bridge did not resubscribe")
+    wait_until(healthy, 10, "the bridge did not resubscribe")
     report.resubscribe_seconds = time.monotonic() - restarted
     first_after = max(publisher.outcomes) if publisher.outcomes else 0
-    wait_for(
+    wait_until(
         lambda: any(
             s > first_after and o == "delivered" for s, o in list(publisher.outcomes.items())
         ),
@@ -176,7 +177,7 @@ def run_outage(
     publisher.stop()
     outcomes = dict(publisher.outcomes)
     delivered = {s for s, o in outcomes.items() if o == "delivered"}
-    wait_for(lambda: delivered <= set(received()), 20, "the client missed delivered messages")
+    wait_until(lambda: delivered <= set(received()), 20, "the client missed delivered messages")
     report.published = len(outcomes)
     report.delivered_to_bridge = len(delivered)
     report.lost_no_subscriber = sum(1 for o in outcomes.values() if o == "no_subscriber")
@@ -184,12 +185,3 @@ def run_outage(
     report.received_by_client = len(set(received()) & set(outcomes))
     report.lost_sequences = sorted(set(outcomes) - delivered)
     return report
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, message: str) -> None:
-    """Poll ``condition`` every 10 ms until true; raise ``AssertionError`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        time.sleep(0.01)
