@@ -24,7 +24,6 @@ import os
 import pstats
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,8 @@ import run as bench  # noqa: E402
 from harness import processes  # noqa: E402
 from harness.mix import Mix  # noqa: E402
 from harness.publisher import events_for  # noqa: E402
+
+from gsocket.demo.processes import Child  # noqa: E402
 
 log = logging.getLogger("gsocket.bench.deskmix")
 
@@ -133,7 +134,7 @@ class ProbedCase(bench.Case):
         ``phase_start`` of the mix to its ``churn_stop``), not while clients subscribe."""
         assert self.lg is not None
         call = self.lg.call
-        spy: list[subprocess.Popen | None] = []
+        spy: list[Child | None] = []
 
         def watched(cmd: str, **args: Any) -> dict[str, Any]:
             if cmd == "churn_stop" and spy:
@@ -145,7 +146,7 @@ class ProbedCase(bench.Case):
 
         self.lg.call = watched  # type: ignore[method-assign]
 
-    def start_profile(self) -> subprocess.Popen | None:
+    def start_profile(self) -> Child | None:
         assert self.proc is not None
         if self.opts.cprofile:
             os.kill(self.proc.pid, bench.signal.SIGUSR2)
@@ -163,13 +164,13 @@ class ProbedCase(bench.Case):
         ]
         argv += ["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"]
         argv += ["-o", f"{self.opts.pyspy}.{self.tag()}"]
-        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return Child("py-spy", argv, log_path=Path(f"{self.opts.pyspy}.{self.tag()}.log"))
 
-    def stop_profile(self, spy: subprocess.Popen | None) -> None:
+    def stop_profile(self, spy: Child | None) -> None:
         assert self.proc is not None
         if spy is not None:
-            spy.send_signal(bench.signal.SIGINT)
-            spy.wait(30)
+            spy.send(bench.signal.SIGINT)
+            spy.wait_stopped(30)
         if self.opts.cprofile:
             os.kill(self.proc.pid, bench.signal.SIGUSR2)
             done = self.dump_dir / "cprofile-1.done"
