@@ -86,10 +86,13 @@ class Publisher:
             x = "" if to.x is None else f',"x":{to.x}'
             message = f'{{"p":"{phase}","s":{seq},"t":{t_us}{x}}}'
             if to.relayed:
+                # the one argument as ``data`` itself: python-socketio 5.14.0 emits ``data`` as
+                # given; 5.18.1 writes a list of arguments (and ``binary``) but passes anything
+                # else through, so one object reads the same at both ends of the tested range
                 pipe.publish(
                     RELAY_CHANNEL,
-                    f'{{"method":"emit","event":"{to.event}","data":[{message}],'
-                    f'"binary":false,"namespace":{self._sio_namespace},'
+                    f'{{"method":"emit","event":"{to.event}","data":{message},'
+                    f'"namespace":{self._sio_namespace},'
                     f'"room":{json.dumps(to.room)},"skip_sid":null,"callback":null,'
                     f'"host_id":"{RELAY_HOST}"}}',
                 )

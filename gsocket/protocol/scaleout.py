@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import socketio
 
 from gsocket.config import Config
-from gsocket.protocol.internals.socketio_hooks import HookedRedisManager, start_manager
+from gsocket.protocol.internals.socketio_hooks import start_manager
 from gsocket.protocol.manager import RoomIndex
 
 
@@ -39,7 +39,7 @@ class RoomWatcher(Protocol):
 log = logging.getLogger("gsocket.scaleout")
 
 
-class ScaleOutManager(RoomIndex, HookedRedisManager):
+class ScaleOutManager(RoomIndex, socketio.RedisManager):
     """A Redis client manager that keeps an emit to one of this process's sockets off Redis.
 
     It keeps its rooms in gsocket's lean room index, like the single-process manager.
@@ -95,15 +95,6 @@ class ScaleOutManager(RoomIndex, HookedRedisManager):
             callback=callback,
             **kwargs,
         )
-
-    def emit_here(
-        self, event: str, data: Any, namespace: str | None, room: Any, skip_sid: Any
-    ) -> None:
-        """Deliver a handler's emit, from this process or relayed from another, through the
-        room index (encoded once for all recipients) rather than python-socketio's per-socket
-        path: a relayed per-user emit cost 90 us against 20 us for the same event bridged
-        (BENCHMARKS.md, issue 17)."""
-        self.emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid, ignore_queue=True)
 
 
 def make_client_manager(config: Config) -> ScaleOutManager:

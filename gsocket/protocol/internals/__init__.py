@@ -7,8 +7,7 @@ to start outside of), so that a new release is checked here and only here.  The 
 gsocket uses public APIs of those libraries and of this package; tests/test_layout.py fails on
 a private name used anywhere else.
 
-- :mod:`.socketio_hooks`: python-socketio's server hooks, the Redis manager's delivery of a
-  cluster emit, and the lazily started manager;
+- :mod:`.socketio_hooks`: python-socketio's server hooks and lazily started manager;
 - :mod:`.engineio_hooks`: python-engineio's session class, websocket loop and queue;
 - :mod:`.gevent_hooks`: gevent's tracer, raw sockets, gevent-websocket's frame reads, a
   websocket's connection taken from gevent's WSGI handler (parked websockets);

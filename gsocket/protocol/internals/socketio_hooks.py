@@ -99,48 +99,6 @@ class HookedServer(socketio.Server):
         self._binary_packet.pop(eio_sid, None)
 
 
-class HookedRedisManager(socketio.RedisManager):
-    """``socketio.RedisManager`` whose delivery of a cluster emit to this process's sockets
-    calls a public-named method.
-
-    python-socketio hands every emit that goes through the manager (a handler's, from this
-    process or relayed from another) to the private ``_handle_emit``, which delivers it with
-    its own ``Manager.emit``, encoding the packet once per recipient.  An emit without a
-    callback and without binary data is handed to :meth:`emit_here` instead, so that the
-    room index can deliver it encoded once; the rest keeps the library's path.  The message
-    is a dict of ``event``, ``data``, ``namespace``, ``room``, ``skip_sid``, ``callback``:
-    python-socketio 5.14.0 puts the emitted data in ``data`` as it was given; 5.18.1 puts
-    the arguments in a list and adds ``binary`` (its attachments then base64 text).
-    """
-
-    def _handle_emit(self, message: dict[str, Any]) -> None:
-        callback = message.get("callback")
-        if (callback is not None and len(callback) == 3) or message.get("binary"):
-            super()._handle_emit(message)
-            return
-        data = message["data"]
-        if "binary" in message:  # the arguments as a list
-            data = data[0] if len(data) == 1 else tuple(data)
-        self.emit_here(
-            message["event"],
-            data,
-            namespace=message.get("namespace"),
-            room=message.get("room"),
-            skip_sid=message.get("skip_sid"),
-        )
-
-    def emit_here(
-        self, event: str, data: Any, namespace: str | None, room: Any, skip_sid: Any
-    ) -> None:
-        """Deliver a cluster emit without callback to this process's sockets only.
-
-        :param data: what the emitter passed (a tuple: several arguments).
-        :param room: a room, a sid, a list of rooms, or ``None`` for the whole namespace.
-        :param skip_sid: a sid or list of sids not to deliver to.
-        """
-        socketio.Manager.emit(self, event, data, namespace=namespace, room=room, skip_sid=skip_sid)
-
-
 def start_manager(server: socketio.Server) -> bool:
     """Initialize the client manager now, as python-socketio does lazily at the first
     connect (its ``manager_initialized`` flag); ``False`` when it already was."""
