@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402
 from harness import processes  # noqa: E402
 from harness.mix import Mix  # noqa: E402
-from harness.publisher import events_for  # noqa: E402
 
 from gsocket.demo.processes import Child  # noqa: E402
 
@@ -80,10 +79,14 @@ class ProbedCase(bench.Case):
         name = f"gsocket-{self.tree.name}-r{self.result['round']}"
         return processes.start(name, argv, self.run.log_dir, cwd=self.run.bench / "sites", env=env)
 
+    def server_pid(self) -> int:
+        """The one gsocket process of this case (run.py measures a server as a group)."""
+        assert self.proc is not None
+        return self.proc.children[0].pid
+
     def measured(self, name: str, body: Any) -> None:
         """Server CPU (user, system) over ``body()``."""
-        assert self.proc is not None
-        pid = self.proc.pid
+        pid = self.server_pid()
         u0, s0 = user_system(pid)
         r0 = on_cpu(pid)
         t0 = time.monotonic()
@@ -107,24 +110,8 @@ class ProbedCase(bench.Case):
         self.warm_up_fanout()
         time.sleep(self.st.settle_s)
         self.measured("idle", lambda: time.sleep(self.opts.idle))
-        rate = self.st.rate
-        n = self.connected
-
-        def fixed() -> None:
-            self.result["fanout_fixed"] = self.phase(
-                "fanout-fixed",
-                "fanout",
-                n,
-                lambda: self.run.publisher.fixed_rate(
-                    "fanout-fixed",
-                    rate / max(1, n),
-                    events_for(rate, self.st.fixed_seconds, n),
-                    lambda _: bench.TO_DOC,
-                ),
-            )
-
         if self.opts.rate:
-            self.measured("fanout", fixed)
+            self.measured("fanout", self.fanout_fixed)
         self.profile_publishing()
         self.measured("mix", self.desk_mix)
         self.lg.call("disconnect")
@@ -149,14 +136,14 @@ class ProbedCase(bench.Case):
     def start_profile(self) -> Child | None:
         assert self.proc is not None
         if self.opts.cprofile:
-            os.kill(self.proc.pid, bench.signal.SIGUSR2)
+            os.kill(self.server_pid(), bench.signal.SIGUSR2)
         if not self.opts.pyspy:
             return None
         argv = [
             "py-spy",
             "record",
             "-p",
-            str(self.proc.pid),
+            str(self.server_pid()),
             "-r",
             os.environ.get("PYSPY_RATE", "200"),
             "-f",
@@ -172,7 +159,7 @@ class ProbedCase(bench.Case):
             spy.send(bench.signal.SIGINT)
             spy.wait_stopped(30)
         if self.opts.cprofile:
-            os.kill(self.proc.pid, bench.signal.SIGUSR2)
+            os.kill(self.server_pid(), bench.signal.SIGUSR2)
             done = self.dump_dir / "cprofile-1.done"
             processes.wait_until(done.exists, 60, what="the server's profile")
             shutil.copy(self.dump_dir / "cprofile-1.pstats", f"{self.opts.cprofile}.{self.tag()}")

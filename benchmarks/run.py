@@ -546,6 +546,21 @@ class Case:
             view.append({"port": port, "sockets": body.get("sockets"), "node": body.get("node")})
         return view
 
+    def fanout_fixed(self) -> None:
+        """Fan-out to the doc room of every connected client at the fixed delivery rate."""
+        n, rate = self.connected, self.st.rate
+        self.result["fanout_fixed"] = self.phase(
+            "fanout-fixed",
+            "fanout",
+            n,
+            lambda: self.run.publisher.fixed_rate(
+                "fanout-fixed",
+                rate / max(1, n),
+                events_for(rate, self.st.fixed_seconds, n),
+                lambda _: TO_DOC,
+            ),
+        )
+
     def scenarios(self) -> None:
         assert self.proc is not None and self.lg is not None
         # Let start-up allocations finish before the idle figure (a measurement settle).
@@ -561,18 +576,7 @@ class Case:
             self.result["processes"] = self.process_view()
             self.result["manager_subscribers"] = self.run.publisher.subscribers(CLUSTER_CHANNEL)
         n = self.connected
-        rate = self.st.rate
-        self.result["fanout_fixed"] = self.phase(
-            "fanout-fixed",
-            "fanout",
-            n,
-            lambda: self.run.publisher.fixed_rate(
-                "fanout-fixed",
-                rate / max(1, n),
-                events_for(rate, self.st.fixed_seconds, n),
-                lambda _: TO_DOC,
-            ),
-        )
+        self.fanout_fixed()
         self.result["fanout_max"] = self.phase(
             "fanout-max",
             "fanout",
