@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import frappe_node, processes, report
+from harness.benchdir import SITE, make_bench, write_config
 from harness.loadgen import Loadgen
 from harness.mix import Mix, Schedule, schedule
 from harness.publisher import Published, Publisher, Route, Target, events_for
@@ -45,7 +46,6 @@ from gsocket.demo.redis_server import RedisServer
 
 BENCH_ROOT = Path(__file__).resolve().parent
 REPO = BENCH_ROOT.parent
-SITE = "bench.localhost"
 DOCTYPE, DOCNAME = "ToDo", "bench-doc"
 DOC_ROOM = f"doc:{DOCTYPE}/{DOCNAME}"
 TO_DOC = Target(DOC_ROOM)
@@ -293,38 +293,6 @@ def machine_facts(frappe_nodes: dict[str, frappe_node.FrappeNode]) -> dict[str, 
         ),
         "loadavg_start": processes.loadavg(),
     }
-
-
-def make_bench(root: Path) -> Path:
-    """A bench-shaped folder: sites/ with apps.txt, the site, logs/ and apps/."""
-    bench = root / "frappe-bench"
-    (bench / "sites" / SITE).mkdir(parents=True)
-    (bench / "logs").mkdir()
-    (bench / "apps").mkdir()
-    (bench / "sites" / "apps.txt").write_text("frappe\n")
-    (bench / "sites" / SITE / "site_config.json").write_text("{}\n")
-    return bench
-
-
-def write_config(
-    bench: Path,
-    socketio_port: int,
-    redis_port: int,
-    web_port: int,
-    gsocket: dict[str, Any] | None = None,
-) -> None:
-    """No ``webserver_host``: every server then takes the web process's URL from the client's
-    Origin, as Frappe's Node servers always do, so all of them make the same calls. GSOCKET
-    is the ``gsocket`` key (``processes``, ``scale_out``), absent when empty."""
-    config: dict[str, Any] = {
-        "socketio_port": socketio_port,
-        "redis_queue": f"redis://127.0.0.1:{redis_port}",
-        "webserver_port": web_port,
-        "default_site": SITE,
-    }
-    if gsocket:
-        config["gsocket"] = gsocket
-    (bench / "sites" / "common_site_config.json").write_text(json.dumps(config, indent=1))
 
 
 def servers_for(st: Settings, n: int, fd_hard: int) -> list[str]:

@@ -20,30 +20,12 @@ from gsocket.demo.ports import free_port
 from gsocket.demo.processes import Child, wait_until
 
 from . import processes
+from .benchdir import SITE, make_bench, write_config
 from .publisher import Publisher
 
 BENCH_ROOT = Path(__file__).resolve().parent.parent
 REPO = BENCH_ROOT.parent
-SITE = "bench.localhost"
 CLIENTS_PER_PROCESS = 5000
-
-
-def make_bench(root: Path, socketio_port: int, redis_port: int, web_port: int) -> Path:
-    """A bench-shaped folder as ``run.py`` makes it (no ``webserver_host``: the Origin)."""
-    bench = root / "frappe-bench"
-    (bench / "sites" / SITE).mkdir(parents=True)
-    (bench / "logs").mkdir()
-    (bench / "apps").mkdir()
-    (bench / "sites" / "apps.txt").write_text("frappe\n")
-    (bench / "sites" / SITE / "site_config.json").write_text("{}\n")
-    config = {
-        "socketio_port": socketio_port,
-        "redis_queue": f"redis://127.0.0.1:{redis_port}",
-        "webserver_port": web_port,
-        "default_site": SITE,
-    }
-    (bench / "sites" / "common_site_config.json").write_text(json.dumps(config))
-    return bench
 
 
 class ClientProcess:
@@ -100,7 +82,8 @@ class Stand:
         self.children.append(web)
         self.publisher = Publisher(self.redis_port, SITE)
         self.port = free_port()
-        bench = make_bench(tmp, self.port, self.redis_port, self.web_port)
+        bench = make_bench(tmp)
+        write_config(bench, self.port, self.redis_port, self.web_port)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         own = [str(self.dump_dir)] + (["--trace", str(trace_frames)] if trace_frames else [])
