@@ -156,6 +156,10 @@ class Settings:
     gsocket_web: str = "develop"
     mix: str = Mix().text()
     mix_seconds: float = 10.0
+    subscribe_rate: float = 2_000.0
+    """Clients a second that ask to join their rooms (the doc room, the desk mix's rooms): all
+    at once, Frappe's Node server opened a web call per request and ran out of descriptors
+    (EMFILE) at 5 000 and 10 000 clients, so most of its clients never joined."""
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -186,6 +190,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         f"{Mix().text()}; give only the keys to change)",
     )
     p.add_argument("--mix-seconds", type=float, help="length of the desk mix phase (default 10)")
+    p.add_argument(
+        "--subscribe-rate",
+        type=float,
+        help="clients a second that join their rooms (default 2000; 0: all at once)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: N=200, short phases")
     p.add_argument("--results-dir", type=Path, default=BENCH_ROOT / "results")
     p.add_argument("--workers", type=int, help="load generator worker processes (default 4)")
@@ -226,6 +235,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         st.pairs = a.pairs
     if a.mix_seconds:
         st.mix_seconds = a.mix_seconds
+    if a.subscribe_rate is not None:
+        st.subscribe_rate = a.subscribe_rate
     if a.workers:
         st.workers = a.workers
     if a.rate:
@@ -623,7 +634,7 @@ class Case:
         layout = mix.layout(self.n)
         web_before = processes.webstub_counts(self.web_port)
         sub_before = self.snapshot()
-        self.lg.call("mix_subscribe", layout=layout)
+        self.lg.call("mix_subscribe", layout=layout, per_s=self.st.subscribe_rate)
         doctypes, docs = int(layout["doctypes"]), int(layout["docs"])
         # one list_update to every doctype room and one doc_update to every document room
         probe = Schedule("l" * doctypes + "d" * docs, [*range(doctypes), *range(docs)])
@@ -796,7 +807,9 @@ class Case:
         assert self.lg is not None
         web_before = processes.webstub_counts(self.web_port)
         before = self.snapshot()
-        self.lg.call("emit", event="doc_subscribe", args=[DOCTYPE, DOCNAME])
+        self.lg.call(
+            "emit", event="doc_subscribe", args=[DOCTYPE, DOCNAME], per_s=self.st.subscribe_rate
+        )
         res = self.probe("probe-doc", 1, lambda _: TO_DOC, 120)
         after = self.snapshot()
         web_after = processes.webstub_counts(self.web_port)

@@ -368,6 +368,13 @@ def _revision(machine: dict[str, Any]) -> str:
     return f" gsocket at {machine['gsocket_revision']}{dirty}."
 
 
+def _join_pace(rate: float | None) -> str:
+    """How the clients asked to join their rooms (runs before the setting joined all at once)."""
+    if not rate:
+        return "every client at once"
+    return f"{rate:g} clients/s"
+
+
 def _servers_text(machine: dict[str, Any]) -> list[str]:
     lines = []
     for version, facts in (machine.get("frappe_node") or {}).items():
@@ -518,7 +525,8 @@ def markdown(run: dict[str, Any], cases: list[Case], batches: Iterable[Case] = (
         f"events/s, each for {s['fixed_seconds']:g} s; flat out for {s['flat_seconds']:g} s "
         f"(window {s['window']} deliveries in flight); desk mix `{s.get('mix', '—')}` for "
         f"{s.get('mix_seconds', 0):g} s; {s['workers']} loadgen workers; connect concurrency "
-        f"{s['connect_concurrency']}.",
+        f"{s['connect_concurrency']}; rooms joined by "
+        f"{_join_pace(s.get('subscribe_rate'))}.",
         "",
         "Each cell: median of the rounds (min–max).",
         "",

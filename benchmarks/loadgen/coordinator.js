@@ -156,7 +156,8 @@ const commands = {
 		return { connected: replies.reduce((a, r) => a + r.connected, 0), cpu_s: sumCpu(replies) };
 	},
 	async emit(cmd) {
-		const replies = failed(await broadcast(() => ({ cmd: "emit", event: cmd.event, args: cmd.args })));
+		const perS = (cmd.per_s || 0) / workers.length;
+		const replies = failed(await broadcast(() => ({ cmd: "emit", event: cmd.event, args: cmd.args, per_s: perS })));
 		return { sent: replies.reduce((a, r) => a + r.sent, 0), cpu_s: sumCpu(replies) };
 	},
 	async phase_start(cmd) {
@@ -170,7 +171,8 @@ const commands = {
 		return { cpu_s: sumCpu(replies) };
 	},
 	async mix_subscribe(cmd) {
-		const replies = failed(await broadcast(() => ({ cmd: "mix_subscribe", layout: cmd.layout })));
+		const perS = (cmd.per_s || 0) / workers.length;
+		const replies = failed(await broadcast(() => ({ cmd: "mix_subscribe", layout: cmd.layout, per_s: perS })));
 		return { sent: replies.reduce((a, r) => a + r.sent, 0), cpu_s: sumCpu(replies) };
 	},
 	async churn_stop(cmd) {
