@@ -78,12 +78,25 @@ def _noop() -> None:
     """The handler: nothing, so that only the context's own cost is measured."""
 
 
+def _select_one() -> None:
+    """The handler of a context that uses its database: one ``SELECT 1``."""
+    import frappe
+
+    frappe.db.sql("SELECT 1")
+
+
+#: ``--handler`` (also ``FRAPPE_CTX_HANDLER`` for the fake's child process): ``noop`` sends no
+#: query (gsocket then borrows no connection at all), ``select`` one ``SELECT 1``.
+HANDLERS: dict[str, Callable[[], None]] = {"noop": _noop, "select": _select_one}
+HANDLER = HANDLERS[os.environ.get("FRAPPE_CTX_HANDLER", "noop")]
+
+
 def _per_event_ms(ctx: Any, site: str, events: int) -> float:
     for _ in range(20):
-        ctx.run(site, "Guest", _noop)
+        ctx.run(site, "Guest", HANDLER)
     began = time.perf_counter()
     for _ in range(events):
-        ctx.run(site, "Guest", _noop)
+        ctx.run(site, "Guest", HANDLER)
     return (time.perf_counter() - began) / events * 1000
 
 
@@ -122,7 +135,7 @@ def _concurrent(ctx: Any, site: str, events: int, width: int) -> dict[str, float
     tick = gevent.spawn(ticker)
     pool = gevent.pool.Pool(width)
     began = time.perf_counter()
-    pool.map(lambda _: ctx.run(site, "Guest", _noop), range(events))
+    pool.map(lambda _: ctx.run(site, "Guest", HANDLER), range(events))
     elapsed = time.perf_counter() - began
     running = False
     tick.join()
@@ -170,6 +183,7 @@ def measure(sites_path: str, site: str, events: int) -> dict[str, Any]:
     return {
         "frappe": getattr(frappe, "__version__", "?"),
         "shape": os.environ.get("FAKE_FRAPPE_LOCAL", "real"),
+        "handler": HANDLER.__name__.strip("_"),
         "events": events,
         "bare_call_ms": bare_ms,
         "run_ms": statistics.median(run_ms),
@@ -187,6 +201,30 @@ def measure(sites_path: str, site: str, events: int) -> dict[str, Any]:
             "pool_counts": dict(pooled.pool.counts),
         },
     }
+
+
+def profile(sites_path: str, site: str, events: int, top: int = 35) -> str:
+    """cProfile of ``events`` pooled contexts one after another (after a warm-up): where the
+    hub's CPU goes inside one context, by own time and by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+
+    from gsocket.contract.dbpool import DBPool
+    from gsocket.frappe_ctx import FrappeContext
+
+    pooled = FrappeContext(sites_path, pool=DBPool(POOL_SIZE))
+    assert pooled.available() and pooled.pool is not None, "no Frappe, or no pool here"
+    _per_event_ms(pooled, site, 50)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(events):
+        pooled.run(site, "Guest", HANDLER)
+    profiler.disable()
+    out = io.StringIO()
+    for order in ("tottime", "cumulative"):
+        pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(top)
+    return out.getvalue()
 
 
 def _with_fake(shape: str, events: int) -> dict[str, Any]:
@@ -239,7 +277,16 @@ def main() -> None:
     parser.add_argument("--site", help="the site of --bench to open contexts on")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a summary")
+    parser.add_argument(
+        "--handler", choices=sorted(HANDLERS), default="noop", help="what each context runs"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="with --bench: cProfile pooled contexts instead"
+    )
     args = parser.parse_args()
+    global HANDLER
+    HANDLER = HANDLERS[args.handler]
+    os.environ["FRAPPE_CTX_HANDLER"] = args.handler  # for the fake's child process
     if args.child:
         sys.path.insert(0, str(REPO))
         sites_path, site, events = args.child
@@ -251,6 +298,9 @@ def main() -> None:
         sites = Path(args.bench).resolve() / "sites"
         os.chdir(sites)  # Frappe opens its log files relative to the working directory
         sys.path.insert(0, str(REPO))
+        if args.profile:
+            print(profile(str(sites), args.site, args.events))
+            return
         results = [measure(str(sites), args.site, args.events)]
     else:
         shapes = ["werkzeug", "contextvar"] if args.shape == "both" else [args.shape]
