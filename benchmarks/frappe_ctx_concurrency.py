@@ -420,9 +420,10 @@ REAL_MAX_CONNECTIONS = 1500
 class _TreeGsocket(GsocketProcess):
     """gsocket of the source ``tree`` (a checkout), run by a real bench's own Python.
 
-    ``python -m gsocket`` puts its working directory first on ``sys.path``, so the gsocket
-    imported is the tree's, whatever the bench's env has installed: one bench serves the
-    before and after trees in turns.
+    The tree goes on ``PYTHONPATH``, which comes before site-packages when the installed
+    gsocket's ``.pth`` file imports gsocket at start-up, so the gsocket imported is the
+    tree's whatever the bench's env has installed: one bench serves the before and after
+    trees in turns.
     """
 
     pythonpath = False
@@ -433,7 +434,7 @@ class _TreeGsocket(GsocketProcess):
         self.tree = tree
 
     def start(self, wait: bool = True, timeout: float = 60.0) -> _TreeGsocket:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env = {**os.environ, "PYTHONPATH": str(self.tree)}
         argv = [self.python, "-m", "gsocket", "serve", "--bench", str(self.bench)]
         argv += ["--port", str(self.port), "--host", "127.0.0.1"]
         self.child = Child(
