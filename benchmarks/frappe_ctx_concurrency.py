@@ -107,7 +107,12 @@ class Rig:
 
 
 def _start_rig(
-    stack: contextlib.ExitStack, root: Path, size: int, shape: str, db_pool_size: int | None
+    stack: contextlib.ExitStack,
+    root: Path,
+    size: int,
+    shape: str,
+    db_pool_size: int | None,
+    db_max_connections: int | None = None,
 ) -> Rig:
     """Start MariaDB, Redis, the web stand-in and gsocket; ``stack`` stops each of them.
 
@@ -135,6 +140,8 @@ def _start_rig(
     )
     if db_pool_size is not None:
         common["gsocket"] = {"db_pool_size": db_pool_size}
+    if db_max_connections is not None:
+        common.setdefault("gsocket", {})["db_max_connections"] = db_max_connections
     bench = make_bench(root, common, sites=(SITE,), apps=APPS, copy_apps=("ctxapp",))
     env = {"PYTHONPATH": str(FAKE), "FAKE_FRAPPE_LOCAL": shape}
     proc = GsocketProcess(bench, env=env)
@@ -307,6 +314,7 @@ def measure_size(
     *,
     db_pool_size: int | None = None,
     batches: int = 1,
+    db_max_connections: int | None = None,
 ) -> dict[str, Any]:
     """Start a fresh rig, run ``batches`` batches of ``size`` events, return their figures.
 
@@ -318,7 +326,7 @@ def measure_size(
     clients_needed = math.ceil(size / EVENTS_PER_CLIENT)
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gs-ctxconc-")))
-        rig = _start_rig(stack, root, size, shape, db_pool_size)
+        rig = _start_rig(stack, root, size, shape, db_pool_size, db_max_connections)
         clients = _connect(rig.gsocket.url, clients_needed, stack)
         _warm_up(clients)
         if db_pool_size == 0:
@@ -334,6 +342,7 @@ def measure_size(
             "size": size,
             "shape": shape,
             "db_pool_size": db_pool_size,
+            "db_max_connections": db_max_connections,
             "clients": clients_needed,
             "events_per_client": EVENTS_PER_CLIENT,
             "query_s": QUERY_S,
@@ -354,6 +363,7 @@ def run(
     cost_events: int = COST_EVENTS,
     db_pool_size: int | None = None,
     batches: int = 1,
+    db_max_connections: int | None = None,
 ) -> list[dict[str, Any]]:
     """Measure every batch size in turn; append one JSON line per size to ``out``.
 
@@ -363,7 +373,14 @@ def run(
     """
     results = []
     for size in sizes:
-        result = measure_size(size, shape, cost_events, db_pool_size=db_pool_size, batches=batches)
+        result = measure_size(
+            size,
+            shape,
+            cost_events,
+            db_pool_size=db_pool_size,
+            batches=batches,
+            db_max_connections=db_max_connections,
+        )
         results.append(result)
         if out is not None:
             with out.open("a") as f:
@@ -450,10 +467,11 @@ class _TreeGsocket(GsocketProcess):
 
 
 def _root_sql(bench: Any, sql: str) -> list[list[str]]:
-    """``sql`` as MariaDB's root over the bench's socket (the bench's server runs as root)."""
+    """``sql`` as the bench's private MariaDB's root (build-bench's ``DB_ROOT_PASSWORD``)."""
     sock = bench.path / "mariadb" / "mysqld.sock"
+    password = os.environ.get("DB_ROOT_PASSWORD", "root")
     done = subprocess.run(
-        ["mariadb", f"--socket={sock}", "-uroot", "-N", "-B", "-e", sql],
+        ["mariadb", f"--socket={sock}", "-uroot", f"-p{password}", "-N", "-B", "-e", sql],
         capture_output=True,
         text=True,
         timeout=60,
@@ -570,10 +588,14 @@ def _real_round(
         stack.callback(_stop_gsocket, proc)
         proc.start()
         count = math.ceil(size / EVENTS_PER_CLIENT)
-        clients = [PyClient(["websocket"]) for _ in range(count)]
+        # Default transports (polling, then the upgrade): a websocket-only python-socketio
+        # client sends two Origin headers, which the real web process's origin check refuses.
+        clients = [PyClient() for _ in range(count)]
         stack.callback(_disconnect, clients)
         with ThreadPoolExecutor(CONNECT_WORKERS) as pool:
-            list(pool.map(lambda c: c.connect(proc.url, f"/{REAL_SITE}", headers, 30), clients))
+            # A copy each: the client takes the Cookie header out of the dict it is given.
+            namespace = f"/{REAL_SITE}"
+            list(pool.map(lambda c: c.connect(proc.url, namespace, dict(headers), 30), clients))
             warm = list(pool.map(lambda c: c.call(REAL_EVENT, 0, timeout=60), clients))
         if not all(isinstance(a, dict) and a.get("site") == REAL_SITE for a in warm):
             raise RuntimeError(f"warm-up events failed: {warm[:3]!r}\n{proc.log()[-3000:]}")
@@ -662,8 +684,7 @@ def main() -> None:
     parser.add_argument(
         "--db-max-connections",
         type=int,
-        default=0,
-        help="with --real: gsocket.db_max_connections (default 0: no cap)",
+        help="gsocket.db_max_connections (0: no cap; default: gsocket's, or 0 with --real)",
     )
     args = parser.parse_args()
     sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
@@ -677,7 +698,7 @@ def main() -> None:
                     trees,
                     args.rounds,
                     db_pool_size=args.db_pool_size if args.db_pool_size is not None else size,
-                    db_max_connections=args.db_max_connections,
+                    db_max_connections=args.db_max_connections or 0,
                     batches=args.batches,
                     out=args.out,
                 )
@@ -692,6 +713,7 @@ def main() -> None:
                     cost_events=args.cost_events,
                     db_pool_size=args.db_pool_size,
                     batches=args.batches,
+                    db_max_connections=args.db_max_connections,
                 )
                 print(summary(result), flush=True)
                 if any(batch["acks_ok"] != size for batch in result["batches"]):
