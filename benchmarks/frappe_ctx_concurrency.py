@@ -56,6 +56,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.harness import processes
 from gsocket.config import Limits
+from gsocket.demo.processes import Child
 from gsocket.demo.redis_server import RedisServer
 from tests.support.bench import GsocketProcess, desk_headers, make_bench
 from tests.support.mariadb import MariaDBServer
@@ -106,7 +107,12 @@ class Rig:
 
 
 def _start_rig(
-    stack: contextlib.ExitStack, root: Path, size: int, shape: str, db_pool_size: int | None
+    stack: contextlib.ExitStack,
+    root: Path,
+    size: int,
+    shape: str,
+    db_pool_size: int | None,
+    db_max_connections: int | None = None,
 ) -> Rig:
     """Start MariaDB, Redis, the web stand-in and gsocket; ``stack`` stops each of them.
 
@@ -134,6 +140,8 @@ def _start_rig(
     )
     if db_pool_size is not None:
         common["gsocket"] = {"db_pool_size": db_pool_size}
+    if db_max_connections is not None:
+        common.setdefault("gsocket", {})["db_max_connections"] = db_max_connections
     bench = make_bench(root, common, sites=(SITE,), apps=APPS, copy_apps=("ctxapp",))
     env = {"PYTHONPATH": str(FAKE), "FAKE_FRAPPE_LOCAL": shape}
     proc = GsocketProcess(bench, env=env)
@@ -177,8 +185,9 @@ class Batch:
     means within the emit span that is reported next to the wall time.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, event: str = EVENT) -> None:
         self.size = size
+        self.event = event
         self.emitted = [0.0] * size
         self.acked: list[float | None] = [None] * size
         self.answers: list[tuple[Any, ...] | None] = [None] * size
@@ -202,7 +211,9 @@ class Batch:
         for i in range(self.size):
             client = clients[i % len(clients)]
             self.emitted[i] = time.perf_counter()
-            client.client.emit(EVENT, QUERY_S, namespace=client.namespace, callback=self._on_ack(i))
+            client.client.emit(
+                self.event, QUERY_S, namespace=client.namespace, callback=self._on_ack(i)
+            )
 
     def wait(self, timeout: float) -> bool:
         """Wait for every ack; ``False`` if some did not come within ``timeout``."""
@@ -303,6 +314,7 @@ def measure_size(
     *,
     db_pool_size: int | None = None,
     batches: int = 1,
+    db_max_connections: int | None = None,
 ) -> dict[str, Any]:
     """Start a fresh rig, run ``batches`` batches of ``size`` events, return their figures.
 
@@ -314,7 +326,7 @@ def measure_size(
     clients_needed = math.ceil(size / EVENTS_PER_CLIENT)
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gs-ctxconc-")))
-        rig = _start_rig(stack, root, size, shape, db_pool_size)
+        rig = _start_rig(stack, root, size, shape, db_pool_size, db_max_connections)
         clients = _connect(rig.gsocket.url, clients_needed, stack)
         _warm_up(clients)
         if db_pool_size == 0:
@@ -330,6 +342,7 @@ def measure_size(
             "size": size,
             "shape": shape,
             "db_pool_size": db_pool_size,
+            "db_max_connections": db_max_connections,
             "clients": clients_needed,
             "events_per_client": EVENTS_PER_CLIENT,
             "query_s": QUERY_S,
@@ -350,6 +363,7 @@ def run(
     cost_events: int = COST_EVENTS,
     db_pool_size: int | None = None,
     batches: int = 1,
+    db_max_connections: int | None = None,
 ) -> list[dict[str, Any]]:
     """Measure every batch size in turn; append one JSON line per size to ``out``.
 
@@ -359,7 +373,14 @@ def run(
     """
     results = []
     for size in sizes:
-        result = measure_size(size, shape, cost_events, db_pool_size=db_pool_size, batches=batches)
+        result = measure_size(
+            size,
+            shape,
+            cost_events,
+            db_pool_size=db_pool_size,
+            batches=batches,
+            db_max_connections=db_max_connections,
+        )
         results.append(result)
         if out is not None:
             with out.open("a") as f:
@@ -407,6 +428,208 @@ def summary(result: dict[str, Any]) -> str:
     )
 
 
+# ---------------------------------------------------------------- the real Frappe of a version
+
+REAL_EVENT = "rtscope_sleep"
+REAL_MAX_CONNECTIONS = 1500
+
+
+class _TreeGsocket(GsocketProcess):
+    """gsocket of the source ``tree`` (a checkout), run by a real bench's own Python.
+
+    The tree goes on ``PYTHONPATH``, which comes before site-packages when the installed
+    gsocket's ``.pth`` file imports gsocket at start-up, so the gsocket imported is the
+    tree's whatever the bench's env has installed: one bench serves the before and after
+    trees in turns.
+    """
+
+    pythonpath = False
+
+    def __init__(self, bench: Any, tree: Path, **kwargs: Any) -> None:
+        super().__init__(bench.path, **kwargs)
+        self.python = str(bench.python)
+        self.tree = tree
+
+    def start(self, wait: bool = True, timeout: float = 60.0) -> _TreeGsocket:
+        env = {**os.environ, "PYTHONPATH": str(self.tree)}
+        argv = [self.python, "-m", "gsocket", "serve", "--bench", str(self.bench)]
+        argv += ["--port", str(self.port), "--host", "127.0.0.1"]
+        self.child = Child(
+            "gsocket",
+            argv,
+            log_path=self.log_path,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            cwd=self.tree,
+        )
+        if wait:
+            self.wait_healthy(timeout)
+        return self
+
+
+def _root_sql(bench: Any, sql: str) -> list[list[str]]:
+    """``sql`` as the bench's private MariaDB's root (build-bench's ``DB_ROOT_PASSWORD``)."""
+    sock = bench.path / "mariadb" / "mysqld.sock"
+    password = os.environ.get("DB_ROOT_PASSWORD", "root")
+    done = subprocess.run(
+        ["mariadb", f"--socket={sock}", "-uroot", f"-p{password}", "-N", "-B", "-e", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [line.split("\t") for line in done.stdout.splitlines()]
+
+
+def _real_batch(
+    bench: Any, proc: GsocketProcess, clients: list[PyClient], size: int
+) -> dict[str, Any]:
+    """``size`` ``rtscope_sleep(0.2)`` events at once; the figures of _one_batch's shape."""
+    from tests.support.realbench import SITE as REAL_SITE
+
+    _root_sql(bench, "FLUSH STATUS")
+    assert proc.proc is not None
+    pid = proc.proc.pid
+    batch = Batch(size, REAL_EVENT)
+    cpu_before = processes.cpu_seconds([pid])
+    batch.fire(clients)
+    complete = batch.wait(ACK_TIMEOUT_S)
+    cpu_after = processes.cpu_seconds([pid])
+    acked = [t for t in batch.acked if t is not None]
+    if not acked:
+        raise RuntimeError(f"no event was acknowledged; gsocket log:\n{proc.log()}")
+    wall = max(acked) - batch.emitted[0]
+    answers = [a[0] for a in batch.answers if a and isinstance(a[0], dict)]
+    good = (REAL_SITE, USER, True)
+    ok = [a for a in answers if (a.get("site"), a.get("user"), a.get("same_conn")) == good]
+    latencies = [a - e for a, e in zip(batch.acked, batch.emitted, strict=True) if a is not None]
+    used = _root_sql(bench, "SHOW GLOBAL STATUS LIKE 'Max_used_connections'")
+    return {
+        "complete": complete,
+        "acks_ok": len(ok),
+        "acks_failed": len(acked) - len(ok),
+        "acks_missing": size - len(acked),
+        "wall_s": wall,
+        "wall_over_query": wall / QUERY_S,
+        "excess_s": wall - QUERY_S,
+        "overhead_per_event_ms": (wall - QUERY_S) / size * 1000,
+        "emit_span_s": batch.emitted[-1] - batch.emitted[0],
+        "latency_ms": _percentiles_ms(latencies),
+        "server_cpu_s": cpu_after - cpu_before,
+        "server_cpu_per_event_ms": (cpu_after - cpu_before) / size * 1000,
+        "client_cpu_s": 0.0,
+        "distinct_connections": len({a["conn"] for a in ok}),
+        "db_max_used_connections": int(used[0][1]),
+    }
+
+
+def measure_real(
+    version: str,
+    size: int,
+    trees: list[Path],
+    rounds: int,
+    *,
+    db_pool_size: int,
+    db_max_connections: int,
+    batches: int,
+    out: Path | None,
+) -> list[dict[str, Any]]:
+    """Batches through gsocket serving a real bench of ``version``, the ``trees`` in turns.
+
+    The bench is the real-bench lane's (tests/support/realbench.py, ``GSOCKET_BENCH_CACHE``),
+    with the ``rtscope`` app installed on test.localhost and MariaDB's ``max_connections``
+    raised to :data:`REAL_MAX_CONNECTIONS` for the run (the bench's own is 300).  Each round
+    starts gsocket of each tree afresh (A, B, A, B, ...) with ``db_pool_size`` and
+    ``db_max_connections``, warms it up with one event per client and fires ``batches``
+    batches; the first finds the pool holding only the warm-up's connections.
+    """
+    from tests.support.realbench import SITE as REAL_SITE
+    from tests.support.realbench import RealBench
+    from tests.support.realbench_apps import RTSCOPE, install_app
+
+    bench = RealBench.acquire(version)
+    results = []
+    try:
+        install_app(bench, RTSCOPE, sites=(REAL_SITE,))
+        before = _root_sql(bench, "SELECT @@global.max_connections")[0][0]
+        _root_sql(bench, f"SET GLOBAL max_connections = {REAL_MAX_CONNECTIONS}")
+        sid = bench.login()
+        headers = bench.desk_headers(REAL_SITE, sid)
+        ours = {"db_pool_size": db_pool_size, "db_max_connections": db_max_connections}
+        try:
+            with bench.common_site_config_changed(gsocket=ours):
+                for number in range(rounds):
+                    for tree in trees:
+                        result = _real_round(bench, tree, size, batches, headers)
+                        result.update(
+                            version=version,
+                            round=number,
+                            db_pool_size=db_pool_size,
+                            db_max_connections=db_max_connections,
+                        )
+                        results.append(result)
+                        if out is not None:
+                            with out.open("a") as f:
+                                f.write(json.dumps(result) + "\n")
+                        print(_real_summary(result), flush=True)
+        finally:
+            _root_sql(bench, f"SET GLOBAL max_connections = {before}")
+    finally:
+        bench.release()
+    return results
+
+
+def _real_round(
+    bench: Any, tree: Path, size: int, batches: int, headers: dict[str, str]
+) -> dict[str, Any]:
+    from tests.support.realbench import SITE as REAL_SITE
+
+    with contextlib.ExitStack() as stack:
+        proc = _TreeGsocket(bench, tree)
+        stack.callback(_stop_gsocket, proc)
+        proc.start()
+        count = math.ceil(size / EVENTS_PER_CLIENT)
+        # Default transports (polling, then the upgrade): a websocket-only python-socketio
+        # client sends two Origin headers, which the real web process's origin check refuses.
+        clients = [PyClient() for _ in range(count)]
+        stack.callback(_disconnect, clients)
+        with ThreadPoolExecutor(CONNECT_WORKERS) as pool:
+            # A copy each: the client takes the Cookie header out of the dict it is given.
+            namespace = f"/{REAL_SITE}"
+            list(pool.map(lambda c: c.connect(proc.url, namespace, dict(headers), 30), clients))
+            warm = list(pool.map(lambda c: c.call(REAL_EVENT, 0, timeout=60), clients))
+        if not all(isinstance(a, dict) and a.get("site") == REAL_SITE for a in warm):
+            raise RuntimeError(f"warm-up events failed: {warm[:3]!r}\n{proc.log()[-3000:]}")
+        figures = [_real_batch(bench, proc, clients, size) for _ in range(batches)]
+        return {
+            "type": "frappe_ctx_concurrency_real",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "tree": str(tree),
+            "size": size,
+            "clients": count,
+            **figures[-1],
+            "batches": figures,
+            "server_log_problems": _log_problems(proc),
+            "loadavg": processes.loadavg(),
+        }
+
+
+def _real_summary(result: dict[str, Any]) -> str:
+    parts = [
+        f"{result['version']} round {result['round']} {result['tree']}: {result['size']} events"
+    ]
+    for number, batch in enumerate(result["batches"], 1):
+        lat = batch["latency_ms"]
+        parts.append(
+            f" batch {number}: ok {batch['acks_ok']} failed {batch['acks_failed']} missing "
+            f"{batch['acks_missing']}; wall {batch['wall_s']:.3f} s; CPU "
+            f"{batch['server_cpu_per_event_ms']:.3f} ms/event; p50/p99 {lat['p50']:.0f}/"
+            f"{lat['p99']:.0f} ms; connections {batch['distinct_connections']} (max used "
+            f"{batch['db_max_used_connections']})"
+        )
+    parts.append(f" log problems {result['server_log_problems']}; load {result['loadavg'][0]:.2f}")
+    return "\n".join(parts)
+
+
 def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
     """SIGTERM unwinds like Ctrl-C, so every process started is stopped on the way out."""
     raise KeyboardInterrupt(f"signal {signum}")
@@ -447,8 +670,39 @@ def main() -> None:
         default=1,
         help="batches per size on the same server (a pool is cold in the first only)",
     )
+    parser.add_argument(
+        "--real",
+        choices=["v15", "develop"],
+        help="the real Frappe of this version (the real-bench lane's bench) instead of the fake",
+    )
+    parser.add_argument(
+        "--trees",
+        default=str(REPO),
+        help="with --real: comma-separated gsocket checkouts served in turns (default: this one)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="with --real: rounds of --trees")
+    parser.add_argument(
+        "--db-max-connections",
+        type=int,
+        help="gsocket.db_max_connections (0: no cap; default: gsocket's, or 0 with --real)",
+    )
     args = parser.parse_args()
     sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+    if args.real:
+        trees = [Path(t).resolve() for t in args.trees.split(",") if t.strip()]
+        with _signals_unwind():
+            for size in sizes:
+                measure_real(
+                    args.real,
+                    size,
+                    trees,
+                    args.rounds,
+                    db_pool_size=args.db_pool_size if args.db_pool_size is not None else size,
+                    db_max_connections=args.db_max_connections or 0,
+                    batches=args.batches,
+                    out=args.out,
+                )
+        return
     try:
         with _signals_unwind():
             for size in sizes:
@@ -459,6 +713,7 @@ def main() -> None:
                     cost_events=args.cost_events,
                     db_pool_size=args.db_pool_size,
                     batches=args.batches,
+                    db_max_connections=args.db_max_connections,
                 )
                 print(summary(result), flush=True)
                 if any(batch["acks_ok"] != size for batch in result["batches"]):

@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     python benchmarks/frappe_ctx_cost.py                 # fake Frappe, both frappe.local shapes
     python benchmarks/frappe_ctx_cost.py --shape werkzeug --events 1000
-    FRAPPE_BENCH=~/frappe-bench ~/frappe-bench/env/bin/python \\
+    PYTHONPATH=$PWD ~/frappe-bench/env/bin/python \\
         benchmarks/frappe_ctx_cost.py --bench ~/frappe-bench --site mysite.localhost
 
 With the fake (tests/fake_frappe) a private MariaDB server is started on loopback; with
@@ -78,12 +78,25 @@ def _noop() -> None:
     """The handler: nothing, so that only the context's own cost is measured."""
 
 
+def _select_one() -> None:
+    """The handler of a context that uses its database: one ``SELECT 1``."""
+    import frappe
+
+    frappe.db.sql("SELECT 1")
+
+
+#: ``--handler`` (also ``FRAPPE_CTX_HANDLER`` for the fake's child process): ``noop`` sends no
+#: query (gsocket then borrows no connection at all), ``select`` one ``SELECT 1``.
+HANDLERS: dict[str, Callable[[], None]] = {"noop": _noop, "select": _select_one}
+HANDLER = HANDLERS[os.environ.get("FRAPPE_CTX_HANDLER", "noop")]
+
+
 def _per_event_ms(ctx: Any, site: str, events: int) -> float:
     for _ in range(20):
-        ctx.run(site, "Guest", _noop)
+        ctx.run(site, "Guest", HANDLER)
     began = time.perf_counter()
     for _ in range(events):
-        ctx.run(site, "Guest", _noop)
+        ctx.run(site, "Guest", HANDLER)
     return (time.perf_counter() - began) / events * 1000
 
 
@@ -122,7 +135,7 @@ def _concurrent(ctx: Any, site: str, events: int, width: int) -> dict[str, float
     tick = gevent.spawn(ticker)
     pool = gevent.pool.Pool(width)
     began = time.perf_counter()
-    pool.map(lambda _: ctx.run(site, "Guest", _noop), range(events))
+    pool.map(lambda _: ctx.run(site, "Guest", HANDLER), range(events))
     elapsed = time.perf_counter() - began
     running = False
     tick.join()
@@ -154,26 +167,35 @@ def measure(sites_path: str, site: str, events: int) -> dict[str, Any]:
     pymysql.connections.Connection._create_ssl_ctx = shared_tls
 
     # In turns, so that a change of load on a shared machine hits both alike.
-    run_ms, pooled_ms = [], []
+    run_ms, pooled_ms, run_cpu, pooled_cpu = [], [], [], []
     for _ in range(3):
-        run_ms.append(_per_event_ms(ctx, site, events))
-        pooled_ms.append(_per_event_ms(pooled, site, events))
+        for times, cpu, context in ((run_ms, run_cpu, ctx), (pooled_ms, pooled_cpu, pooled)):
+            # Wall time includes waiting for MariaDB and Redis (on the other core); the
+            # process's CPU time is what the gevent hub spent.
+            began = time.process_time()
+            times.append(_per_event_ms(context, site, events))
+            cpu.append((time.process_time() - began) / (events + 20) * 1000)
     raw_ms = _raw_connection_ms(ctx, site, events)
     _timed_steps(frappe, spent)
     _per_event_ms(ctx, site, events)
-    steps = {name: statistics.median(spent[name]) * 1000 for name in STEPS}
+    # A step a context skipped (no commit after a handler that sent no query) shows as 0.
+    steps = {name: statistics.median(spent[name] or [0.0]) * 1000 for name in STEPS}
     spent.clear()
     _per_event_ms(pooled, site, events)
-    pooled_steps = {name: statistics.median(spent[name]) * 1000 for name in (*STEPS, "reset")}
+    pooled_steps = {
+        name: statistics.median(spent[name] or [0.0]) * 1000 for name in (*STEPS, "reset")
+    }
     concurrent = _concurrent(ctx, site, events, 50)
     pooled_concurrent = _concurrent(pooled, site, events, 50)
     return {
         "frappe": getattr(frappe, "__version__", "?"),
         "shape": os.environ.get("FAKE_FRAPPE_LOCAL", "real"),
+        "handler": HANDLER.__name__.strip("_"),
         "events": events,
         "bare_call_ms": bare_ms,
         "run_ms": statistics.median(run_ms),
         "run_ms_all": run_ms,
+        "cpu_ms": statistics.median(run_cpu),
         "raw_connection_ms": raw_ms,
         "run_ms_tls_per_conn": unshared_ms,
         "step_median_ms": steps,
@@ -182,11 +204,37 @@ def measure(sites_path: str, site: str, events: int) -> dict[str, Any]:
             "pool_size": POOL_SIZE,
             "run_ms": statistics.median(pooled_ms),
             "run_ms_all": pooled_ms,
+            "cpu_ms": statistics.median(pooled_cpu),
+            "cpu_ms_all": pooled_cpu,
             "step_median_ms": pooled_steps,
             "concurrent": pooled_concurrent,
             "pool_counts": dict(pooled.pool.counts),
         },
     }
+
+
+def profile(sites_path: str, site: str, events: int, top: int = 35) -> str:
+    """cProfile of ``events`` pooled contexts one after another (after a warm-up): where the
+    hub's CPU goes inside one context, by own time and by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+
+    from gsocket.contract.dbpool import DBPool
+    from gsocket.frappe_ctx import FrappeContext
+
+    pooled = FrappeContext(sites_path, pool=DBPool(POOL_SIZE))
+    assert pooled.available() and pooled.pool is not None, "no Frappe, or no pool here"
+    _per_event_ms(pooled, site, 50)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(events):
+        pooled.run(site, "Guest", HANDLER)
+    profiler.disable()
+    out = io.StringIO()
+    for order in ("tottime", "cumulative"):
+        pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(top)
+    return out.getvalue()
 
 
 def _with_fake(shape: str, events: int) -> dict[str, Any]:
@@ -225,7 +273,8 @@ def _report(result: dict[str, Any]) -> str:
         f"bare call {result['bare_call_ms'] * 1000:.2f} us; step medians ms: {steps}; "
         f"50 at a time: {c['events_per_s']:.0f} events/s, longest hub stall "
         f"{c['max_hub_stall_ms']:.1f} ms\n"
-        f"  pooled (size {p['pool_size']}): run {p['run_ms']:.3f} ms/event; step medians ms: "
+        f"  pooled (size {p['pool_size']}): run {p['run_ms']:.3f} ms/event, CPU "
+        f"{p['cpu_ms']:.3f} ms/event; step medians ms: "
         f"{pooled_steps}; 50 at a time: {pc['events_per_s']:.0f} events/s, longest hub stall "
         f"{pc['max_hub_stall_ms']:.1f} ms; pool {p['pool_counts']}"
     )
@@ -239,7 +288,16 @@ def main() -> None:
     parser.add_argument("--site", help="the site of --bench to open contexts on")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a summary")
+    parser.add_argument(
+        "--handler", choices=sorted(HANDLERS), default="noop", help="what each context runs"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="with --bench: cProfile pooled contexts instead"
+    )
     args = parser.parse_args()
+    global HANDLER
+    HANDLER = HANDLERS[args.handler]
+    os.environ["FRAPPE_CTX_HANDLER"] = args.handler  # for the fake's child process
     if args.child:
         sys.path.insert(0, str(REPO))
         sites_path, site, events = args.child
@@ -251,6 +309,14 @@ def main() -> None:
         sites = Path(args.bench).resolve() / "sites"
         os.chdir(sites)  # Frappe opens its log files relative to the working directory
         sys.path.insert(0, str(REPO))
+        import gsocket
+
+        if not Path(gsocket.__file__).resolve().is_relative_to(REPO):
+            # The bench's installed gsocket is imported at start-up by its .pth file.
+            parser.error(f"gsocket comes from {gsocket.__file__}: run with PYTHONPATH={REPO}")
+        if args.profile:
+            print(profile(str(sites), args.site, args.events))
+            return
         results = [measure(str(sites), args.site, args.events)]
     else:
         shapes = ["werkzeug", "contextvar"] if args.shape == "both" else [args.shape]

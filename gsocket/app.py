@@ -285,7 +285,14 @@ def create_app(
         ca_file=config.ca_file,
         proxy_from_env=config.web_proxy_from_env,
     )
-    pool = DBPool(config.db_pool_size, config.db_pool_idle_seconds) if config.db_pool_size else None
+    pool = None
+    if config.db_pool_size or config.db_max_connections:
+        pool = DBPool(
+            config.db_pool_size,
+            config.db_pool_idle_seconds,
+            max_connections=config.db_max_connections,
+        )
+        metrics.collect(pool.metric_families)
     frappe_ctx = FrappeContext(str(config.sites_path), pool=pool)
 
     register_core_handlers(registry, redis_client, config.developer_mode)

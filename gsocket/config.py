@@ -38,6 +38,11 @@ DEFAULT_POOL_SIZE = 32
 DEFAULT_POOL_IDLE_SECONDS = 60.0
 """Seconds a kept connection may stay unused (``gsocket.db_pool_idle_seconds``)."""
 
+DEFAULT_DB_MAX_CONNECTIONS = 100
+"""Database connections gsocket opens at once, every site together
+(``gsocket.db_max_connections``): two thirds of Debian's MariaDB ``max_connections`` (151),
+leaving the rest to the bench's web and background workers."""
+
 
 class ConfigError(Exception):
     """The bench configuration cannot be used; the message says what to fix."""
@@ -104,6 +109,8 @@ class Config:
         (:mod:`gsocket.contract.dbpool`); 0 opens and closes one per event.
     :param db_pool_idle_seconds: seconds such a connection is kept unused before it is closed
         (``gsocket.db_pool_idle_seconds``).
+    :param db_max_connections: database connections open at once, lent and kept, every site
+        together (``gsocket.db_max_connections``); at the cap events wait for one; 0: no cap.
     :param recovery_events: published events each process keeps for recovery
         (``gsocket.recovery_events``), in memory and in Redis.
     :param recovery_missed: most events replayed to one recovering client
@@ -144,6 +151,7 @@ class Config:
     recovery_events: int = 10_000
     db_pool_size: int = DEFAULT_POOL_SIZE
     db_pool_idle_seconds: float = DEFAULT_POOL_IDLE_SECONDS
+    db_max_connections: int = DEFAULT_DB_MAX_CONNECTIONS
     recovery_missed: int = 1_000
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
@@ -307,6 +315,7 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         recovery_missed = int(ours.get("recovery_missed", 1_000))
         db_pool_size = int(ours.get("db_pool_size", DEFAULT_POOL_SIZE))
         db_pool_idle_seconds = float(ours.get("db_pool_idle_seconds", DEFAULT_POOL_IDLE_SECONDS))
+        db_max_connections = int(ours.get("db_max_connections", DEFAULT_DB_MAX_CONNECTIONS))
         engine = {k: float(ours.get(k, Config.__dataclass_fields__[k].default)) for k in ENGINE}
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad port or timeout in common_site_config.json: {e}") from None
@@ -334,10 +343,11 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
             "gsocket.recovery_seconds must be 0 (off) or more, "
             "recovery_events and recovery_missed 1 or more"
         )
-    if db_pool_size < 0 or not db_pool_idle_seconds > 0:
+    if db_pool_size < 0 or not db_pool_idle_seconds > 0 or db_max_connections < 0:
         raise ConfigError(
             "gsocket.db_pool_size must be 0 (no pool) or more, "
-            "db_pool_idle_seconds a positive number of seconds"
+            "db_pool_idle_seconds a positive number of seconds, "
+            "db_max_connections 0 (no cap) or more"
         )
     ca_file = ours.get("ca_file") or None
     if ca_file is not None:
@@ -377,6 +387,7 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         recovery_missed=recovery_missed,
         db_pool_size=db_pool_size,
         db_pool_idle_seconds=db_pool_idle_seconds,
+        db_max_connections=db_max_connections,
         **engine,
         ca_file=ca_file,
         web_proxy_from_env=_as_bool(ours.get("web_proxy_from_env", False)),

@@ -10,7 +10,11 @@ inherited or copied its creator's context would otherwise share (newer Frappe) o
 
 The per-event sequence is Frappe's own bench-script sequence, with two gevent-specific steps:
 ``init(force=True)`` -> force the pure-Python PyMySQL driver -> ``connect`` -> ``set_user`` ->
-handler -> ``commit`` (or ``rollback`` and re-raise) -> ``destroy`` (always).
+handler -> ``commit`` (or ``rollback`` and re-raise) -> ``destroy`` (always).  Where the
+difference cannot be seen from inside or outside the event, it is cheaper than Frappe's: a
+handler that sent no query and left no commit callback ends without a connection at all; the
+last ``COMMIT`` is not followed by Frappe's ``START TRANSACTION`` (see ``commit_last``); the
+site config is parsed again only when its files change (frappe_conf_hooks.py).
 
 With a :class:`gsocket.contract.dbpool.DBPool` the event's database connection is borrowed from the
 site's pool instead of opened, and given back (reset) instead of closed (:class:`_Lease`;
@@ -34,13 +38,16 @@ from typing import Any, TypeVar
 
 import gevent
 
-from gsocket.contract.dbpool import DBPool, close_quietly
+from gsocket.contract.dbpool import DBPool
 from gsocket.errors import StartupError
+from gsocket.protocol.internals.frappe_conf_hooks import keep_site_config
 from gsocket.protocol.internals.frappe_db_hooks import (
     DATABASE_NAMING,
+    commit_last,
     current_connection,
     lend_connections,
     take_connection,
+    untouched,
 )
 from gsocket.protocol.internals.gevent_hooks import lock_is_free
 from gsocket.protocol.internals.pymysql_hooks import (
@@ -57,6 +64,11 @@ INSTALLED_APPS_TTL = 60.0
 
 #: Seconds a rollback after a failed handler may take before the connection is just closed.
 ROLLBACK_TIMEOUT = 5.0
+
+#: The callbacks a commit (and a rollback) runs: with none pending and no query sent, there
+#: is nothing to end, and the context ends without a connection.
+_COMMIT_CALLBACKS = ("before_commit", "after_commit")
+_ROLLBACK_CALLBACKS = ("before_rollback", "after_rollback")
 
 #: Attributes without which an importable ``frappe`` cannot be Frappe (or our test double).
 _REQUIRED_API = ("init", "connect", "set_user", "destroy", "local")
@@ -211,18 +223,23 @@ class _Lease:
         return conn
 
     def end(self, reusable: bool) -> None:
-        """Give back the connection Frappe holds; close any other this context opened.
+        """Give back the connection Frappe holds, and every other one this context borrowed.
 
         Called before ``frappe.destroy()``.  A connection Frappe replaced or closed during the
-        event (``frappe.db.close()``, a reconnect) is closed here if still open, never kept.
+        event (``frappe.db.close()``, a reconnect) goes back as not reusable: the pool closes
+        it if still open and frees its place under ``db_max_connections``.
         """
         current = current_connection(self.db)
-        if current is not None and any(conn is current for conn in self.borrowed):
-            take_connection(self.db)
-            self.pool.checkin(self.key, current, reusable)
+        held = None
         for conn in self.borrowed:
-            if conn is not current and conn.open:
-                close_quietly(conn)
+            if conn is current:
+                held = conn
+            else:
+                self.pool.checkin(self.key, conn, reusable=False)
+        # Last: its reset is the one step here that waits, and may be interrupted.
+        if held is not None:
+            take_connection(self.db)
+            self.pool.checkin(self.key, held, reusable)
 
 
 class FrappeContext:
@@ -287,6 +304,7 @@ class FrappeContext:
             return f"the importable module `frappe` ({origin}) has no {missing}; {advice}"
         self._frappe = module
         share_pymysql_default_tls_context()
+        keep_site_config(module)
         if self.pool is not None and not pool_supported():
             log.warning(
                 "this PyMySQL is not one gsocket's database pool was verified with; every "
@@ -352,7 +370,9 @@ class FrappeContext:
             self._report_blocking_driver()
             frappe.set_user(user)
             result = fn(*args)
-            frappe.db.commit()
+            db = frappe.local.db
+            if not untouched(db, _COMMIT_CALLBACKS):
+                commit_last(db, read_only=bool(frappe.local.flags.read_only))
             reusable = True
             return result
         except Exception:
@@ -388,7 +408,8 @@ class FrappeContext:
         that query's answer, and a ROLLBACK would wait for it.  Closing the connection in
         ``destroy`` discards the transaction just as well.
         """
-        if getattr(frappe.local, "db", None) is None:
+        db = getattr(frappe.local, "db", None)
+        if db is None or untouched(db, _ROLLBACK_CALLBACKS):
             return True
         limit = gevent.Timeout(self.rollback_timeout)
         limit.start()

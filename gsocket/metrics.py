@@ -8,7 +8,7 @@ greenlets of one process, so plain dict updates need no locks.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 LabelValues = tuple[str, ...]
 
@@ -188,6 +188,15 @@ class Metrics:
             "Calls to the bench web process by method and outcome",
             ["method", "outcome"],
         )
+        self._sources: list[Callable[[], Iterable[Metric]]] = []
+
+    def collect(self, source: Callable[[], Iterable[Metric]]) -> None:
+        """Render the families ``source()`` returns on every scrape, after the server's own.
+
+        For state another component keeps anyway (the database pool's counts): read when
+        scraped, so that the hot path pays nothing for it.
+        """
+        self._sources.append(source)
 
     def render(self) -> str:
         """Return every metric in Prometheus text format."""
@@ -204,5 +213,6 @@ class Metrics:
                 self.bridged,
                 self.bridge_reconnects,
                 self.web_calls,
+                *(family for source in self._sources for family in source()),
             )
         )

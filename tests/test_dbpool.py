@@ -8,15 +8,19 @@ tests/realbench/test_frappe_ctx_real.py.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent
 import pymysql
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pymysql.constants import COMMAND
 
-from gsocket.contract.dbpool import DBPool
+from gsocket.contract.dbpool import DBPool, PoolExhausted
+from gsocket.metrics import Metrics
 from gsocket.protocol.internals.pymysql_hooks import pool_supported
 from tests.support.bench import wait_until
 from tests.support.mariadb import MariaDBServer
@@ -225,3 +229,133 @@ def test_a_connection_with_an_unread_unbuffered_result_is_closed(
     # Left as it is, PyMySQL's abandoned result would try to drain its rows from the closed
     # connection when collected, and print that failure.
     conn._result.unbuffered_active = False
+
+
+# ---------------------------------------------------------------- db_max_connections
+
+
+def test_at_the_cap_an_event_waits_for_a_returned_connection_and_gets_it(
+    mariadb: MariaDBServer, connect: Callable[[], pymysql.Connection]
+) -> None:
+    pool = DBPool(4, max_connections=2)
+    first, second = pool.checkout(KEY, connect), pool.checkout(KEY, connect)
+    waiter = gevent.spawn(pool.checkout, KEY, connect)
+    gevent.sleep(0.05)
+    assert not waiter.ready() and pool.in_use() == 2
+    assert _families(pool)["gsocket_db_pool_waiting_contexts"][()] == 1
+    first_id = conn_id(first)
+    pool.checkin(KEY, first)
+    handed = waiter.get(timeout=5)
+    # The same connection, reset on its way: no third one was opened.
+    assert handed is first and conn_id(handed) == first_id
+    assert pool.counts["opened"] == 2 and pool.counts["waited"] == 1
+    assert server_ids(mariadb) >= {first_id} and pool.in_use() == 2
+    pool.checkin(KEY, second)
+    pool.checkin(KEY, handed)
+    pool.close()
+    assert mariadb.wait_for_connections(0) == 0
+
+
+def test_a_wait_that_runs_out_fails_with_an_error_naming_the_setting(
+    mariadb: MariaDBServer, connect: Callable[[], pymysql.Connection], caplog: Any
+) -> None:
+    pool = DBPool(4, max_connections=1, wait_seconds=0.2)
+    held = pool.checkout(KEY, connect)
+    began = time.monotonic()
+    with pytest.raises(PoolExhausted, match="gsocket.db_max_connections") as failed:
+        pool.checkout(KEY, connect)
+    assert 0.2 <= time.monotonic() - began < 2
+    assert "site.test" in str(failed.value) and "all 1 " in str(failed.value)
+    assert "db_max_connections" in caplog.text  # the operator's log line
+    counts = pool.site_counts("site.test")
+    assert counts["waited"] == 1 and counts["wait_timeouts"] == 1
+    # Nothing leaked: the slot is still the held connection's, and frees when it returns.
+    assert pool.in_use() == 1 and _families(pool)["gsocket_db_pool_waiting_contexts"][()] == 0
+    pool.checkin(KEY, held)
+    assert pool.checkout(KEY, connect) is held
+    pool.checkin(KEY, held)
+    pool.close()
+
+
+def test_at_the_cap_a_closed_or_idle_connection_of_another_site_makes_room(
+    mariadb: MariaDBServer, connect: Callable[[], pymysql.Connection]
+) -> None:
+    other = ("other.test", "db")
+    pool = DBPool(4, max_connections=1)
+    mine = pool.checkout(KEY, connect)
+    waiter = gevent.spawn(pool.checkout, other, connect)
+    gevent.sleep(0.05)
+    assert not waiter.ready()
+    # Returned while another site waits: closed, and its slot goes to the waiter.
+    pool.checkin(KEY, mine)
+    theirs = waiter.get(timeout=5)
+    assert not mine.open and theirs.open and pool.idle(KEY) == 0
+    pool.checkin(other, theirs)
+    assert pool.idle(other) == 1
+    # Nobody waits now: at the cap, the other site's idle connection is closed to make room.
+    again = pool.checkout(KEY, connect)
+    assert not theirs.open and pool.idle() == 0 and pool.in_use() == 1
+    pool.checkin(KEY, again, reusable=False)
+    assert pool.in_use() == 0 and pool.counts["opened"] == 3
+    pool.close()
+    assert mariadb.wait_for_connections(0) == 0
+
+
+def test_a_failed_connect_or_a_killed_waiter_leaves_no_slot_taken(
+    mariadb: MariaDBServer, connect: Callable[[], pymysql.Connection]
+) -> None:
+    pool = DBPool(4, max_connections=1)
+
+    def refused() -> pymysql.Connection:
+        raise pymysql.err.OperationalError(1045, "Access denied")
+
+    with pytest.raises(pymysql.err.OperationalError):
+        pool.checkout(KEY, refused)
+    held = pool.checkout(KEY, connect)
+    waiter = gevent.spawn(pool.checkout, KEY, connect)
+    gevent.sleep(0.05)
+    waiter.kill()
+    pool.checkin(KEY, held)
+    assert pool.idle(KEY) == 1 and pool.in_use() == 0  # kept: nobody waits any more
+    assert pool.checkout(KEY, connect) is held
+    pool.checkin(KEY, held)
+    pool.close()
+
+
+# ---------------------------------------------------------------- what /metrics shows
+
+
+def _families(pool: DBPool) -> dict[str, dict[tuple[str, ...], float]]:
+    """The pool's families as Prometheus parses them: values by sample name and labels."""
+    metrics = Metrics()
+    metrics.collect(pool.metric_families)
+    found: dict[str, dict[tuple[str, ...], float]] = {}
+    for family in text_string_to_metric_families(metrics.render()):
+        for sample in family.samples:
+            found.setdefault(sample.name, {})[tuple(sample.labels.values())] = sample.value
+    return found
+
+
+def test_the_pool_counts_per_site_are_on_metrics(
+    mariadb: MariaDBServer, connect: Callable[[], pymysql.Connection]
+) -> None:
+    other = ("other.test", "db")
+    pool = DBPool(1, max_connections=10)
+    lent = [pool.checkout(KEY, connect) for _ in range(3)]
+    pool.checkin(other, pool.checkout(other, connect))
+    f = _families(pool)
+    assert f["gsocket_db_pool_in_use_connections"] == {("site.test",): 3, ("other.test",): 0}
+    assert f["gsocket_db_pool_idle_connections"] == {("site.test",): 0, ("other.test",): 1}
+    assert f["gsocket_db_pool_max_connections"] == {(): 10}
+    for conn in lent:
+        pool.checkin(KEY, conn)  # one kept (db_pool_size 1), two closed
+    pool.checkin(KEY, pool.checkout(KEY, connect))  # reused
+    f = _families(pool)
+    assert f["gsocket_db_pool_in_use_connections"][("site.test",)] == 0
+    assert f["gsocket_db_pool_idle_connections"][("site.test",)] == 1
+    assert f["gsocket_db_pool_opened_total"] == {("site.test",): 3, ("other.test",): 1}
+    assert f["gsocket_db_pool_reused_total"] == {("site.test",): 1, ("other.test",): 0}
+    assert f["gsocket_db_pool_not_kept_total"][("site.test",)] == 2
+    assert f["gsocket_db_pool_reset_failed_total"][("site.test",)] == 0
+    pool.close()
+    assert _families(pool)["gsocket_db_pool_idle_connections"][("site.test",)] == 0

@@ -14,6 +14,8 @@ import threading
 import time
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import desk_headers
 from tests.support.bench import FIXTURE_APPS, REPO, GsocketProcess, wait_until
@@ -117,6 +119,18 @@ def aborted_clients(mariadb: MariaDBServer) -> int:
     return int(mariadb.admin_sql("SHOW GLOBAL STATUS LIKE 'Aborted_clients'")[0][1])
 
 
+def pool_metrics(proc: GsocketProcess) -> dict[str, float]:
+    """The database pool's samples of ``SITE`` (and its unlabelled ones) on ``/metrics``."""
+    text = requests.get(f"{proc.url}/metrics", timeout=5).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("gsocket_db_pool_")
+        for sample in family.samples
+        if sample.labels.get("site", SITE) == SITE
+    }
+
+
 def test_concurrent_events_interleave_and_reuse_their_connections(ctx_gsocket, clients):
     users = ["sid-admin", "sid-jane"] * 5
     sockets = [connect(clients, ctx_gsocket, sid) for sid in users]
@@ -146,6 +160,15 @@ def test_concurrent_events_interleave_and_reuse_their_connections(ctx_gsocket, c
     # other 40, and wait in the pool (gsocket.db_pool_size is 32 by default).
     mariadb = ctx_gsocket.mariadb
     assert 1 <= mariadb.count_connections(mariadb.user) <= 10
+    # What an operator sizes gsocket.db_pool_size by, on /metrics: none lent now, every
+    # connection opened still kept (the pool holds 32), most events served by a kept one.
+    pool = pool_metrics(ctx_gsocket)
+    assert pool["gsocket_db_pool_in_use_connections"] == 0
+    assert 1 <= pool["gsocket_db_pool_opened_total"] <= 10
+    assert pool["gsocket_db_pool_idle_connections"] == pool["gsocket_db_pool_opened_total"]
+    assert pool["gsocket_db_pool_reused_total"] >= 40
+    assert pool["gsocket_db_pool_max_connections"] == 100  # gsocket.db_max_connections
+    assert pool["gsocket_db_pool_waited_total"] == pool["gsocket_db_pool_reset_failed_total"] == 0
     # A graceful stop closes them, each with a goodbye: a process that just exits leaves
     # MariaDB counting an aborted client per connection.
     aborted = aborted_clients(mariadb)

@@ -30,11 +30,20 @@ What makes a reused connection safe to hand to another event (user, site or tran
   fresh connection dying would; the reset then fails and the connection is closed.
 
 Bounds: at most ``size`` idle connections per key (one key per site and its database
-settings); a connection returned to a full pool is closed.  Connections in use are not
-bounded here: an event never waits for a connection.  Idle connections older than
+settings); a connection returned to a full pool is closed.  Idle connections older than
 ``idle_seconds`` are closed by a sweeper greenlet, so a burst's connections do not hold
-MariaDB's ``max_connections`` for ever.  :meth:`DBPool.close` closes the idle ones and makes
-every later return close its connection.
+MariaDB's ``max_connections`` for ever.  ``max_connections`` (0: none) bounds every
+connection the pool has open at once, lent or idle, across sites: MariaDB's own
+``max_connections`` is shared with the bench's web and background workers, and a burst of
+events that took all of it would make *their* connects fail.  At the cap an event waits
+(first come, first served) for a connection of its key to come back, or for a slot that a
+closed one frees (an idle connection of another key is closed to make room); after
+``wait_seconds`` it fails with :class:`PoolExhausted`, whose message names the setting.
+:meth:`DBPool.close` closes the idle ones and makes every later return close its connection.
+
+What an operator sizes ``db_pool_size`` and ``db_max_connections`` by is counted per site
+(:meth:`DBPool.metric_families`, exported on ``/metrics``): connections idle and lent, opened,
+reused, found dead, failing their reset, closed on return, and events that waited or gave up.
 
 The PyMySQL internals used are in gsocket/protocol/internals/pymysql_hooks.py, with the
 versions they were verified with; with any other PyMySQL the pool is not used.
@@ -47,12 +56,15 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Hashable
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 import gevent
+from gevent.event import AsyncResult
 
 from gsocket.config import DEFAULT_POOL_IDLE_SECONDS, DEFAULT_POOL_SIZE
+from gsocket.metrics import Counter, Gauge, Metric
 from gsocket.protocol.internals.pymysql_hooks import (
     connection_socket,
     is_connection,
@@ -63,6 +75,35 @@ log = logging.getLogger("gsocket.dbpool")
 
 #: Seconds the reset of a returned connection may take before it is closed instead.
 RESET_TIMEOUT = 5.0
+
+#: Seconds an event waits for a connection at ``max_connections`` before it fails.
+WAIT_SECONDS = 10.0
+
+#: Seconds between two log lines saying that events wait for a connection.
+WAIT_LOG_INTERVAL = 60.0
+
+#: What the pool counts per site; each is also a ``gsocket_db_pool_<name>_total`` counter.
+COUNTS = ("opened", "reused", "dead", "reset_failed", "not_kept", "waited", "wait_timeouts")
+
+_COUNT_HELP = {
+    "opened": "Database connections the pool opened",
+    "reused": "Frappe contexts that got a kept connection instead of a new one",
+    "dead": "Kept connections found closed by the server when about to be lent",
+    "reset_failed": "Returned connections that failed their reset and were closed",
+    "not_kept": "Returned connections closed instead of kept (pool full or closed, "
+    "the event ended mid-query, db_pool_size 0)",
+    "waited": "Frappe contexts that waited for a connection at db_max_connections",
+    "wait_timeouts": "Frappe contexts that gave up waiting for a connection",
+}
+
+
+class PoolExhausted(RuntimeError):
+    """Every connection the pool may open is lent, and none came back in time."""
+
+
+def site_of(key: Hashable) -> str:
+    """The site a pool key belongs to: its first item (keys are ``(site, ...)`` tuples)."""
+    return str(key[0]) if isinstance(key, tuple) and key else str(key)
 
 
 def _peer_gone(conn: Any) -> bool:
@@ -136,6 +177,8 @@ class DBPool:
     :param size: idle connections kept per key; 0 keeps none (every return closes).
     :param idle_seconds: an idle connection older than this is closed.
     :param reset_timeout: seconds a return's reset may take before the connection is closed.
+    :param max_connections: connections open at once (lent and idle, every key); 0: no cap.
+    :param wait_seconds: how long an event waits at the cap before :class:`PoolExhausted`.
     """
 
     def __init__(
@@ -143,14 +186,38 @@ class DBPool:
         size: int = DEFAULT_POOL_SIZE,
         idle_seconds: float = DEFAULT_POOL_IDLE_SECONDS,
         reset_timeout: float = RESET_TIMEOUT,
+        max_connections: int = 0,
+        wait_seconds: float = WAIT_SECONDS,
     ) -> None:
         self.size = size
         self.idle_seconds = idle_seconds
         self.reset_timeout = reset_timeout
+        self.max_connections = max_connections
+        self.wait_seconds = wait_seconds
         self._idle: dict[Hashable, list[tuple[float, Any]]] = {}
+        self._open: dict[Hashable, int] = {}
+        self._total_open = 0
+        self._waiters: deque[tuple[Hashable, AsyncResult]] = deque()
         self._closed = False
         self._sweeper: gevent.Greenlet | None = None
-        self.counts = {"opened": 0, "reused": 0, "dead": 0, "reset_failed": 0, "not_kept": 0}
+        self._site_counts: dict[str, dict[str, int]] = {}
+        self._wait_logged = -WAIT_LOG_INTERVAL
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Every count of :data:`COUNTS`, summed over sites."""
+        return {name: sum(counts[name] for counts in self._site_counts.values()) for name in COUNTS}
+
+    def site_counts(self, site: str) -> dict[str, int]:
+        """The counts of one site (all zero for a site the pool has not served)."""
+        return dict(self._site_counts.get(site) or dict.fromkeys(COUNTS, 0))
+
+    def _count(self, key: Hashable, name: str) -> None:
+        site = site_of(key)
+        counts = self._site_counts.get(site)
+        if counts is None:
+            counts = self._site_counts[site] = dict.fromkeys(COUNTS, 0)
+        counts[name] += 1
 
     def idle(self, key: Hashable | None = None) -> int:
         """How many connections wait idle (for ``key``, or for all keys)."""
@@ -158,38 +225,149 @@ class DBPool:
             return len(self._idle.get(key, ()))
         return sum(len(stack) for stack in self._idle.values())
 
+    def in_use(self, key: Hashable | None = None) -> int:
+        """How many connections are lent out now (for ``key``, or for all keys)."""
+        if key is not None:
+            return self._open.get(key, 0) - self.idle(key)
+        return self._total_open - self.idle()
+
     def checkout(self, key: Hashable, connect: Callable[[], Any]) -> Any:
-        """The most recently returned live connection for ``key``, or ``connect()``'s new one."""
+        """The most recently returned live connection for ``key``, or ``connect()``'s new one.
+
+        At ``max_connections`` this waits for a connection or a free slot (module docstring).
+
+        :raises PoolExhausted: none came within ``wait_seconds``.
+        """
         stack = self._idle.get(key)
         while stack:
             _, conn = stack.pop()
             if not _peer_gone(conn):
-                self.counts["reused"] += 1
+                self._count(key, "reused")
                 return conn
-            self.counts["dead"] += 1
+            self._count(key, "dead")
             log.info("a pooled database connection was closed by the server; opening another")
-            close_quietly(conn)
-        conn = connect()
-        self.counts["opened"] += 1
+            self._discard(key, conn)
+        if self.max_connections and self._total_open >= self.max_connections:
+            # First come, first served: behind those already waiting, if any.
+            if self._waiters or not self._close_other_idle(key):
+                conn = self._wait(key)
+                if conn is not None:
+                    self._count(key, "reused")
+                    return conn
+                # A slot was handed over: counted as open already.
+                return self._open_new(key, connect, reserved=True)
+        return self._open_new(key, connect, reserved=False)
+
+    def _open_new(self, key: Hashable, connect: Callable[[], Any], reserved: bool) -> Any:
+        if not reserved:
+            self._open[key] = self._open.get(key, 0) + 1
+            self._total_open += 1
+        try:
+            conn = connect()
+        except BaseException:
+            self._forget(key)
+            raise
+        self._count(key, "opened")
         return conn
+
+    def _close_other_idle(self, key: Hashable) -> bool:
+        """Close the oldest idle connection of another key to make room for ``key``."""
+        oldest: tuple[float, Hashable] | None = None
+        for other, stack in self._idle.items():
+            if other != key and stack and (oldest is None or stack[0][0] < oldest[0]):
+                oldest = (stack[0][0], other)
+        if oldest is None:
+            return False
+        _, conn = self._idle[oldest[1]].pop(0)
+        close_quietly(conn)
+        self._forget(oldest[1], hand_over=False)  # the slot is the caller's
+        return True
+
+    def _wait(self, key: Hashable) -> Any:
+        """Wait for a connection of ``key`` (returned) or a free slot (None) at the cap."""
+        self._count(key, "waited")
+        now = time.monotonic()
+        if now - self._wait_logged >= WAIT_LOG_INTERVAL:
+            self._wait_logged = now
+            log.warning(
+                "all %d database connections gsocket may open (gsocket.db_max_connections) are "
+                "in use; Frappe contexts of site %s and others wait for one",
+                self.max_connections,
+                site_of(key),
+            )
+        waiter: AsyncResult = AsyncResult()
+        entry = (key, waiter)
+        self._waiters.append(entry)
+        limit = gevent.Timeout(self.wait_seconds)
+        limit.start()
+        try:
+            return waiter.get()
+        except BaseException as exc:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+            if waiter.ready():
+                if exc is limit:
+                    return waiter.value  # handed over just as the wait ran out
+                self._give_back(key, waiter.value)
+            if exc is not limit:
+                raise
+            self._count(key, "wait_timeouts")
+            raise PoolExhausted(
+                f"site {site_of(key)}: no database connection came free within "
+                f"{self.wait_seconds:g} s; all {self.max_connections} that "
+                "gsocket.db_max_connections allows are in use (raise it, with MariaDB's "
+                "max_connections, if the database can take more)"
+            ) from None
+        finally:
+            limit.close()
+
+    def _give_back(self, key: Hashable, handed: Any) -> None:
+        """What a waiter that is no longer waiting was handed: a slot, or a connection."""
+        if handed is None:
+            self._forget(key)
+        else:
+            self._keep_or_hand_over(key, handed)
+
+    def _forget(self, key: Hashable, hand_over: bool = True) -> None:
+        """One connection of ``key`` closed: its slot goes to the first waiter, or is freed."""
+        self._open[key] -= 1
+        if not self._open[key]:
+            del self._open[key]
+        self._total_open -= 1
+        if hand_over:
+            self._hand_slot()
+
+    def _hand_slot(self) -> None:
+        while self._waiters and (
+            not self.max_connections or self._total_open < self.max_connections
+        ):
+            key, waiter = self._waiters.popleft()
+            self._open[key] = self._open.get(key, 0) + 1
+            self._total_open += 1
+            waiter.set(None)
+
+    def _discard(self, key: Hashable, conn: Any) -> None:
+        close_quietly(conn)
+        self._forget(key)
 
     def checkin(self, key: Hashable, conn: Any, reusable: bool = True) -> None:
         """Take ``conn`` back: reset and keep it, or close it (see the module docstring).
 
-        Must be called by the greenlet that borrowed it.  A ``GreenletExit`` or other
+        Must be called by the greenlet that borrowed it, once for every connection
+        :meth:`checkout` gave it, even one already closed.  A ``GreenletExit`` or other
         ``BaseException`` arriving during the reset closes the connection and goes on.
         """
         if not reusable or self._closed or self.size <= 0 or not is_connection(conn):
-            self.counts["not_kept"] += 1
-            close_quietly(conn)
+            self._count(key, "not_kept")
+            self._discard(key, conn)
             return
         limit = gevent.Timeout(self.reset_timeout)
         limit.start()
         try:
             reset(conn)
         except BaseException as exc:
-            self.counts["reset_failed"] += 1
-            close_quietly(conn)
+            self._count(key, "reset_failed")
+            self._discard(key, conn)
             if isinstance(exc, gevent.Timeout) and exc is limit:
                 log.warning("resetting a database connection took over %.1f s", self.reset_timeout)
                 return
@@ -199,10 +377,22 @@ class DBPool:
             return
         finally:
             limit.close()
+        self._keep_or_hand_over(key, conn)
+
+    def _keep_or_hand_over(self, key: Hashable, conn: Any) -> None:
+        """A reset connection: to the first waiter of its key, else kept idle or closed."""
+        for entry in self._waiters:
+            if entry[0] == key:
+                self._waiters.remove(entry)
+                entry[1].set(conn)
+                return
         stack = self._idle.setdefault(key, [])
-        if self._closed or len(stack) >= self.size:
-            self.counts["not_kept"] += 1
-            close_quietly(conn)
+        if self._closed or len(stack) >= self.size or self._waiters:
+            # Full, closed, or others wait for a slot that closing this one frees.
+            self._count(key, "not_kept")
+            if not stack:
+                del self._idle[key]
+            self._discard(key, conn)
             return
         stack.append((time.monotonic(), conn))
         self._start_sweeper()
@@ -226,20 +416,51 @@ class DBPool:
             while old < len(stack) and stack[old][0] < cutoff:
                 old += 1
             expired, stack[:old] = stack[:old], []
-            for _, conn in expired:
-                close_quietly(conn)
-            closed += len(expired)
             if not stack:
                 del self._idle[key]
+            for _, conn in expired:
+                self._discard(key, conn)
+            closed += len(expired)
         return closed
 
     def close(self) -> None:
         """Close every idle connection; connections still lent out are closed on return."""
         self._closed = True
         stacks, self._idle = self._idle, {}
-        for stack in stacks.values():
+        for key, stack in stacks.items():
             for _, conn in stack:
-                close_quietly(conn)
+                self._discard(key, conn)
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
             self._sweeper = None
+
+    def metric_families(self) -> Iterable[Metric]:
+        """The pool's state per site, as ``/metrics`` families (read when scraped)."""
+        idle = Gauge("gsocket_db_pool_idle_connections", "Pooled connections idle", ["site"])
+        in_use = Gauge(
+            "gsocket_db_pool_in_use_connections", "Pooled connections lent to contexts", ["site"]
+        )
+        sites = set(self._site_counts) | {site_of(k) for k in self._open}
+        for site in sorted(sites):
+            idle.set(site, value=0)
+            in_use.set(site, value=0)
+        for key, count in self._open.items():
+            waiting = len(self._idle.get(key, ()))
+            idle.inc(site_of(key), amount=waiting)
+            in_use.inc(site_of(key), amount=count - waiting)
+        limit = Gauge(
+            "gsocket_db_pool_max_connections",
+            "Connections gsocket may open at once (gsocket.db_max_connections; 0: no cap)",
+        )
+        limit.set(value=self.max_connections)
+        waiting = Gauge(
+            "gsocket_db_pool_waiting_contexts", "Frappe contexts waiting for a connection now"
+        )
+        waiting.set(value=len(self._waiters))
+        families: list[Metric] = [idle, in_use, limit, waiting]
+        for name in COUNTS:
+            counter = Counter(f"gsocket_db_pool_{name}_total", _COUNT_HELP[name], ["site"])
+            for site in sorted(sites):
+                counter.inc(site, amount=self.site_counts(site)[name])
+            families.append(counter)
+        return families

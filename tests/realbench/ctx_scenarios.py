@@ -486,6 +486,164 @@ def dead(a: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def config_edits(a: dict[str, Any]) -> dict[str, Any]:
+    """What a context's ``frappe.conf`` holds while ``site_config.json`` and
+    ``common_site_config.json`` are edited under a running process (gsocket keeps the parsed
+    config while the files are unchanged), and whether a handler's change to it lasts."""
+    import os
+    import time
+
+    import frappe
+
+    from gsocket.frappe_ctx import FrappeContext
+
+    site = a["site"]
+    ctx = FrappeContext(".")
+    own, common = os.path.join(site, "site_config.json"), "common_site_config.json"
+    seen: dict[str, Any] = {}
+
+    def edit(path: str, back_date: bool = True, **keys: Any) -> None:
+        with open(path) as f:
+            conf = json.load(f)
+        conf.update(keys)
+        with open(path, "w") as f:
+            json.dump(conf, f)
+        if back_date:  # the modification time says "long ago"; the change time cannot
+            os.utime(path, (time.time() - 60, time.time() - 60))
+
+    def probe() -> dict[str, Any]:
+        conf = frappe.conf
+        found = {
+            "probe": conf.get("gsocket_probe"),
+            "common": conf.get("gsocket_common_probe"),
+            "nested": json.loads(json.dumps(conf.get("gsocket_nested"))),
+            "left": conf.get("gsocket_left_by_handler"),
+            "redis_cache": conf.get("redis_cache"),
+            "db_name": conf.get("db_name"),
+        }
+        # What a careless handler does to its config: none of it may reach the next event.
+        conf["gsocket_left_by_handler"] = True
+        if isinstance(conf.get("gsocket_nested"), dict):
+            conf["gsocket_nested"]["changed"] = True
+            conf["gsocket_nested"].setdefault("list", []).append("handler")
+        return found
+
+    def reads() -> int:
+        return int(getattr(frappe.get_site_config, "reads", -1))
+
+    def until_kept() -> list[dict[str, Any]]:
+        """Contexts until one reads no file (the files' last change has settled)."""
+        found = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            before = reads()
+            found.append(ctx.run(site, "Guest", probe))
+            if reads() == before:
+                return found
+            time.sleep(0.1)
+        raise AssertionError("the site config was read on every context for 20 s")
+
+    edit(own, gsocket_probe=1, gsocket_nested={"list": ["file"]})
+    edit(common, gsocket_common_probe="a")
+    seen["first"] = ctx.run(site, "Guest", probe)
+    seen["until_kept"] = until_kept()
+    before = reads()
+    seen["kept"] = [ctx.run(site, "Guest", probe) for _ in range(3)]
+    seen["reads_while_unchanged"] = reads() - before
+
+    edit(own, gsocket_probe=2)  # same size, mtime set back to the same past second
+    seen["same_size_edit"] = ctx.run(site, "Guest", probe)
+    edit(common, gsocket_common_probe="b")
+    seen["common_edit"] = ctx.run(site, "Guest", probe)
+    edit(own, back_date=False, gsocket_probe=3)  # just written: read on every context
+    before = reads()
+    seen["fresh_edit"] = [ctx.run(site, "Guest", probe) for _ in range(2)]
+    seen["reads_while_fresh"] = reads() - before
+
+    os.environ["FRAPPE_REDIS_CACHE"] = "redis://127.0.0.1:1/from-env"
+    try:
+        seen["env"] = ctx.run(site, "Guest", probe)
+    finally:
+        del os.environ["FRAPPE_REDIS_CACHE"]
+    seen["env_gone"] = ctx.run(site, "Guest", probe)
+    seen["cache_installed"] = reads() >= 0
+    return seen
+
+
+def endings(a: dict[str, Any]) -> dict[str, Any]:
+    """How a context ends its transaction, by what the handler did: no query at all (no
+    connection is borrowed), a commit callback without a query, writes (committed), an
+    ``after_commit`` callback that writes after the last commit (never committed, in Frappe
+    too), with autocommit turned on by the handler, and a raise with a rollback callback."""
+    import frappe
+
+    from gsocket.contract.dbpool import DBPool
+    from gsocket.frappe_ctx import FrappeContext
+
+    site, token = a["site"], a["token"]
+    ctx = FrappeContext(".", pool=DBPool(1))
+    assert ctx.available() and ctx.pool is not None
+    ran: list[str] = []
+    out: dict[str, Any] = {}
+
+    def borrowed() -> int:
+        counts = ctx.pool.counts
+        return counts["opened"] + counts["reused"]
+
+    def todo(label: str) -> None:
+        frappe.get_doc({"doctype": "ToDo", "description": f"{label}-{token}"}).insert(
+            ignore_permissions=True
+        )
+
+    def step(name: str, fn: Any) -> None:
+        before = borrowed()
+        try:
+            out[name] = {"returned": ctx.run(site, "Administrator", fn)}
+        except Exception as exc:
+            out[name] = {"raised": type(exc).__name__}
+        out[name]["borrowed"] = borrowed() - before
+
+    step("no_query", lambda: frappe.session.user)
+    step("callback_only", lambda: frappe.db.after_commit.add(lambda: ran.append("after_commit")))
+
+    def writes() -> str:
+        todo("written")
+        return "ok"
+
+    step("writes", writes)
+
+    def late_write() -> None:
+        todo("before-commit")
+        frappe.db.after_commit.add(lambda: todo("after-commit"))
+
+    step("after_commit_writes", late_write)
+
+    def autocommit_late_write() -> None:
+        frappe.db.sql("SET autocommit = 1")
+        frappe.db.after_commit.add(lambda: todo("autocommit-after-commit"))
+
+    step("autocommit_after_commit_writes", autocommit_late_write)
+
+    def raises() -> None:
+        frappe.db.after_rollback.add(lambda: ran.append("after_rollback"))
+        raise ValueError("on purpose")
+
+    step("raises_with_callback", raises)
+    step("raises_without_query", lambda: 1 / 0)
+
+    def state() -> dict[str, Any]:
+        rows = frappe.get_all(
+            "ToDo", filters={"description": ["like", f"%-{token}"]}, pluck="description"
+        )
+        return {"autocommit": int(frappe.db.sql("SELECT @@autocommit")[0][0]), "rows": rows}
+
+    out["next_borrower"] = ctx.run(site, "Administrator", state)
+    out["ran"] = ran
+    out["counts"] = ctx.pool.counts
+    ctx.close()
+    return out
+
+
 SCENARIOS = {
     "isolation": isolation,
     "rollback": rollback,
@@ -494,6 +652,8 @@ SCENARIOS = {
     "installed_apps": installed_apps,
     "pooled": pooled,
     "dead": dead,
+    "config_edits": config_edits,
+    "endings": endings,
 }
 
 

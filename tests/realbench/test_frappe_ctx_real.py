@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.bench import GsocketProcess
 from tests.support.pyclient import PyClient
@@ -150,16 +152,19 @@ def test_destroy_runs_and_the_connection_closes_on_every_path(
     assert r["local_is_clean"]
     assert r["conns"] == 4  # success, raises, killed, timed out
     if pool_size:
-        # One connection served success, success_without_db (Frappe's commit connects) and
-        # the raising handler (rolled back, then reused); the killed event closed it instead
-        # of giving it back, and so did the timed-out one (perhaps in mid-query) its own.
+        # One connection served success and the raising handler (rolled back, then reused);
+        # success_without_db sent no query and had no commit callback, so it borrowed none;
+        # the killed event closed it instead of giving it back, and so did the timed-out one
+        # (perhaps in mid-query) its own.
         assert r["distinct_conns"] == 2
         assert r["pool_counts"] == {
             "opened": 2,
-            "reused": 3,
+            "reused": 2,
             "dead": 0,
             "reset_failed": 0,
             "not_kept": 2,
+            "waited": 0,
+            "wait_timeouts": 0,
         }
     else:
         assert r["distinct_conns"] == 4  # each had its own
@@ -209,6 +214,63 @@ def test_pooled_connections_carry_nothing_from_one_event_to_the_next(ctx_bench: 
     assert r["stored"] == r["committed"] and len(r["committed"]) == events - events // 3
     assert r["left_open"] == 0  # ctx.close() closed every idle connection
     assert r["most_at_once"] == width  # they ran interleaved, `width` at a time
+
+
+def test_a_site_config_edited_while_running_is_seen_by_the_next_context(
+    ctx_bench: RealBench,
+) -> None:
+    """gsocket keeps the parsed config while both files and the environment are unchanged;
+    every edit (even one of the same size with its mtime set back) is seen by the next
+    context, and nothing a handler changes in ``frappe.conf`` reaches another event."""
+    site_dir = ctx_bench.path / "sites" / SITE
+    files = [site_dir / "site_config.json", ctx_bench.path / "sites" / "common_site_config.json"]
+    saved = [path.read_text() for path in files]
+    try:
+        r = scenario(ctx_bench, "config_edits", {"site": SITE})
+    finally:
+        for path, text in zip(files, saved, strict=True):
+            path.write_text(text)
+    assert r["cache_installed"], "gsocket does not keep this Frappe's site config"
+    clean = {"probe": 1, "common": "a", "nested": {"list": ["file"]}, "left": None}
+    for found in [r["first"], *r["until_kept"], *r["kept"]]:
+        assert {k: found[k] for k in clean} == clean
+        assert found["db_name"] == db_names(ctx_bench)[SITE]
+    assert r["reads_while_unchanged"] == 0  # kept: the files were not read again
+    assert (r["same_size_edit"]["probe"], r["same_size_edit"]["common"]) == (2, "a")
+    assert r["common_edit"]["common"] == "b"
+    assert [found["probe"] for found in r["fresh_edit"]] == [3, 3]
+    assert r["reads_while_fresh"] == 2  # just written: read by every context
+    assert r["env"]["redis_cache"] == "redis://127.0.0.1:1/from-env"
+    assert r["env_gone"]["redis_cache"] == r["first"]["redis_cache"] != r["env"]["redis_cache"]
+    for found in [*r["kept"], r["same_size_edit"], r["env_gone"]]:
+        assert found["left"] is None and found["nested"] == {"list": ["file"]}
+
+
+def test_each_way_a_context_ends_leaves_what_frappe_would(ctx_bench: RealBench) -> None:
+    """No query and no callback: no connection at all.  Otherwise Frappe's commit or
+    rollback runs with its callbacks; the START TRANSACTION after the last COMMIT is left
+    out, and what an after_commit callback writes is still never committed."""
+    token = uuid.uuid4().hex[:12]
+    r = scenario(ctx_bench, "endings", {"site": SITE, "token": token})
+    assert r["no_query"] == {"returned": "Administrator", "borrowed": 0}
+    assert r["callback_only"] == {"returned": None, "borrowed": 1}
+    assert r["writes"] == {"returned": "ok", "borrowed": 1}
+    assert r["after_commit_writes"] == {"returned": None, "borrowed": 1}
+    assert r["autocommit_after_commit_writes"] == {"returned": None, "borrowed": 1}
+    assert r["raises_with_callback"] == {"raised": "ValueError", "borrowed": 1}
+    assert r["raises_without_query"] == {"raised": "ZeroDivisionError", "borrowed": 0}
+    assert r["ran"] == ["after_commit", "after_rollback"]
+    # Committed: the handler's writes; never committed: what ran after the last COMMIT,
+    # whether autocommit was off (as Frappe connects) or the handler had turned it on.
+    assert sorted(r["next_borrower"]["rows"]) == [f"before-commit-{token}", f"written-{token}"]
+    assert r["next_borrower"]["autocommit"] == 0
+    assert r["counts"]["opened"] == 1 and r["counts"]["reset_failed"] == 0
+    seen = ctx_bench.in_site(
+        SITE,
+        f"print(sorted(frappe.get_all('ToDo', filters={{'description': ['like', '%-{token}']}}, "
+        "pluck='description')))",
+    )
+    assert seen.strip() == repr([f"before-commit-{token}", f"written-{token}"])
 
 
 def test_a_pooled_connection_killed_while_idle_is_not_lent_again(ctx_bench: RealBench) -> None:
@@ -365,3 +427,52 @@ def test_concurrent_context_handlers_interleave_and_reuse_their_connections(
         f"print(len({{int(r[0]) for r in rows}} & set({conns!r})))"
     )
     assert ctx_bench.in_site(SITE, probe).strip() == str(len(conns))
+
+
+def test_at_db_max_connections_events_wait_for_a_connection_and_all_succeed(
+    ctx_bench: RealBench, rtscope_gsocket: GsocketProcess
+) -> None:
+    """gsocket.db_max_connections 3: nine events that each hold a query for 0.3 s run three
+    at a time on three connections, none fails, and /metrics and the log say they waited."""
+    cap, events, hold = 3, 9, 0.3
+    with ctx_bench.common_site_config_changed(
+        gsocket={"db_pool_size": cap, "db_max_connections": cap}
+    ):
+        proc = ctx_bench.gsocket().start(timeout=60)
+    try:
+        sockets = [connect(ctx_bench, proc, SITE, "Administrator") for _ in range(events)]
+        answers: list[dict[str, Any]] = []
+        lock = threading.Lock()
+
+        def run(client: PyClient) -> None:
+            answer = client.call("rtscope_sleep", hold, timeout=60)
+            with lock:
+                answers.append(answer)
+
+        threads = [threading.Thread(target=run, args=(client,)) for client in sockets]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(90)
+        elapsed = time.monotonic() - started
+        for client in sockets:
+            client.disconnect()
+        assert len(answers) == events
+        assert all(a["site"] == SITE and a["same_conn"] for a in answers), answers
+        assert len({a["conn"] for a in answers}) <= cap
+        assert elapsed >= events / cap * hold * 0.9, f"{elapsed:.2f} s: not {cap} at a time"
+        proc.wait_for_log(r"all 3 database connections gsocket may open")
+        text = requests.get(f"{proc.url}/metrics", timeout=5).text
+        values = {
+            (sample.name, sample.labels.get("site")): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        assert values[("gsocket_db_pool_max_connections", None)] == cap
+        assert values[("gsocket_db_pool_waited_total", SITE)] >= events - cap
+        assert values[("gsocket_db_pool_wait_timeouts_total", SITE)] == 0
+        assert values[("gsocket_db_pool_in_use_connections", SITE)] == 0
+        assert values[("gsocket_db_pool_opened_total", SITE)] <= cap
+    finally:
+        proc.kill()

@@ -14,5 +14,7 @@ a private name used anywhere else.
 - :mod:`.json_hooks`: the C JSON encoder built once;
 - :mod:`.pymysql_hooks`: PyMySQL's TLS context; the database pool's reset in one write and
   look at an idle connection's socket;
-- :mod:`.frappe_db_hooks`: Frappe's ``Database`` connection attributes, for the pool.
+- :mod:`.frappe_db_hooks`: Frappe's ``Database`` connection attributes, for the pool; its
+  commit callbacks and ``begin``, for a context's last commit;
+- :mod:`.frappe_conf_hooks`: Frappe's ``get_site_config``, kept while its files are unchanged.
 """

@@ -8,7 +8,11 @@ Verified against Frappe v15.44.2 and develop (16.0.0-dev of October 2024), whose
   cursor of it in ``self._cursor``, then set the session's ``max_statement_time`` themselves;
 - close ``self._conn`` in ``close()`` (which ``frappe.destroy()`` calls) only when it is set;
 - name their database with ``host``, ``port``, ``socket`` (develop only), ``user``,
-  ``password`` and ``cur_db_name``.
+  ``password`` and ``cur_db_name``;
+- keep ``before_commit``, ``after_commit``, ``before_rollback`` and ``after_rollback`` as
+  ``frappe.utils.CallbackManager`` objects whose pending functions are in ``_functions``;
+- commit with ``before_commit.run()``, ``COMMIT``, ``self.begin()`` (``START TRANSACTION``,
+  ``READ ONLY`` with ``frappe.flags.read_only``), ``after_commit.run()``.
 
 tests/realbench/test_frappe_ctx_real.py runs the pool on both versions.
 """
@@ -42,3 +46,47 @@ def take_connection(db: Any) -> None:
     open: ``_conn`` and ``_cursor`` become None, as ``close()`` itself leaves them."""
     db._conn = None
     db._cursor = None
+
+
+def untouched(db: Any, callbacks: tuple[str, ...]) -> bool:
+    """Whether ending ``db``'s transaction would only open a connection to end nothing.
+
+    True when ``db`` never connected (Frappe connects on the first query, so no statement ran)
+    and the ``CallbackManager`` attributes named in ``callbacks`` (``before_commit``,
+    ``after_commit``, ...) hold no function: then Frappe's ``commit()``/``rollback()`` would
+    connect, end an empty transaction and start another, which the next borrower never sees.
+    develop's ``_disable_transaction_control`` makes both a warning only; then they run.
+    """
+    if getattr(db, "_conn", None) is not None or getattr(db, "_disable_transaction_control", 0):
+        return False
+    managers = [getattr(db, name, None) for name in callbacks]
+    if any(manager is None for manager in managers):
+        return False  # not the Database described above: let it end its own way
+    return not any(manager._functions for manager in managers)
+
+
+def commit_last(db: Any, read_only: bool) -> None:
+    """``db.commit()`` as the context's last word: without the ``START TRANSACTION`` Frappe
+    sends right after ``COMMIT``, one round trip of the hub for a transaction that is never
+    used (the connection is reset or closed next).
+
+    Whatever the ``after_commit`` callbacks then run still runs in a transaction that is never
+    committed: with autocommit off (as Frappe connects) MariaDB opens one implicitly.  Frappe's
+    own ``begin()`` is kept where it makes a difference: ``frappe.flags.read_only`` (a
+    ``READ ONLY`` transaction) or a handler that turned autocommit on.
+    """
+    begin = getattr(type(db), "begin", None)
+    if read_only or begin is None:
+        db.commit()
+        return
+
+    def begin_if_needed(*, read_only: bool = False) -> None:
+        conn = db._conn
+        if read_only or conn is None or conn.get_autocommit():
+            begin(db, read_only=read_only)
+
+    db.begin = begin_if_needed
+    try:
+        db.commit()
+    finally:
+        del db.begin
