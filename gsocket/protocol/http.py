@@ -77,12 +77,18 @@ class LeanWebSocketHandler(ScreenedWebSocketHandler):
     """gsocket's request handler (gevent-websocket's, handshake refusals answered cleanly),
     reading through a :data:`READ_BUFFER`-byte buffer instead of gevent's 8 KiB one, and
     reading request headers with :func:`gsocket.protocol.headers.read_headers` (both through
-    :class:`~gsocket.protocol.internals.gevent_hooks.HookedWSGIHandler`), and sending without
+    :class:`~gsocket.protocol.internals.gevent_hooks.HookedWSGIHandler`), holding a websocket
+    upgrade's ``101`` answer back for the session's first frames, and sending without
     Nagle's delay (as Node's ``ws`` does): a frame written while the client still holds back
     its acknowledgement of the previous one would otherwise wait up to 40 ms for it."""
 
     header_reader = read_headers
     read_buffer = READ_BUFFER
+    defer_upgrade_answer = True
+    """The ``101`` answer of a websocket upgrade goes out with the session's first frames, in
+    one ``send`` of the transport's flush (:meth:`gsocket.protocol.transport.Transport.attach`):
+    written on its own from the request's greenlet it was the dearest ``send`` of a connect
+    (the client, woken for it alone, is charged to the server on loopback)."""
 
     def __init__(self, sock: Any, address: Any, server: Any, *args: Any, **kwargs: Any) -> None:
         if sock.family in _TCP_FAMILIES:
