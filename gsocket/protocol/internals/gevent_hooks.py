@@ -98,7 +98,8 @@ def detach_connection(ws: Any, holder: Any) -> tuple[Any, bytes] | None:
         old.settimeout(timeout)
     if buffered:
         rfile.read(len(buffered))
-    sock = gsocket.socket(fileno=old.detach())
+    family, kind, proto = old.family, old.type, old.proto  # known: no syscalls to ask
+    sock = gsocket.socket(family, kind, proto, fileno=old.detach())
     sock.settimeout(timeout)
     ws.closed = True
     ws.handler = holder
