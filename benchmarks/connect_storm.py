@@ -21,7 +21,6 @@ import logging
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,17 +31,19 @@ import run as bench
 from harness import processes
 from harness.loadgen import Loadgen
 
+from gsocket.demo.processes import Child
+
 log = logging.getLogger("gsocket.bench.connect")
 
 
-def attach(tool: str, pid: int, out: Path, native: bool) -> subprocess.Popen[bytes]:
+def attach(tool: str, pid: int, out: Path, native: bool, log_dir: Path) -> Child:
     """Start sampling (py-spy) or counting system calls (strace) of ``pid``."""
     if tool == "pyspy":
         argv = ["py-spy", "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", str(out)]
         argv += ["--native"] if native else ["--nonblocking"]
     else:
         argv = ["strace", "-c", "-f", "-p", str(pid), "-o", str(out)]
-    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = processes.start(tool, argv, log_dir)
     time.sleep(1.0)  # attached before the storm starts
     return child
 
@@ -59,12 +60,12 @@ def storm(run: bench.Run, tree: Path, n: int, round_: int, probe: dict[str, Any]
         if probe is not None:
             assert case.proc is not None
             pid = case.proc.children[0].pid
-            tool = attach(probe["tool"], pid, probe["out"], probe["native"])
+            tool = attach(probe["tool"], pid, probe["out"], probe["native"], run.log_dir)
         case.connect_storm()
     finally:
         if tool is not None:
-            tool.send_signal(signal.SIGINT)
-            tool.wait(timeout=60)
+            tool.send(signal.SIGINT)  # both write their output when interrupted
+            tool.wait_stopped(60)
         if case.lg is not None:
             case.lg.close()
         if case.proc is not None:
