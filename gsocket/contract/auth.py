@@ -11,6 +11,7 @@ CONNECT_ERROR.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,34 @@ def shown(value: object) -> str:
     line), cut to :data:`SHOWN_CHARS`."""
     text = repr(value)
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "...(cut)"
+
+
+MAX_REMEMBERED_ORIGIN = 300
+"""Longest Origin whose web URL is remembered (every desk of a site sends the same one)."""
+
+
+@functools.lru_cache(maxsize=256)
+def _origin_web_url(origin: str, developer_port: int | None) -> str | None:
+    """The web process's base URL for ``origin`` (with ``developer_port`` in developer mode),
+    or ``None`` when it is not one http(s) origin."""
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or "," in origin
+        or parts.username is not None
+        or parts.path not in ("", "/")
+    ):
+        return None
+    if developer_port is not None:
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return f"{parts.scheme}://{host}:{developer_port}"
+    netloc = parts.netloc if port is not None else parts.netloc.rstrip(":")
+    return f"{parts.scheme}://{netloc}"
 
 
 class Refused(Exception):
@@ -128,29 +157,18 @@ class Authenticator:
         if configured:
             return configured
         origin = environ.get("HTTP_ORIGIN", "")
-        try:
-            parts = urlsplit(origin)
-            port = parts.port
-        except ValueError:
-            parts, port = None, None
-        if (
-            parts is None
-            or parts.scheme not in ("http", "https")
-            or not parts.hostname
-            or "," in origin
-            or parts.username is not None
-            or parts.path not in ("", "/")
-        ):
+        developer_port = self.config.webserver_port if self.config.developer_mode else None
+        if len(origin) <= MAX_REMEMBERED_ORIGIN:
+            url = _origin_web_url(origin, developer_port)
+        else:
+            url = _origin_web_url.__wrapped__(origin, developer_port)
+        if url is None:
             raise Refused(
                 "invalid_origin",
                 "Invalid origin: the Origin header must be one http(s) origin, such as "
                 "https://site.example",
             )
-        if self.config.developer_mode:
-            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-            return f"{parts.scheme}://{host}:{self.config.webserver_port}"
-        netloc = parts.netloc if port is not None else parts.netloc.rstrip(":")
-        return f"{parts.scheme}://{netloc}"
+        return url
 
     def authenticate(self, namespace: str, environ: Mapping[str, Any]) -> Identity:
         """Run every check for a CONNECT to ``namespace``.

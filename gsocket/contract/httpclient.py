@@ -160,7 +160,11 @@ class Response:
 
         :raises ValueError: it is not JSON.
         """
-        return json.loads(self.content)
+        content = self.content
+        if content[:1] == b"{" and content[1:2] not in (b"", b"\x00"):
+            # What json.loads finds for such bytes (UTF-8), without its encoding detection.
+            return json.loads(content.decode("utf-8", "surrogatepass"))
+        return json.loads(content)
 
 
 class _Connection:

@@ -14,6 +14,7 @@ default (the buffer lives as long as the connection).
 
 from __future__ import annotations
 
+import functools
 import socket as pysocket
 from typing import Any
 from urllib.parse import parse_qs
@@ -28,6 +29,9 @@ take two reads instead of one."""
 
 ENGINEIO_METHODS = frozenset({"GET", "POST", "OPTIONS"})
 """HTTP methods of Engine.IO requests (OPTIONS for CORS preflights)."""
+MAX_REMEMBERED_QUERY = 300
+"""Longest query string whose ``transport`` check is remembered (longer ones carry a polling
+client's cache-busting ``t`` or are odd; they are parsed every time)."""
 POST_ACCEPTED = b"ok"
 """The body of the answer to an accepted polling POST, as Node's reference server writes it."""
 
@@ -43,9 +47,25 @@ def request_refusal(environ: dict[str, Any]) -> str | None:
     method = environ.get("REQUEST_METHOD")
     if method not in ENGINEIO_METHODS:
         return f"Bad request method {method}"
-    if method != "OPTIONS" and "transport" not in parse_qs(environ.get("QUERY_STRING", "")):
+    if method != "OPTIONS" and not names_transport(environ.get("QUERY_STRING", "")):
         return "Transport unknown"
     return None
+
+
+def names_transport(query: str) -> bool:
+    """Whether a query string gives ``transport`` a value (as ``parse_qs`` reads it).
+
+    Every websocket-only client of one kind sends the same query string
+    (``EIO=4&transport=websocket``), so short ones are answered from a small cache.
+    """
+    if len(query) > MAX_REMEMBERED_QUERY:
+        return "transport" in parse_qs(query)
+    return _names_transport(query)
+
+
+@functools.lru_cache(maxsize=256)
+def _names_transport(query: str) -> bool:
+    return "transport" in parse_qs(query)
 
 
 def accepted_post(environ: dict[str, Any], answer: Any) -> Any:
@@ -77,12 +97,18 @@ class LeanWebSocketHandler(ScreenedWebSocketHandler):
     """gsocket's request handler (gevent-websocket's, handshake refusals answered cleanly),
     reading through a :data:`READ_BUFFER`-byte buffer instead of gevent's 8 KiB one, and
     reading request headers with :func:`gsocket.protocol.headers.read_headers` (both through
-    :class:`~gsocket.protocol.internals.gevent_hooks.HookedWSGIHandler`), and sending without
+    :class:`~gsocket.protocol.internals.gevent_hooks.HookedWSGIHandler`), holding a websocket
+    upgrade's ``101`` answer back for the session's first frames, and sending without
     Nagle's delay (as Node's ``ws`` does): a frame written while the client still holds back
     its acknowledgement of the previous one would otherwise wait up to 40 ms for it."""
 
     header_reader = read_headers
     read_buffer = READ_BUFFER
+    defer_upgrade_answer = True
+    """The ``101`` answer of a websocket upgrade goes out with the session's first frames, in
+    one ``send`` of the transport's flush (:meth:`gsocket.protocol.transport.Transport.attach`):
+    written on its own from the request's greenlet it was the dearest ``send`` of a connect
+    (the client, woken for it alone, is charged to the server on loopback)."""
 
     def __init__(self, sock: Any, address: Any, server: Any, *args: Any, **kwargs: Any) -> None:
         if sock.family in _TCP_FAMILIES:

@@ -138,6 +138,8 @@ class Parked:
                 self.buffer = self.buffer + chunk if self.buffer else chunk
                 if not self._frames():
                     return
+                if len(chunk) < READ_SIZE:
+                    break  # the kernel had no more; the watcher says when it has
         except Exception:  # noqa: BLE001 - the connection ends, the server goes on
             log.exception("reading the websocket of session %s failed", self.session.sid)
             self.end()

@@ -17,6 +17,7 @@ from engineio import packet as eio_packet
 
 from gsocket.protocol.codec import packet_frame
 from gsocket.protocol.internals.engineio_hooks import adopt, replace_queue, websocket_of
+from gsocket.protocol.internals.gevent_hooks import take_upgrade_answer
 from gsocket.protocol.session import LeanSocket, Pinger, exact_ping_interval
 from gsocket.protocol.writer import DONE, Wire, Writer
 
@@ -43,9 +44,17 @@ class Transport(Writer):
         exact_ping_interval(self.eio, session)
 
     def attach(self, session: Any, ws: Any) -> Wire:
-        """Switch an upgraded session to a wire; packets queued before go first, in order."""
+        """Switch an upgraded session to a wire; packets queued before go first, in order.
+
+        The upgrade's ``101`` answer, when the request handler held it back
+        (:attr:`gsocket.protocol.http.LeanWebSocketHandler.defer_upgrade_answer`), goes
+        first of all: a websocket-only client gets it and the OPEN packet in one ``send``.
+        """
         inner = websocket_of(ws)
         wire = Wire(self, session.sid, inner.handler.socket, inner)
+        answer = take_upgrade_answer(inner)
+        if answer:
+            wire.write(answer)
         queue = session.queue
         ended_poll = False
         while not queue.empty():

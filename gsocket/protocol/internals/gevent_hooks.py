@@ -17,7 +17,9 @@
 - :class:`HookedWSGIHandler`: gevent's request handler parses headers with its
   ``MessageClass`` (an ``email`` parser) and reads through an 8 KiB buffer made in its
   constructor (its ``rfile`` argument, marked deprecated): both are replaced through class
-  attributes with public names;
+  attributes with public names; it can hold back a websocket upgrade's ``101`` answer (what
+  its ``_sendall`` is given) until :func:`take_upgrade_answer`, wrapping gevent-websocket's
+  ``stream.read`` and ``raw_write`` so that the answer goes out before anything else;
 - :func:`lock_is_free`: whether a lock made before the monkey-patch is held (the private
   ``_is_owned`` of a native ``RLock``), to re-create Frappe's pre-patch locks.
 
@@ -96,7 +98,8 @@ def detach_connection(ws: Any, holder: Any) -> tuple[Any, bytes] | None:
         old.settimeout(timeout)
     if buffered:
         rfile.read(len(buffered))
-    sock = gsocket.socket(fileno=old.detach())
+    family, kind, proto = old.family, old.type, old.proto  # known: no syscalls to ask
+    sock = gsocket.socket(family, kind, proto, fileno=old.detach())
     sock.settimeout(timeout)
     ws.closed = True
     ws.handler = holder
@@ -107,6 +110,14 @@ def detach_connection(ws: Any, holder: Any) -> tuple[Any, bytes] | None:
     handler.close_connection = True
     handler.socket = None
     return sock, buffered
+
+
+def take_upgrade_answer(ws: Any) -> bytes:
+    """The ``101`` answer of gevent-websocket's ``ws`` held back by its handler
+    (:attr:`HookedWSGIHandler.defer_upgrade_answer`), now the caller's to send before any
+    frame; ``b""`` when none is held (it went out already, or the handler holds none)."""
+    take = getattr(getattr(ws, "handler", None), "take_upgrade_answer", None)
+    return take() if take is not None else b""
 
 
 def lock_is_free(lock: Any) -> bool:
@@ -133,6 +144,9 @@ class HookedWSGIHandler(WebSocketHandler):
 
     header_reader: ClassVar[Callable[..., Any] | None] = None
     read_buffer: ClassVar[int] = 8192
+    defer_upgrade_answer: ClassVar[bool] = False
+    held_answer: Any = None
+    """The ``101`` answer held back: :data:`_HOLD` until gevent writes it, then its bytes."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -149,6 +163,62 @@ class HookedWSGIHandler(WebSocketHandler):
         self.rfile = sock.makefile("rb", self.read_buffer)
         default.close()  # only releases the socket reference it counted; nothing was read
 
+    def upgrade_websocket(self) -> Any:
+        """Upgrade (gevent-websocket); with :attr:`defer_upgrade_answer`, hold the ``101``
+        answer back until :meth:`take_upgrade_answer`, or until the websocket is first read
+        or written (then it is sent first, as gevent would have)."""
+        result = super().upgrade_websocket()
+        ws = getattr(self, "websocket", None)
+        if self.defer_upgrade_answer and ws is not None and result is None:
+            self.held_answer = _HOLD
+            stream = ws.stream
+            read, write = stream.read, ws.raw_write
+
+            def read_after_answer(*args: Any) -> Any:
+                self.release_upgrade_answer()
+                return read(*args)
+
+            def write_after_answer(data: Any) -> Any:
+                self.release_upgrade_answer()
+                return write(data)
+
+            stream.read = read_after_answer
+            ws.raw_write = write_after_answer
+        return result
+
+    def take_upgrade_answer(self) -> bytes:
+        """The held ``101`` answer, which the caller now sends first; ``b""`` if none."""
+        held = self.held_answer
+        self.held_answer = None
+        return held if isinstance(held, bytes) else b""
+
+    def release_upgrade_answer(self) -> None:
+        """Send the held ``101`` answer now (nobody took it)."""
+        held = self.held_answer
+        if held is None:
+            return
+        self.held_answer = None
+        if isinstance(held, bytes) and self.socket is not None:
+            super()._sendall(held)
+
+    def _sendall(self, data: Any) -> None:
+        if self.held_answer is _HOLD:
+            self.held_answer = bytes(data)
+            self.response_length += len(data)
+            return
+        if self.held_answer is not None:
+            self.release_upgrade_answer()
+        super()._sendall(data)
+
+    def run_application(self) -> None:
+        try:
+            super().run_application()
+        finally:
+            self.release_upgrade_answer()
+
+
+_HOLD = object()
+"""The handler's next write is the ``101`` answer to hold (``HookedWSGIHandler.held_answer``)."""
 
 _TAKES_RFILE = "rfile" in inspect.signature(WebSocketHandler.__init__).parameters
 """gevent's handler takes its read file as an argument (every version gsocket supports; it is
