@@ -357,3 +357,57 @@ def test_the_bridge_survives_a_redis_that_closes_and_comes_back(redis_server: An
     finally:
         bridge.stop()
         client.close()
+
+
+REDIS_PY_READER = """
+from gevent import monkey
+
+monkey.patch_all()
+
+import json, sys, time
+from types import SimpleNamespace
+
+import gevent, redis
+
+from gsocket.contract import bridge as bridge_module
+from gsocket.metrics import Metrics
+
+bridge_module.resp.supported = lambda url: False  # take the redis-py reader (TLS URLs')
+calls, ticks = [], []
+manager = SimpleNamespace(
+    deliver=lambda *args: 1, deliver_body=lambda site, room, body: calls.append(body) or 1
+)
+server = SimpleNamespace(manager=manager, transport=SimpleNamespace(flush_in_steps=list))
+bridge = bridge_module.Bridge(server, sys.argv[1], Metrics())
+bridge.start()
+deadline = time.monotonic() + 10
+while not bridge.subscribed and time.monotonic() < deadline:
+    gevent.sleep(0.01)
+ticker = gevent.spawn(lambda: [ticks.append(1) or gevent.sleep(0.001) for _ in range(50)])
+client = redis.Redis.from_url(sys.argv[1])
+for n in range(2000):
+    client.publish("events", '{"event":"e","message":%d,"room":"r","namespace":"s"}' % n)
+deadline = time.monotonic() + 10
+while len(calls) < 2000 and time.monotonic() < deadline:
+    gevent.sleep(0.01)
+ticker.join(10)
+bridge.stop()
+print(json.dumps({"in_order": calls == ['["e",%d]' % n for n in range(2000)], "ticks": len(ticks)}))
+"""
+
+
+def test_the_redis_py_reader_delivers_in_order_and_lets_the_loop_run(redis_server: Any):
+    """The reader kept for the URLs resp.py does not speak (TLS), over plain TCP in a
+    gevent-patched process as the server is: every message delivered, spliced, in order,
+    and a greenlet ticking meanwhile is not starved."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", REDIS_PY_READER, redis_server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"in_order": True, "ticks": 50}
