@@ -7,6 +7,11 @@ channel and reads, so this module speaks just that part of RESP2 on a gevent soc
 ``AUTH``, ``SUBSCRIBE``, ``PING``, and a reader that parses every complete reply in its buffer
 after each ``recv``.
 
+The reader waits for the socket itself, then reads once: gevent's ``recv`` reads first and
+waits on ``EAGAIN``, so every wakeup of a quiet channel cost a second ``recv`` (and the
+exception, and a ``Waiter``) just to learn that the socket is empty again.  A wakeup is now
+one libev watcher callback that switches straight to the reading greenlet, and one ``recv``.
+
 URLs are parsed by redis-py (``redis://``, ``unix://``, credentials); TLS (``rediss://``) is
 not spoken here (:func:`supported` says so and the caller keeps redis-py for it).
 """
@@ -16,13 +21,19 @@ from __future__ import annotations
 import socket as pysocket
 from typing import Any
 
+import gevent
 from gevent import socket as gsocket
 from redis.connection import UnixDomainSocketConnection, parse_url
+
+from gsocket.protocol.internals.gevent_hooks import raw_socket
 
 MESSAGE = b"*3\r\n$7\r\nmessage\r\n"
 """How a published message starts on a RESP2 subscriber connection."""
 
 READ_SIZE = 256 * 1024
+"""Bytes one read takes at most, into a buffer made once: ``recv(READ_SIZE)`` would allocate
+that much per call, which glibc serves with ``mmap``, ``mremap`` and ``munmap`` above 128 KiB
+(about 11 µs a read, more than the rest of a lone event's Python)."""
 
 
 class ReplyError(Exception):
@@ -106,8 +117,11 @@ class Subscriber:
         self.options = parse_url(url)
         self.connect_timeout = connect_timeout
         self._sock: Any = None
+        self._raw: Any = None
+        self._watcher: Any = None
+        self._chunk = memoryview(b"")
         self._buf = bytearray()
-        self._timeout: float | None = None
+        self._ahead = False
         self._prefix = MESSAGE
 
     def connect(self) -> None:
@@ -133,6 +147,9 @@ class Subscriber:
             sock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
             sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_KEEPALIVE, 1)
         self._sock = sock
+        self._raw = raw_socket(sock)  # non-blocking: read only once the watcher said so
+        self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+        self._chunk = memoryview(bytearray(READ_SIZE))
         self._buf = bytearray()
         password = opts.get("password")
         if password:
@@ -157,6 +174,7 @@ class Subscriber:
         name = channel.encode()
         # Every message of this channel starts the same way, up to its payload's length.
         self._prefix = MESSAGE + b"$%d\r\n%s\r\n$" % (len(name), name)
+        self._ahead = bool(self._buf)  # messages that came with the answer: read them first
 
     def ping(self) -> None:
         """Send ``PING``; the answer arrives among the messages (and is left out of them)."""
@@ -165,7 +183,6 @@ class Subscriber:
     def _reply(self) -> Any:
         """Read one reply, within the connect timeout (handshake only)."""
         self._sock.settimeout(self.connect_timeout)
-        self._timeout = self.connect_timeout
         while True:
             try:
                 reply, pos = parse_reply(self._buf, 0)
@@ -181,23 +198,37 @@ class Subscriber:
             raise ConnectionResetError("Redis closed the connection")
         self._buf += data
 
-    def read(self, timeout: float | None = None) -> list[bytes] | None:
-        """Wait for data; return the payloads of every complete message received so far
-        (possibly none: a PONG, a partial message).
+    def read(self, timeout: float | None = None, ready: bool = False) -> list[bytes] | None:
+        """Wait until the socket is readable, read what it holds (one ``recv``) and return
+        the payloads of every complete message received so far (possibly none: a PONG, a
+        partial message).
 
         :param timeout: seconds to wait; ``None`` waits without a timer (the cheapest wait
             gevent has), until data comes or :meth:`abort` is called.
+        :param ready: the caller expects data (it let messages gather): ``recv`` first, and
+            wait only if the socket turns out empty.
         :returns: ``None`` when nothing at all arrived within ``timeout``.
         :raises OSError: the connection is lost.
         """
-        if timeout != self._timeout:
-            self._sock.settimeout(timeout)
-            self._timeout = timeout
-        try:
-            self._fill()
-        except TimeoutError:
-            return None
         buf = self._buf
+        if self._ahead:
+            self._ahead = False
+        else:
+            size = self._recv() if ready else None
+            if size is None:
+                if timeout is None:
+                    self._wait()
+                else:
+                    try:
+                        gsocket.wait_read(self._raw.fileno(), timeout)
+                    except TimeoutError:
+                        return None
+                size = self._recv()
+                if size is None:
+                    return []  # woken, but another reader (none in gsocket) took the bytes
+            if not size:
+                raise ConnectionResetError("Redis closed the connection")
+            buf += self._chunk[:size]
         out: list[bytes] = []
         view = memoryview(buf)
         try:
@@ -206,6 +237,23 @@ class Subscriber:
             view.release()
         del buf[:pos]
         return out
+
+    def _recv(self) -> int | None:
+        """Read what the socket holds into the read buffer; ``None`` when it is empty."""
+        try:
+            return self._raw.recv_into(self._chunk)
+        except BlockingIOError:
+            return None
+
+    def _wait(self) -> None:
+        """Block this greenlet until the socket is readable: the watcher's callback switches
+        back to it directly (gevent's wait would add a ``Waiter`` and its checks)."""
+        watcher = self._watcher
+        watcher.start(gevent.getcurrent().switch)
+        try:
+            gevent.get_hub().switch()
+        finally:
+            watcher.stop()
 
     def _parse(self, buf: bytearray, view: memoryview, size: int, out: list[bytes]) -> int:
         """Append the payload of every complete message of ``buf`` to ``out``; return the
@@ -254,8 +302,12 @@ class Subscriber:
 
     def close(self) -> None:
         """Close the connection."""
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
         if self._sock is not None:
             try:
                 self._sock.close()
             finally:
-                self._sock = None
+                self._sock = self._raw = None
+                self._chunk = memoryview(b"")
