@@ -596,11 +596,8 @@ def test_bridge_writes_and_yields_after_enough_frames_not_only_enough_messages()
         emitted.append((site, room, event, message))
         return room_size
 
-    def deliver_body(site: str, room: str, body: str) -> int:  # the spliced layouts
-        return deliver(site, room, *json.loads(body))
-
     server = SimpleNamespace(
-        manager=SimpleNamespace(deliver=deliver, deliver_body=deliver_body),
+        manager=SimpleNamespace(deliver=deliver),
         transport=SimpleNamespace(flush_in_steps=lambda: flushed_after.append(len(emitted))),
     )
     bridge = Bridge(server, "redis://127.0.0.1:1", Metrics())  # type: ignore[arg-type]
@@ -658,15 +655,9 @@ def test_bridge_reads_a_dense_stream_of_user_events_in_gathered_batches(redis_se
     count = 500
     emitted: list[tuple[str, str, object]] = []
     batches: list[int] = []
-
-    def record(site: str, room: str, event: str, message: object) -> int:
-        emitted.append((room, event, message))
-        return 1
-
     server = SimpleNamespace(
         manager=SimpleNamespace(
-            deliver=record,
-            deliver_body=lambda site, room, body: record(site, room, *json.loads(body)),
+            deliver=lambda site, room, event, message: emitted.append((room, event, message)) or 1
         ),
         transport=SimpleNamespace(flush_in_steps=lambda: None),
     )

@@ -2,13 +2,11 @@
 
 ``frappe.publish_realtime`` does ``PUBLISH events {"event", "message", "room", "namespace"}``
 on ``redis_queue``.  One greenlet listens on that channel and emits each message to its room
-of ``/<namespace>``, or to every site when it has no room: the bridge hands the event's JSON
-body, spliced from the published text (:func:`splice_message`), to the manager
-(:meth:`gsocket.protocol.manager.RoomIndex.deliver_body`), which frames it once for every
-recipient; a message in another layout is decoded and encoded again
-(:func:`parse_message`, :meth:`~gsocket.protocol.manager.RoomIndex.deliver`).  Redis pub/sub
-keeps nothing for a subscriber that is away, so a lost connection is retried at once and then
-at short, bounded intervals, forever; a malformed message costs one log line.
+of ``/<namespace>``, or to every site when it has no room: the bridge hands ``(namespace, room,
+event, message)`` to the manager (:meth:`gsocket.protocol.manager.RoomIndex.deliver`), which
+encodes it once for every recipient.  Redis pub/sub keeps nothing for a subscriber that is
+away, so a lost connection is retried at once and then at short, bounded intervals, forever;
+a malformed message costs one log line.
 
 Every message received by one read is delivered in one go (:mod:`gsocket.protocol.resp`
 parses them all), the frames for each client are written together at the end of the batch,
@@ -22,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from typing import Any
 
@@ -71,36 +68,12 @@ class BadMessage(ValueError):
     """A message on the channel that is not Frappe's realtime shape."""
 
 
-class _NotFinite(ValueError):
-    """A number of the message that is not finite as a float (``1e400``)."""
-
-
 def _reject_constant(name: str) -> Any:
     raise BadMessage(f"{name} is not JSON")
 
 
-def _finite_float(literal: str) -> float:
-    value = float(literal)
-    if not math.isfinite(value):
-        raise _NotFinite(literal)
-    return value
-
-
 _scan = json.JSONDecoder(parse_constant=_reject_constant).scan_once
 """The C scanner of a decoder built once (``json.loads`` with arguments builds one per call)."""
-_scan_finite = json.JSONDecoder(
-    parse_constant=_reject_constant, parse_float=_finite_float
-).scan_once
-"""The same scanner, refusing (with :class:`_NotFinite`) a number that only becomes a float
-by overflowing: spliced as text, browsers would read it as Infinity, not ``null``."""
-_LAYOUTS = (
-    ('{\n "event": "', '",\n "message": '),  # frappe.as_json: indent=1, sorted keys
-    ('{"event":"', '","message":'),  # compact
-    ('{"event": "', '", "message": '),  # json.dumps' default separators
-)
-"""How the usual publishers start a message: ``event``, then ``message``."""
-_FIELDS = frozenset({"room", "namespace"})
-_WHITESPACE = " \t\n\r"
 
 
 def _loads(data: bytes | str) -> Any:
@@ -115,61 +88,6 @@ def _loads(data: bytes | str) -> Any:
             raise ValueError("extra data after the JSON value")
         return value
     return json.loads(data, parse_constant=_reject_constant)
-
-
-def splice_message(text: str) -> tuple[str, str | None, str | None] | None:
-    """``(body, room, namespace)`` of a published message in one of the usual layouts
-    (:data:`_LAYOUTS`), with ``body`` (the Socket.IO event's JSON array, ``[event,
-    message]``) made of the published text of ``event`` and ``message`` instead of decoding
-    and encoding them again.
-
-    ``message`` is still parsed (it must be JSON, without NaN, Infinity or numbers that
-    overflow a float); only its encoding is saved.  The text may differ from what encoding
-    the decoded value gives (whitespace, escapes, ``1.0``), never in what a client's
-    ``JSON.parse`` makes of it.
-
-    :returns: ``None`` for anything else (another layout, an event name with escapes, keys
-        other than ``room`` and ``namespace`` after ``message``, a non-finite number, a rule
-        of :func:`parse_message` broken): the caller then goes the way of
-        :func:`parse_message`, which accepts or refuses it as before.
-    """
-    for layout in _LAYOUTS:
-        if text.startswith(layout[0]):
-            opening, middle = layout
-            break
-    else:
-        return None
-    first = len(opening)
-    close = text.find('"', first)
-    event = text[first:close]
-    # The literal is the name itself unless it has escapes (or characters JSON forbids raw).
-    if close < 0 or "\\" in event or not event.isprintable() or event in RESERVED_EVENTS:
-        return None
-    if not event or not text.startswith(middle, close):
-        return None
-    start = close + len(middle)
-    try:
-        _, end = _scan_finite(text, start)
-        if text[end : end + 1] != ",":
-            return None
-        rest = "{" + text[end + 1 :]
-        fields, stop = _scan(rest, 0)
-    except (StopIteration, ValueError, RecursionError):
-        return None
-    # A second event or message after the first would make the text two values.
-    if type(fields) is not dict or fields.keys() != _FIELDS:
-        return None
-    if stop != len(rest) and rest[stop:].strip(_WHITESPACE):
-        return None
-    room, namespace = fields["room"], fields["namespace"]
-    if not (room is None or type(room) is str) or not (namespace is None or type(namespace) is str):
-        return None
-    if room and not namespace:
-        return None
-    literal = text[first - 1 : close + 1]
-    if end - start == 4 and text.startswith("null", start):
-        return "[" + literal + "]", room or None, namespace or None
-    return "[" + literal + "," + text[start:end] + "]", room or None, namespace or None
 
 
 def parse_message(data: bytes | str) -> tuple[str, Any, str | None, str | None]:
@@ -222,7 +140,6 @@ class Bridge:
         self._heard = 0.0
         self._unanswered = False
         self._deliver = server.manager.deliver
-        self._deliver_body = server.manager.deliver_body
 
     def start(self) -> None:
         """Start the bridge greenlet."""
@@ -240,35 +157,24 @@ class Bridge:
     def deliver(self, data: bytes | str) -> int | None:
         """Emit one published message to its sockets; a bad one is logged and skipped.
 
-        The usual layouts are spliced (:func:`splice_message`); anything else is decoded
-        and encoded again (:func:`parse_message`).  The frames are written when the caller
-        flushes (:meth:`deliver_batch`) or at the end of the event-loop turn.
+        The frames are written when the caller flushes (:meth:`deliver_batch`) or at the end
+        of the event-loop turn.
 
         :returns: the number of frames queued (about one per recipient), or ``None`` when
             the message was skipped.
         """
-        room = namespace = None
         try:
-            spliced = splice_message(data.decode("utf-8") if isinstance(data, bytes) else data)
-        except UnicodeDecodeError:
-            spliced = None
-        try:
-            if spliced is not None:
-                body, room, namespace = spliced
-                return self._deliver_body(namespace, room, body)
             event, message, room, namespace = parse_message(data)
-            return self._deliver(namespace, room, event, message)
         except BadMessage as e:
             self.metrics.bridged.inc("malformed")
             log.warning("skipped a malformed message on Redis channel %r: %s", CHANNEL, e)
             return None
+        try:
+            return self._deliver(namespace, room, event, message)
         except Exception:  # noqa: BLE001 - one message must never end the bridge
             self.metrics.bridged.inc("failed")
             log.exception(
-                "could not emit a message from Redis to room %r of %s: %.100r",
-                room,
-                namespace,
-                data,
+                "could not emit event %r from Redis to room %r of %s", event, room, namespace
             )
             return None
 

@@ -312,14 +312,6 @@ class RoomIndex:
             body = encode_acyclic([event] if message is None else [event, message])
         except TypeError as e:
             raise ValueError(f"cannot be sent as JSON ({e})") from None
-        return self.deliver_body(site, room, body)
-
-    def deliver_body(self, site: str | None, room: str | None, body: str) -> int:
-        """:meth:`deliver` of an event already encoded: ``body`` is the JSON array of its
-        name and argument (what the bridge splices from the published text).
-
-        :returns: the number of sockets it was written to.
-        """
         numbering = self.numbering
         if numbering is not None:
             body = append_argument(body, numbering(site or "", room or "", body))
