@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 TREE = HERE.parent
@@ -191,6 +192,8 @@ def wire_sender(spec: dict) -> None:
 
     from gsocket.protocol import writer as writer_module
 
+    if not writer_module.__file__.startswith(spec["tree"]):
+        raise RuntimeError(f"measuring {writer_module.__file__}, not {spec['tree']}'s writer")
     writer = writer_module.Writer(None, 1_000_000, lambda sid, why: None)
     room: dict[str, str] = {}
     socks = []
@@ -247,17 +250,22 @@ class Stand:
             self.conns.append(conn)
         listener.close()
         for r in self.readers:
-            assert r.stdout is not None
-            if r.stdout.readline().strip() != "ready":
+            assert r.proc.stdout is not None
+            if r.proc.stdout.readline().strip() != "ready":
                 raise RuntimeError("a reader did not connect")
         self.c_binary = self._compile() if shutil.which("gcc") else None
 
-    def _reader(self, port: int, count: int) -> subprocess.Popen:
+    def _reader(self, port: int, count: int) -> Any:
+        """A reader process (gsocket's ``Child``, imported here: the ``wire`` senders import
+        gsocket from the tree they measure)."""
+        sys.path.insert(0, str(TREE))
+        from gsocket.demo.processes import Child
+
         if self.args.reader == "node":
             argv = ["node", "-e", NODE_READER, str(port), str(count), str(self.args.work)]
         else:
             argv = [sys.executable, __file__, "--read", str(port), str(count)]
-        return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return Child("reader", argv, stdout_pipe=True, stdin=subprocess.PIPE, text=True)
 
     def _compile(self) -> Path:
         src = self.tmp / "sender.c"
@@ -269,10 +277,10 @@ class Stand:
     def received(self) -> int:
         total = 0
         for r in self.readers:
-            assert r.stdin is not None and r.stdout is not None
-            r.stdin.write("?\n")
-            r.stdin.flush()
-            total += int(r.stdout.readline())
+            assert r.proc.stdin is not None and r.proc.stdout is not None
+            r.proc.stdin.write("?\n")
+            r.proc.stdin.flush()
+            total += int(r.proc.stdout.readline())
         return total
 
     def run(self, sender: str, perf: Path | None) -> dict:
@@ -308,8 +316,7 @@ class Stand:
 
     def close(self) -> None:
         for r in self.readers:
-            r.kill()
-            r.wait()
+            r.stop(timeout=5)
         for c in self.conns:
             c.close()
 

@@ -61,7 +61,7 @@ def send_pending(wires: Iterable[Wire]) -> None:
     and the kernel takes it whole, so that case costs a ``send`` and a few slot reads, with
     no method call.  A wire that is draining (its frames queue behind the drainer) or has
     ended is passed over; what the kernel does not take goes to a drainer
-    (:meth:`Wire._drain_later`); a failing connection is dropped and its session ended
+    (:meth:`Wire.drain_later`); a failing connection is dropped and its session ended
     (:meth:`Wire.lost`), and one connection never stops the others.
     """
     for wire in wires:
@@ -79,9 +79,9 @@ def send_pending(wires: Iterable[Wire]) -> None:
                 wire.lost(e)
                 continue
             if sent != len(data):
-                wire._drain_later(data, sent)
-            elif wire.state or wire._idle is not None:
-                wire._settle()  # the close frame went out, or join() waits
+                wire.drain_later(data, sent)
+            elif wire.state or wire.idle is not None:
+                wire.settle()  # the close frame went out, or join() waits
         except Exception:  # noqa: BLE001 - one connection must not stop the others
             log.exception("flushing websocket %s failed", wire.sid)
             wire.lost()
@@ -111,7 +111,7 @@ class Wire:
         "rest",
         "drainer",
         "state",
-        "_idle",
+        "idle",
     )
 
     def __init__(self, transport: Writer, sid: str, gsock: Any, ws: Any) -> None:
@@ -124,7 +124,7 @@ class Wire:
         self.rest: memoryview | None = None
         self.drainer: gevent.Greenlet | None = None
         self.state = OPEN
-        self._idle: Event | None = None
+        self.idle: Event | None = None  # what join() waits on, set once nothing is pending
 
     # ---- the queue interface ---------------------------------------------------------
 
@@ -146,9 +146,9 @@ class Wire:
         """
         if self.settled():
             return True
-        if self._idle is None or self._idle.is_set():
-            self._idle = Event()  # set again when this batch is out (or the wire ends)
-        return bool(self._idle.wait(timeout))
+        if self.idle is None or self.idle.is_set():
+            self.idle = Event()  # set again when this batch is out (or the wire ends)
+        return bool(self.idle.wait(timeout))
 
     # ---- writing ---------------------------------------------------------------------
 
@@ -172,7 +172,7 @@ class Wire:
         """Hand pending frames to the kernel without waiting; a full buffer starts a drainer."""
         send_pending((self,))
 
-    def _drain_later(self, data: bytes, sent: int) -> None:
+    def drain_later(self, data: bytes, sent: int) -> None:
         """The kernel took ``sent`` bytes of ``data``: a greenlet writes the rest when the
         socket is writable again, and frames written meanwhile after it."""
         self.rest = memoryview(data)[sent:]
@@ -193,9 +193,11 @@ class Wire:
             self.lost(e)
         finally:
             self.drainer = None
-        self._settle()
+        self.settle()
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
+        """Once nothing is pending: a closing wire whose close frame went out ends, and a
+        waiter of :meth:`join` is woken."""
         if self.out or self.rest is not None:
             return
         if self.state == CLOSING:
@@ -203,8 +205,8 @@ class Wire:
             self.ws.closed = True
             self.transport.forget(self)
             self._release()
-        if self._idle is not None:
-            self._idle.set()
+        if self.idle is not None:
+            self.idle.set()
 
     def lost(self, error: BaseException | None = None) -> None:
         """The connection cannot be written any more: drop what is pending."""
@@ -218,8 +220,8 @@ class Wire:
         if self.drainer is not None and self.drainer is not gevent.getcurrent():
             self.drainer.kill(block=False)
         self._release()
-        if self._idle is not None:
-            self._idle.set()
+        if self.idle is not None:
+            self.idle.set()
         if error is not None:
             log.debug("write to websocket %s failed: %s", self.sid, error)
             self.transport.broken(self.sid, gsock)
