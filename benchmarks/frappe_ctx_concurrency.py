@@ -84,6 +84,13 @@ print(json.dumps(frappe_ctx_cost.measure(sys.argv[1], sys.argv[2], int(sys.argv[
 """
 
 
+def _append(out: Path | None, result: dict[str, Any]) -> None:
+    """Add one result line to the JSONL file ``out`` (``None``: nothing is written)."""
+    if out is not None:
+        with out.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
 def _benchutil() -> ModuleType:
     """tests/fake_frappe/benchutil.py, loaded by path.
 
@@ -382,9 +389,7 @@ def run(
             db_max_connections=db_max_connections,
         )
         results.append(result)
-        if out is not None:
-            with out.open("a") as f:
-                f.write(json.dumps(result) + "\n")
+        _append(out, result)
     return results
 
 
@@ -567,9 +572,7 @@ def measure_real(
                             db_max_connections=db_max_connections,
                         )
                         results.append(result)
-                        if out is not None:
-                            with out.open("a") as f:
-                                f.write(json.dumps(result) + "\n")
+                        _append(out, result)
                         print(_real_summary(result), flush=True)
         finally:
             _root_sql(bench, f"SET GLOBAL max_connections = {before}")
