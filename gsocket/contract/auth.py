@@ -11,7 +11,6 @@ CONNECT_ERROR.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from werkzeug.http import parse_cookie
 from gsocket.config import Config
 from gsocket.contract.sites import hostname_of, origin_matches_host, resolve_site, resolve_site_from
 from gsocket.contract.webclient import Credential, Unauthorized, WebClient, WebUnavailable
+from gsocket.protocol.headers import remember_short
 
 #: Characters of a header value quoted in a log line: enough to recognise it, and a client's
 #: 64 KiB header does not become a 64 KiB log line.
@@ -35,14 +35,11 @@ def shown(value: object) -> str:
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "...(cut)"
 
 
-MAX_REMEMBERED_ORIGIN = 300
-"""Longest Origin whose web URL is remembered (every desk of a site sends the same one)."""
-
-
-@functools.lru_cache(maxsize=256)
+@remember_short(256)
 def _origin_web_url(origin: str, developer_port: int | None) -> str | None:
     """The web process's base URL for ``origin`` (with ``developer_port`` in developer mode),
-    or ``None`` when it is not one http(s) origin."""
+    or ``None`` when it is not one http(s) origin; remembered, as every desk of a site sends
+    the same Origin."""
     try:
         parts = urlsplit(origin)
         port = parts.port
@@ -158,10 +155,7 @@ class Authenticator:
             return configured
         origin = environ.get("HTTP_ORIGIN", "")
         developer_port = self.config.webserver_port if self.config.developer_mode else None
-        if len(origin) <= MAX_REMEMBERED_ORIGIN:
-            url = _origin_web_url(origin, developer_port)
-        else:
-            url = _origin_web_url.__wrapped__(origin, developer_port)
+        url = _origin_web_url(origin, developer_port)
         if url is None:
             raise Refused(
                 "invalid_origin",

@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from gsocket.protocol.headers import MAX_REMEMBERED, remember_short
+
 LOCAL_HOSTNAMES = frozenset({"localhost", "127.0.0.1"})
-MAX_CACHED = 300
-"""Longest header value or address whose parse is remembered: a client must not fill the
-caches with its 64 KiB headers."""
 
 
 def hostname_of(value: str | None) -> str | None:
@@ -25,11 +24,7 @@ def hostname_of(value: str | None) -> str | None:
     ``"site1.local:8000"``, ``"http://site1.local:8000"`` and ``"site1.local"`` all give
     ``"site1.local"``; an empty or unparsable value gives ``None``.
     """
-    if not value:
-        return None
-    if len(value) > MAX_CACHED:
-        return _parse_hostname(value)
-    return _cached_hostname(value)
+    return _cached_hostname(value) if value else None
 
 
 def _parse_hostname(value: str) -> str | None:
@@ -42,7 +37,7 @@ def _parse_hostname(value: str) -> str | None:
     return host or None
 
 
-_cached_hostname = functools.lru_cache(maxsize=1024)(_parse_hostname)
+_cached_hostname = remember_short(1024)(_parse_hostname)
 """Every connect parses the same few Host and Origin values; short ones are remembered."""
 
 
@@ -54,7 +49,7 @@ def is_trusted_proxy(remote_addr: str | None, trusted: tuple[str, ...] | None) -
     """
     if not remote_addr:
         return True
-    if len(remote_addr) > MAX_CACHED:
+    if len(remote_addr) > MAX_REMEMBERED:
         return False  # not an address
     return _trusted(remote_addr, trusted)
 

@@ -13,13 +13,44 @@ headers there.  Obsolete line folding is unfolded into one space (RFC 9112 secti
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, TypeVar
 
 MAX_LINE = 65536
 """Longest header line (``http.client``'s bound)."""
 MAX_HEADERS = 100
 """Most header lines in one request (``http.client``'s bound)."""
+MAX_REMEMBERED = 300
+"""Longest header value (or query string, or address) whose parse is remembered: a client
+must not fill the caches with its 64 KiB headers (1 024 such values would pin 64 MiB)."""
+
+T = TypeVar("T")
+
+
+def remember_short(maxsize: int) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Remember ``parse(value, *rest)`` for the last ``maxsize`` values of at most
+    :data:`MAX_REMEMBERED` characters; longer ones are parsed every time.
+
+    Every connect sends the same few Host, Origin and query values, and parsing them
+    (``urlsplit``, ``parse_qs``) was a few per cent of a connect's CPU.  The returned function
+    has the cache's ``cache_info`` and ``cache_clear``.
+    """
+
+    def decorate(parse: Callable[..., T]) -> Callable[..., T]:
+        cached = functools.lru_cache(maxsize=maxsize)(parse)
+
+        @functools.wraps(parse)
+        def remembered(value: str, *rest: Any) -> T:
+            if len(value) > MAX_REMEMBERED:
+                return parse(value, *rest)
+            return cached(value, *rest)
+
+        remembered.cache_info = cached.cache_info  # type: ignore[attr-defined]
+        remembered.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+        return remembered
+
+    return decorate
 
 
 class RequestHeaders:

@@ -14,12 +14,11 @@ default (the buffer lives as long as the connection).
 
 from __future__ import annotations
 
-import functools
 import socket as pysocket
 from typing import Any
 from urllib.parse import parse_qs
 
-from gsocket.protocol.headers import read_headers
+from gsocket.protocol.headers import read_headers, remember_short
 from gsocket.protocol.internals.gevent_hooks import HookedWSGIHandler
 
 READ_BUFFER = 1024
@@ -29,9 +28,6 @@ take two reads instead of one."""
 
 ENGINEIO_METHODS = frozenset({"GET", "POST", "OPTIONS"})
 """HTTP methods of Engine.IO requests (OPTIONS for CORS preflights)."""
-MAX_REMEMBERED_QUERY = 300
-"""Longest query string whose ``transport`` check is remembered (longer ones carry a polling
-client's cache-busting ``t`` or are odd; they are parsed every time)."""
 POST_ACCEPTED = b"ok"
 """The body of the answer to an accepted polling POST, as Node's reference server writes it."""
 
@@ -52,19 +48,13 @@ def request_refusal(environ: dict[str, Any]) -> str | None:
     return None
 
 
+@remember_short(256)
 def names_transport(query: str) -> bool:
     """Whether a query string gives ``transport`` a value (as ``parse_qs`` reads it).
 
     Every websocket-only client of one kind sends the same query string
     (``EIO=4&transport=websocket``), so short ones are answered from a small cache.
     """
-    if len(query) > MAX_REMEMBERED_QUERY:
-        return "transport" in parse_qs(query)
-    return _names_transport(query)
-
-
-@functools.lru_cache(maxsize=256)
-def _names_transport(query: str) -> bool:
     return "transport" in parse_qs(query)
 
 
