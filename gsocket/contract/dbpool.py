@@ -194,7 +194,7 @@ def reset(conn: Any, commit: bool = False, timeout: float = RESET_TIMEOUT) -> No
         raise TimeoutError(f"the reset took over {timeout:g} s") from None
     finally:
         limit.close()
-    if answer != ((nonce,),):
+    if answer != nonce:
         raise RuntimeError(f"the connection answered {answer!r} to SELECT {nonce}")
 
 

@@ -572,7 +572,9 @@ def config_edits(a: dict[str, Any]) -> dict[str, Any]:
 
 def endings(a: dict[str, Any]) -> dict[str, Any]:
     """How a context ends its transaction, by what the handler did: no query at all (no
-    connection is borrowed), a commit callback without a query, writes (committed), an
+    connection is borrowed), a commit callback without a query, writes through the ORM (which
+    leaves ``after_commit`` callbacks) and through SQL (none; committed with the connection's
+    reset), a ``COMMIT`` the server refuses (with and without a pool), an
     ``after_commit`` callback that writes after the last commit (never committed, in Frappe
     too), with autocommit turned on by the handler, and a raise with a rollback callback."""
     import frappe
@@ -624,6 +626,15 @@ def endings(a: dict[str, Any]) -> dict[str, Any]:
         return "ok"
 
     step("writes", writes)
+
+    def sql_writes() -> str:
+        frappe.db.sql(
+            "INSERT INTO `tabToDo` (name, description) VALUES (%s, %s)",
+            (f"sql-{token}", f"sql-written-{token}"),
+        )
+        return "ok"
+
+    step("sql_writes", sql_writes)
 
     def late_write() -> None:
         todo("before-commit")

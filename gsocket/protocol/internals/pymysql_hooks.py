@@ -78,21 +78,42 @@ def read_commit(conn: Any) -> None:
     conn._read_query_result()
 
 
-def read_reset(conn: Any, statements: list[str]) -> Any:
-    """Read the answers to ``COM_RESET_CONNECTION`` and ``statements`` of
-    :func:`write_reset` in turn, and return the rows of the last.
+def read_reset(conn: Any, statements: list[str]) -> int | None:
+    """Read the answers to ``COM_RESET_CONNECTION`` and ``statements`` of :func:`write_reset`
+    in turn; return the integer the last one answered, or None when its answer was not one
+    row of one integer (the connection is then out of step with its commands).
 
-    Uses ``_next_seq_id``, ``_read_ok_packet()`` (no argument; raises on anything but an OK
-    packet) and ``_read_query_result()`` (reads one command's answer into ``_result`` and
-    updates ``server_status``, which ``get_autocommit()`` reads): the same in PyMySQL 1.1.1
-    and 1.2.4.
+    ``statements`` are what :func:`write_reset` sent: the first answered by an OK packet (a
+    ``SET``), the last a ``SELECT`` of one integer, any between them read as PyMySQL reads a
+    query's answer.  The first and last are read packet by packet instead of through
+    PyMySQL's result objects (column descriptions, converters): the same checks for a third
+    of the hub's CPU.  Uses ``_next_seq_id``, ``_read_ok_packet()`` (no argument; raises on
+    anything but an OK packet and updates ``server_status``, which ``get_autocommit()``
+    reads), ``_read_query_result()``, ``_read_packet()`` (raises the server's error on an
+    error packet), ``_result`` (None, as ``connect()`` leaves it) and the packets'
+    ``get_all_data()``, ``is_eof_packet()``, ``read_length_coded_string()``: the same in
+    PyMySQL 1.1.1 and 1.2.4.  The answer to a one-column ``SELECT`` is, without
+    ``CLIENT_DEPRECATE_EOF`` (which PyMySQL does not ask for): the column count, the
+    column's description, EOF, the row, EOF.
     """
     conn._next_seq_id = 1
     conn._read_ok_packet()
-    for _ in statements:
+    conn._next_seq_id = 1
+    conn._read_ok_packet()
+    for _ in statements[1:-1]:
         conn._next_seq_id = 1
         conn._read_query_result()
-    return conn._result.rows
+    conn._next_seq_id = 1
+    conn._result = None
+    if conn._read_packet().get_all_data() != b"\x01":
+        return None
+    conn._read_packet()
+    if not conn._read_packet().is_eof_packet():
+        return None
+    value = conn._read_packet().read_length_coded_string()
+    if not conn._read_packet().is_eof_packet() or value is None or not value.isdigit():
+        return None
+    return int(value)
 
 
 def share_pymysql_default_tls_context() -> bool:
