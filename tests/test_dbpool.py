@@ -197,6 +197,25 @@ def test_a_connection_still_owing_an_answer_is_closed_not_reused(
     assert mariadb.wait_for_connections(0) == 0
 
 
+def test_a_commit_sent_with_the_reset_on_a_connection_owing_an_answer_never_keeps_it(
+    mariadb: MariaDBServer, connect: Callable[[], pymysql.Connection]
+) -> None:
+    """A late result set where the COMMIT's OK belongs fails the commit (out of sync); a late
+    OK packet is taken for the COMMIT's, and the nonce then fails the reset.  Either way the
+    connection is closed."""
+    pool = DBPool(4)
+    conn = pool.checkout(KEY, connect)
+    conn._execute_command(COMMAND.COM_QUERY, "SELECT SLEEP(0.1)")
+    with pytest.raises(pymysql.err.OperationalError, match="Out of Sync"):
+        pool.checkin(KEY, conn, commit=True)
+    assert not conn.open and pool.idle(KEY) == 0
+    conn = pool.checkout(KEY, connect)
+    conn._execute_command(COMMAND.COM_QUERY, "DO 1")
+    pool.checkin(KEY, conn, commit=True)
+    assert not conn.open and pool.idle(KEY) == 0 and pool.counts["reset_failed"] == 2
+    assert mariadb.wait_for_connections(0) == 0
+
+
 def test_a_connection_killed_while_idle_is_not_lent(
     mariadb: MariaDBServer, connect: Callable[[], pymysql.Connection]
 ) -> None:

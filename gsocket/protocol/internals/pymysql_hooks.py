@@ -73,9 +73,10 @@ def write_reset(conn: Any, statements: list[str], commit: bool = False) -> None:
 def read_commit(conn: Any) -> None:
     """Read the answer to the ``COMMIT`` of :func:`write_reset`; raise PyMySQL's error when
     the server refused it or the connection was lost before it answered (as ``commit()``
-    would).  ``_next_seq_id`` and ``_read_query_result()``, as in :func:`read_reset`."""
+    would), and ``OperationalError`` (commands out of sync) when the answer is not an OK
+    packet.  ``_next_seq_id`` and ``_read_ok_packet()``, as in :func:`read_reset`."""
     conn._next_seq_id = 1
-    conn._read_query_result()
+    conn._read_ok_packet()
 
 
 def read_reset(conn: Any, statements: list[str]) -> int | None:
