@@ -13,8 +13,10 @@ The per-event sequence is Frappe's own bench-script sequence, with two gevent-sp
 handler -> ``commit`` (or ``rollback`` and re-raise) -> ``destroy`` (always).  Where the
 difference cannot be seen from inside or outside the event, it is cheaper than Frappe's: a
 handler that sent no query and left no commit callback ends without a connection at all; the
-last ``COMMIT`` is not followed by Frappe's ``START TRANSACTION`` (see ``commit_last``); the
-site config is parsed again only when its files change (frappe_conf_hooks.py).
+last ``COMMIT`` is not followed by Frappe's ``START TRANSACTION`` (see ``commit_last``), and
+with a pool and no commit callback pending it goes in the same write as the connection's reset
+(``only_commit_left``); the site config is parsed again only when its files change
+(frappe_conf_hooks.py).
 
 With a :class:`gsocket.contract.dbpool.DBPool` the event's database connection is borrowed from the
 site's pool instead of opened, and given back (reset) instead of closed (:class:`_Lease`;
@@ -46,6 +48,7 @@ from gsocket.protocol.internals.frappe_db_hooks import (
     commit_last,
     current_connection,
     lend_connections,
+    only_commit_left,
     take_connection,
     untouched,
 )
@@ -222,16 +225,19 @@ class _Lease:
         self.borrowed.append(conn)
         return conn
 
-    def end(self, reusable: bool) -> None:
+    def end(self, reusable: bool, commit: bool = False) -> None:
         """Give back the connection Frappe holds, and every other one this context borrowed.
 
-        Called before ``frappe.destroy()``.  A connection Frappe replaced or closed during the
-        event (``frappe.db.close()``, a reconnect) goes back as not reusable: the pool closes
-        it if still open and frees its place under ``db_max_connections``.
+        Called before ``frappe.destroy()``, once (later calls do nothing).  A connection Frappe
+        replaced or closed during the event (``frappe.db.close()``, a reconnect) goes back as
+        not reusable: the pool closes it if still open and frees its place under
+        ``db_max_connections``.  With ``commit``, the held connection's transaction is
+        committed with its return (:meth:`DBPool.checkin`), whose error is raised here.
         """
+        borrowed, self.borrowed = self.borrowed, []
         current = current_connection(self.db)
         held = None
-        for conn in self.borrowed:
+        for conn in borrowed:
             if conn is current:
                 held = conn
             else:
@@ -239,7 +245,12 @@ class _Lease:
         # Last: its reset is the one step here that waits, and may be interrupted.
         if held is not None:
             take_connection(self.db)
-            self.pool.checkin(self.key, held, reusable)
+            self.pool.checkin(self.key, held, reusable, commit)
+
+    def holds_current(self) -> bool:
+        """Whether the connection Frappe holds now is one this context borrowed."""
+        current = current_connection(self.db)
+        return any(conn is current for conn in self.borrowed)
 
 
 class FrappeContext:
@@ -371,7 +382,9 @@ class FrappeContext:
             frappe.set_user(user)
             result = fn(*args)
             db = frappe.local.db
-            if not untouched(db, _COMMIT_CALLBACKS):
+            if lease is not None and lease.holds_current() and only_commit_left(db):
+                lease.end(True, commit=True)
+            elif not untouched(db, _COMMIT_CALLBACKS):
                 commit_last(db, read_only=bool(frappe.local.flags.read_only))
             reusable = True
             return result

@@ -121,6 +121,55 @@ def test_a_returned_connection_keeps_nothing_of_its_last_user(
     assert mariadb.wait_for_connections(0) == 0
 
 
+def test_a_commit_sent_with_the_reset_is_answered_first_and_its_failure_raised(
+    mariadb: MariaDBServer, connect: Callable[[], pymysql.Connection]
+) -> None:
+    """``checkin(commit=True)``: the borrower's transaction is committed (seen from another
+    connection) and the connection reset and kept; a ``COMMIT`` the server refuses raises
+    PyMySQL's error, as ``conn.commit()`` would, and closes the connection; with nowhere to
+    keep the connection, the ``COMMIT`` is sent on its own before it closes."""
+    token = f"committed-{time.monotonic_ns()}"
+    pool = DBPool(4)
+    conn = pool.checkout(KEY, connect)
+    with conn.cursor() as cursor:
+        cursor.execute("INSERT INTO t VALUES (%s)", (token,))
+        cursor.execute("SET @left = 1")
+    pool.checkin(KEY, conn, commit=True)
+    assert pool.idle(KEY) == 1 and pool.counts["reset_failed"] == 0
+    other = connect()
+    try:
+        assert one(other, f"SELECT COUNT(*) FROM t WHERE v = '{token}'") == 1
+    finally:
+        other.close()
+    again = pool.checkout(KEY, connect)
+    assert again is conn and one(again, "SELECT @left") is None
+    assert one(again, "SELECT @@autocommit") == 0
+
+    # XA START makes a bare COMMIT fail (XAER_RMFAIL): the error of conn.commit() itself.
+    with again.cursor() as cursor:
+        cursor.execute("COMMIT")
+        cursor.execute("XA START 'gsocket-pool-test'")
+        cursor.execute("INSERT INTO t VALUES ('in xa')")
+    with pytest.raises(pymysql.err.OperationalError) as refused:
+        pool.checkin(KEY, again, commit=True)
+    assert refused.value.args[0] == 1399, refused.value
+    assert not again.open and pool.idle(KEY) == 0 and pool.counts["reset_failed"] == 1
+    assert mariadb.wait_for_connections(0) == 0  # the XA transaction went with it
+
+    pool.close()  # a closed pool keeps nothing: COMMIT alone, then close
+    last = pool.checkout(KEY, connect)
+    with last.cursor() as cursor:
+        cursor.execute("INSERT INTO t VALUES (%s)", (token + "-closed",))
+    pool.checkin(KEY, last, commit=True)
+    assert not last.open
+    other = connect()
+    try:
+        assert one(other, f"SELECT COUNT(*) FROM t WHERE v LIKE '{token}%'") == 2
+        assert one(other, "SELECT COUNT(*) FROM t WHERE v = 'in xa'") == 0
+    finally:
+        other.close()
+
+
 @pytest.mark.parametrize(
     "unread",
     [
@@ -145,6 +194,25 @@ def test_a_connection_still_owing_an_answer_is_closed_not_reused(
     assert fresh is not conn and one(fresh, "SELECT 7") == 7
     pool.checkin(KEY, fresh, reusable=False)  # the caller's verdict: closed, not kept
     assert not fresh.open and pool.idle(KEY) == 0 and pool.counts["not_kept"] == 1
+    assert mariadb.wait_for_connections(0) == 0
+
+
+def test_a_commit_sent_with_the_reset_on_a_connection_owing_an_answer_never_keeps_it(
+    mariadb: MariaDBServer, connect: Callable[[], pymysql.Connection]
+) -> None:
+    """A late result set where the COMMIT's OK belongs fails the commit (out of sync); a late
+    OK packet is taken for the COMMIT's, and the nonce then fails the reset.  Either way the
+    connection is closed."""
+    pool = DBPool(4)
+    conn = pool.checkout(KEY, connect)
+    conn._execute_command(COMMAND.COM_QUERY, "SELECT SLEEP(0.1)")
+    with pytest.raises(pymysql.err.OperationalError, match="Out of Sync"):
+        pool.checkin(KEY, conn, commit=True)
+    assert not conn.open and pool.idle(KEY) == 0
+    conn = pool.checkout(KEY, connect)
+    conn._execute_command(COMMAND.COM_QUERY, "DO 1")
+    pool.checkin(KEY, conn, commit=True)
+    assert not conn.open and pool.idle(KEY) == 0 and pool.counts["reset_failed"] == 2
     assert mariadb.wait_for_connections(0) == 0
 
 

@@ -15,6 +15,9 @@ What makes a reused connection safe to hand to another event (user, site or tran
   new login.  Then the session is put back as PyMySQL's ``connect()`` left it (``SET NAMES``,
   ``autocommit``, ``sql_mode``, ``init_command``); what Frappe's own ``connect()`` sets
   afterwards (``max_statement_time``) it sets again when it next borrows the connection.
+  A borrower whose last word is a bare ``COMMIT`` may have it sent first in that same write
+  (``checkin(commit=True)``): it is answered before the reset runs, and its failure is the
+  borrower's.
 - **Proof the connection is in step.**  A command whose answer was never read (a query that
   a time limit or a kill interrupted, and whose exception some code swallowed) would hand its
   late answer to the next command, and every answer after that to the wrong query.  So the
@@ -68,7 +71,9 @@ from gsocket.metrics import Counter, Gauge, Metric
 from gsocket.protocol.internals.pymysql_hooks import (
     connection_socket,
     is_connection,
-    reset_then_query,
+    read_commit,
+    read_reset,
+    write_reset,
 )
 
 log = logging.getLogger("gsocket.dbpool")
@@ -89,7 +94,8 @@ _COUNT_HELP = {
     "opened": "Database connections the pool opened",
     "reused": "Frappe contexts that got a kept connection instead of a new one",
     "dead": "Kept connections found closed by the server when about to be lent",
-    "reset_failed": "Returned connections that failed their reset and were closed",
+    "reset_failed": "Returned connections that failed their reset (or the COMMIT sent with "
+    "it) and were closed",
     "not_kept": "Returned connections closed instead of kept (pool full or closed, "
     "the event ended mid-query, db_pool_size 0)",
     "waited": "Frappe contexts that waited for a connection at db_max_connections",
@@ -147,19 +153,48 @@ def _restore_statement(conn: Any) -> str:
     return "SET " + ", ".join(parts)
 
 
-def reset(conn: Any) -> None:
+class CommitFailed(Exception):
+    """The ``COMMIT`` sent with a reset failed or went unanswered; ``error`` is PyMySQL's."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
+def reset(conn: Any, commit: bool = False, timeout: float = RESET_TIMEOUT) -> None:
     """Make a used connection as good as new for another user, or raise.
 
     See the module docstring: reset, restore PyMySQL's session settings, prove the
-    connection answers the last command it was sent.  All in one write.
+    connection answers the last command it was sent.  All in one write; with ``commit``, the
+    borrower's ``COMMIT`` goes first in that write (one round trip instead of two).
+
+    :raises CommitFailed: the ``COMMIT`` was refused or not answered: its outcome is the
+        borrower's to report, and the connection is not to be kept.  No time limit applies
+        to it, as none applies to Frappe's own ``commit()``.
+    :raises TimeoutError: the reset took longer than ``timeout`` seconds.
     """
     statements = [_restore_statement(conn)]
     if conn.init_command is not None:
         statements.append(conn.init_command)
     nonce = random.getrandbits(62)
     statements.append(f"SELECT {nonce}")
-    answer = reset_then_query(conn, statements)
-    if answer != ((nonce,),):
+    write_reset(conn, statements, commit)
+    if commit:
+        try:
+            read_commit(conn)
+        except Exception as exc:
+            raise CommitFailed(exc) from exc
+    limit = gevent.Timeout(timeout)
+    limit.start()
+    try:
+        answer = read_reset(conn, statements)
+    except gevent.Timeout as exc:
+        if exc is not limit:
+            raise
+        raise TimeoutError(f"the reset took over {timeout:g} s") from None
+    finally:
+        limit.close()
+    if answer != nonce:
         raise RuntimeError(f"the connection answered {answer!r} to SELECT {nonce}")
 
 
@@ -350,33 +385,43 @@ class DBPool:
         close_quietly(conn)
         self._forget(key)
 
-    def checkin(self, key: Hashable, conn: Any, reusable: bool = True) -> None:
+    def checkin(
+        self, key: Hashable, conn: Any, reusable: bool = True, commit: bool = False
+    ) -> None:
         """Take ``conn`` back: reset and keep it, or close it (see the module docstring).
 
         Must be called by the greenlet that borrowed it, once for every connection
         :meth:`checkout` gave it, even one already closed.  A ``GreenletExit`` or other
         ``BaseException`` arriving during the reset closes the connection and goes on.
+
+        With ``commit`` the borrower's transaction is committed first, in the same write as
+        the reset when the connection is kept; a ``COMMIT`` that fails (or whose answer never
+        came) closes the connection and raises PyMySQL's error here, as ``commit()`` would.
         """
         if not reusable or self._closed or self.size <= 0 or not is_connection(conn):
             self._count(key, "not_kept")
-            self._discard(key, conn)
+            try:
+                if commit:
+                    conn.commit()
+            finally:
+                self._discard(key, conn)
             return
-        limit = gevent.Timeout(self.reset_timeout)
-        limit.start()
         try:
-            reset(conn)
+            reset(conn, commit, self.reset_timeout)
+        except CommitFailed as failed:
+            self._count(key, "reset_failed")
+            self._discard(key, conn)
+            raise failed.error from None
         except BaseException as exc:
             self._count(key, "reset_failed")
             self._discard(key, conn)
-            if isinstance(exc, gevent.Timeout) and exc is limit:
-                log.warning("resetting a database connection took over %.1f s", self.reset_timeout)
+            if isinstance(exc, TimeoutError):
+                log.warning("resetting a database connection: %s", exc)
                 return
             if not isinstance(exc, Exception):
                 raise
             log.info("a database connection failed its reset and was closed: %r", exc)
             return
-        finally:
-            limit.close()
         self._keep_or_hand_over(key, conn)
 
     def _keep_or_hand_over(self, key: Hashable, conn: Any) -> None:

@@ -572,7 +572,9 @@ def config_edits(a: dict[str, Any]) -> dict[str, Any]:
 
 def endings(a: dict[str, Any]) -> dict[str, Any]:
     """How a context ends its transaction, by what the handler did: no query at all (no
-    connection is borrowed), a commit callback without a query, writes (committed), an
+    connection is borrowed), a commit callback without a query, writes through the ORM (which
+    leaves ``after_commit`` callbacks) and through SQL (none; committed with the connection's
+    reset), a ``COMMIT`` the server refuses (with and without a pool), an
     ``after_commit`` callback that writes after the last commit (never committed, in Frappe
     too), with autocommit turned on by the handler, and a raise with a rollback callback."""
     import frappe
@@ -585,6 +587,16 @@ def endings(a: dict[str, Any]) -> dict[str, Any]:
     assert ctx.available() and ctx.pool is not None
     ran: list[str] = []
     out: dict[str, Any] = {}
+    from frappe.database.database import Database
+
+    frappe_commits = [0]
+    real_commit = Database.commit
+
+    def counted_commit(self: Any) -> None:
+        frappe_commits[0] += 1
+        real_commit(self)
+
+    Database.commit = counted_commit  # type: ignore[method-assign]
 
     def borrowed() -> int:
         counts = ctx.pool.counts
@@ -595,13 +607,16 @@ def endings(a: dict[str, Any]) -> dict[str, Any]:
             ignore_permissions=True
         )
 
-    def step(name: str, fn: Any) -> None:
-        before = borrowed()
+    def step(name: str, fn: Any, context: Any = ctx) -> None:
+        before, commits = borrowed(), frappe_commits[0]
         try:
-            out[name] = {"returned": ctx.run(site, "Administrator", fn)}
+            out[name] = {"returned": context.run(site, "Administrator", fn)}
         except Exception as exc:
             out[name] = {"raised": type(exc).__name__}
+            if getattr(exc, "args", None) and isinstance(exc.args[0], int):
+                out[name]["errno"] = exc.args[0]
         out[name]["borrowed"] = borrowed() - before
+        out[name]["frappe_commits"] = frappe_commits[0] - commits
 
     step("no_query", lambda: frappe.session.user)
     step("callback_only", lambda: frappe.db.after_commit.add(lambda: ran.append("after_commit")))
@@ -611,6 +626,15 @@ def endings(a: dict[str, Any]) -> dict[str, Any]:
         return "ok"
 
     step("writes", writes)
+
+    def sql_writes() -> str:
+        frappe.db.sql(
+            "INSERT INTO `tabToDo` (name, description) VALUES (%s, %s)",
+            (f"sql-{token}", f"sql-written-{token}"),
+        )
+        return "ok"
+
+    step("sql_writes", sql_writes)
 
     def late_write() -> None:
         todo("before-commit")
@@ -631,6 +655,19 @@ def endings(a: dict[str, Any]) -> dict[str, Any]:
     step("raises_with_callback", raises)
     step("raises_without_query", lambda: 1 / 0)
 
+    def refused_commit() -> None:
+        # In an XA transaction a bare COMMIT fails (XAER_RMFAIL): a COMMIT that the server
+        # refuses, sent with the pool's reset or by Frappe's own commit().
+        frappe.db.sql("commit")
+        frappe.db.sql("XA START %s", (f"gsocket-{token}",))
+        frappe.db.sql(
+            "INSERT INTO `tabToDo` (name, description) VALUES (%s, %s)",
+            (f"xa-{token}-{frappe.generate_hash(length=6)}", f"in-xa-{token}"),
+        )
+
+    step("commit_refused", refused_commit)
+    step("commit_refused_without_pool", refused_commit, FrappeContext("."))
+
     def state() -> dict[str, Any]:
         rows = frappe.get_all(
             "ToDo", filters={"description": ["like", f"%-{token}"]}, pluck="description"
@@ -638,6 +675,7 @@ def endings(a: dict[str, Any]) -> dict[str, Any]:
         return {"autocommit": int(frappe.db.sql("SELECT @@autocommit")[0][0]), "rows": rows}
 
     out["next_borrower"] = ctx.run(site, "Administrator", state)
+    Database.commit = real_commit  # type: ignore[method-assign]
     out["ran"] = ran
     out["counts"] = ctx.pool.counts
     ctx.close()

@@ -249,28 +249,52 @@ def test_a_site_config_edited_while_running_is_seen_by_the_next_context(
 def test_each_way_a_context_ends_leaves_what_frappe_would(ctx_bench: RealBench) -> None:
     """No query and no callback: no connection at all.  Otherwise Frappe's commit or
     rollback runs with its callbacks; the START TRANSACTION after the last COMMIT is left
-    out, and what an after_commit callback writes is still never committed."""
+    out, and what an after_commit callback writes is still never committed.  Without a commit
+    callback the COMMIT goes with the pool's reset, and its failure fails the event as
+    Frappe's own commit does; nothing of the refused transaction is stored."""
     token = uuid.uuid4().hex[:12]
     r = scenario(ctx_bench, "endings", {"site": SITE, "token": token})
-    assert r["no_query"] == {"returned": "Administrator", "borrowed": 0}
-    assert r["callback_only"] == {"returned": None, "borrowed": 1}
-    assert r["writes"] == {"returned": "ok", "borrowed": 1}
-    assert r["after_commit_writes"] == {"returned": None, "borrowed": 1}
-    assert r["autocommit_after_commit_writes"] == {"returned": None, "borrowed": 1}
-    assert r["raises_with_callback"] == {"raised": "ValueError", "borrowed": 1}
-    assert r["raises_without_query"] == {"raised": "ZeroDivisionError", "borrowed": 0}
+    # frappe_commits: calls of Frappe's own Database.commit; without a commit callback the
+    # last COMMIT goes with the pool's reset instead (one round trip for both).
+    assert r["no_query"] == {"returned": "Administrator", "borrowed": 0, "frappe_commits": 0}
+    assert r["callback_only"] == {"returned": None, "borrowed": 1, "frappe_commits": 1}
+    # The ORM's writes leave after_commit callbacks (link counts, realtime): Frappe commits.
+    assert r["writes"] == {"returned": "ok", "borrowed": 1, "frappe_commits": 1}
+    assert r["sql_writes"] == {"returned": "ok", "borrowed": 1, "frappe_commits": 0}
+    assert r["after_commit_writes"] == {"returned": None, "borrowed": 1, "frappe_commits": 1}
+    assert r["autocommit_after_commit_writes"] == {
+        "returned": None,
+        "borrowed": 1,
+        "frappe_commits": 1,
+    }
+    assert r["raises_with_callback"] == {
+        "raised": "ValueError",
+        "borrowed": 1,
+        "frappe_commits": 0,
+    }
+    assert r["raises_without_query"] == {
+        "raised": "ZeroDivisionError",
+        "borrowed": 0,
+        "frappe_commits": 0,
+    }
+    # A COMMIT the server refuses fails the event with the error Frappe's commit raises.
+    refused = {"raised": "OperationalError", "errno": 1399}
+    assert r["commit_refused"] == {**refused, "borrowed": 1, "frappe_commits": 0}
+    assert r["commit_refused_without_pool"] == {**refused, "borrowed": 0, "frappe_commits": 1}
     assert r["ran"] == ["after_commit", "after_rollback"]
     # Committed: the handler's writes; never committed: what ran after the last COMMIT,
     # whether autocommit was off (as Frappe connects) or the handler had turned it on.
-    assert sorted(r["next_borrower"]["rows"]) == [f"before-commit-{token}", f"written-{token}"]
+    committed = [f"before-commit-{token}", f"sql-written-{token}", f"written-{token}"]
+    assert sorted(r["next_borrower"]["rows"]) == committed
     assert r["next_borrower"]["autocommit"] == 0
-    assert r["counts"]["opened"] == 1 and r["counts"]["reset_failed"] == 0
+    # The refused COMMIT closed its connection: a second one was opened after it.
+    assert r["counts"]["opened"] == 2 and r["counts"]["reset_failed"] == 1
     seen = ctx_bench.in_site(
         SITE,
         f"print(sorted(frappe.get_all('ToDo', filters={{'description': ['like', '%-{token}']}}, "
         "pluck='description')))",
     )
-    assert seen.strip() == repr([f"before-commit-{token}", f"written-{token}"])
+    assert seen.strip() == repr(committed)
 
 
 def test_a_pooled_connection_killed_while_idle_is_not_lent_again(ctx_bench: RealBench) -> None:

@@ -11,8 +11,13 @@ Verified against Frappe v15.44.2 and develop (16.0.0-dev of October 2024), whose
   ``password`` and ``cur_db_name``;
 - keep ``before_commit``, ``after_commit``, ``before_rollback`` and ``after_rollback`` as
   ``frappe.utils.CallbackManager`` objects whose pending functions are in ``_functions``;
-- commit with ``before_commit.run()``, ``COMMIT``, ``self.begin()`` (``START TRANSACTION``,
-  ``READ ONLY`` with ``frappe.flags.read_only``), ``after_commit.run()``.
+- commit with ``before_rollback.reset()``, ``after_rollback.reset()``,
+  ``before_commit.run()``, ``self.sql("commit")``, ``self.begin()`` (``START TRANSACTION``,
+  ``READ ONLY`` with ``frappe.flags.read_only``), ``after_commit.run()``; develop's only
+  warns instead while ``_disable_transaction_control`` is set;
+- in ``sql("commit")``, besides sending it, only reset their count of writes and log the
+  query (printed with ``allow_tests`` and the ``flag_print_sql`` cache key, or
+  ``logging: 2``; never raised).
 
 tests/realbench/test_frappe_ctx_real.py runs the pool on both versions.
 """
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+_ALL_CALLBACKS = ("before_commit", "after_commit", "before_rollback", "after_rollback")
 
 DATABASE_NAMING = ("socket", "host", "port", "user", "password", "cur_db_name")
 """The ``Database`` attributes that say which database (and as whom) it connects to."""
@@ -90,3 +97,28 @@ def commit_last(db: Any, read_only: bool) -> None:
         db.commit()
     finally:
         del db.begin
+
+
+def only_commit_left(db: Any) -> bool:
+    """Whether ending ``db``'s transaction is a bare ``COMMIT`` on the connection it holds, and
+    if so, take Frappe's steps before it: the caller then sends that ``COMMIT`` itself, in the
+    same write as the pool's reset (one round trip and one ``Database.sql`` call less).
+
+    True when ``db`` holds a connection, transaction control is on and no ``before_commit``
+    or ``after_commit`` function is pending: then Frappe's ``commit()`` would drop the
+    rollback callbacks (done here), send ``COMMIT``, and begin a transaction the connection's
+    reset ends unused.  What ``sql("commit")`` does besides (the module docstring) is left
+    out: a count of writes on a ``Database`` that is destroyed next, and a debug print of
+    the query.  False: nothing was done; end the transaction with :func:`commit_last`.
+    """
+    if getattr(db, "_conn", None) is None or getattr(db, "_disable_transaction_control", 0):
+        return False
+    managers = [getattr(db, name, None) for name in _ALL_CALLBACKS]
+    if any(manager is None for manager in managers):
+        return False
+    before_commit, after_commit, before_rollback, after_rollback = managers
+    if before_commit._functions or after_commit._functions:
+        return False
+    before_rollback.reset()
+    after_rollback.reset()
+    return True

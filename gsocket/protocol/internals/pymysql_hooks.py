@@ -2,9 +2,10 @@
 
 - :func:`share_pymysql_default_tls_context`: PyMySQL builds its TLS context in the private
   ``Connection._create_ssl_ctx``; the one for connections without TLS settings is built once.
-- :func:`reset_then_query`, :func:`connection_socket`: what the database pool
-  (gsocket/contract/dbpool.py) needs and PyMySQL does not offer: ``COM_RESET_CONNECTION``
-  with the commands after it in one write, and the socket of an idle connection to look at.
+- :func:`write_reset`, :func:`read_commit`, :func:`read_reset`, :func:`connection_socket`:
+  what the database pool (gsocket/contract/dbpool.py) needs and PyMySQL does not offer:
+  ``COM_RESET_CONNECTION`` with the commands after it (and a ``COMMIT`` before it) in one
+  write, and the socket of an idle connection to look at.
 
 Verified against PyMySQL 1.1.1 (the version Frappe v15 and develop pin) and 1.2.x (1.2.4);
 the TLS hook is only put in place for PyMySQL from 1.2 below 2.0, where that method exists,
@@ -48,31 +49,72 @@ def connection_socket(conn: Any) -> Any:
     return conn._sock
 
 
-def reset_then_query(conn: Any, statements: list[str]) -> Any:
-    """Send ``COM_RESET_CONNECTION`` and each of ``statements`` in one write, read every answer
-    in turn, and return the rows of the last.
+def write_reset(conn: Any, statements: list[str], commit: bool = False) -> None:
+    """Write ``COMMIT`` (with ``commit``), ``COM_RESET_CONNECTION`` and each of
+    ``statements``, all in one write; the answers are read by :func:`read_commit` (first,
+    with ``commit``) and :func:`read_reset`.
 
     One write instead of one round trip each: on loopback each ``send`` of a command costs the
     hub about as much CPU as parsing its answer.  MariaDB reads the commands one after another
-    from the socket and answers each in order.  Uses ``Connection._sock``, ``_result`` (with
-    ``unbuffered_active``), ``_write_bytes``, ``_next_seq_id``, ``_read_ok_packet()`` (no
-    argument; raises on anything but an OK packet) and ``_read_query_result()`` (reads one
-    command's answer into ``_result`` and updates ``server_status``, which
-    ``get_autocommit()`` reads): the same in PyMySQL 1.1.1 and 1.2.4.
+    from the socket and answers each in order, whatever the one before answered.  Uses
+    ``Connection._sock``, ``_result`` (with ``unbuffered_active``), ``_write_bytes``: the same
+    in PyMySQL 1.1.1 and 1.2.4.
     """
     if conn._sock is None:
         raise ConnectionError("the connection is closed")
     if conn._result is not None and conn._result.unbuffered_active:
         raise RuntimeError("an unbuffered result was left unread")
-    packets = [bytes((COM_RESET_CONNECTION,))]
+    packets = [bytes((COM_QUERY,)) + b"COMMIT"] if commit else []
+    packets.append(bytes((COM_RESET_CONNECTION,)))
     packets += [bytes((COM_QUERY,)) + sql.encode(conn.encoding) for sql in statements]
     conn._write_bytes(b"".join(len(p).to_bytes(3, "little") + b"\0" + p for p in packets))
+
+
+def read_commit(conn: Any) -> None:
+    """Read the answer to the ``COMMIT`` of :func:`write_reset`; raise PyMySQL's error when
+    the server refused it or the connection was lost before it answered (as ``commit()``
+    would), and ``OperationalError`` (commands out of sync) when the answer is not an OK
+    packet.  ``_next_seq_id`` and ``_read_ok_packet()``, as in :func:`read_reset`."""
     conn._next_seq_id = 1
     conn._read_ok_packet()
-    for _ in statements:
+
+
+def read_reset(conn: Any, statements: list[str]) -> int | None:
+    """Read the answers to ``COM_RESET_CONNECTION`` and ``statements`` of :func:`write_reset`
+    in turn; return the integer the last one answered, or None when its answer was not one
+    row of one integer (the connection is then out of step with its commands).
+
+    ``statements`` are what :func:`write_reset` sent: the first answered by an OK packet (a
+    ``SET``), the last a ``SELECT`` of one integer, any between them read as PyMySQL reads a
+    query's answer.  The first and last are read packet by packet instead of through
+    PyMySQL's result objects (column descriptions, converters): the same checks for a third
+    of the hub's CPU.  Uses ``_next_seq_id``, ``_read_ok_packet()`` (no argument; raises on
+    anything but an OK packet and updates ``server_status``, which ``get_autocommit()``
+    reads), ``_read_query_result()``, ``_read_packet()`` (raises the server's error on an
+    error packet), ``_result`` (None, as ``connect()`` leaves it) and the packets'
+    ``get_all_data()``, ``is_eof_packet()``, ``read_length_coded_string()``: the same in
+    PyMySQL 1.1.1 and 1.2.4.  The answer to a one-column ``SELECT`` is, without
+    ``CLIENT_DEPRECATE_EOF`` (which PyMySQL does not ask for): the column count, the
+    column's description, EOF, the row, EOF.
+    """
+    conn._next_seq_id = 1
+    conn._read_ok_packet()
+    conn._next_seq_id = 1
+    conn._read_ok_packet()
+    for _ in statements[1:-1]:
         conn._next_seq_id = 1
         conn._read_query_result()
-    return conn._result.rows
+    conn._next_seq_id = 1
+    conn._result = None
+    if conn._read_packet().get_all_data() != b"\x01":
+        return None
+    conn._read_packet()
+    if not conn._read_packet().is_eof_packet():
+        return None
+    value = conn._read_packet().read_length_coded_string()
+    if not conn._read_packet().is_eof_packet() or value is None or not value.isdigit():
+        return None
+    return int(value)
 
 
 def share_pymysql_default_tls_context() -> bool:
