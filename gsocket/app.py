@@ -42,6 +42,7 @@ from gsocket.metrics import Metrics
 from gsocket.ops.arrival import DOCTOR_PATH, serve_arrival
 from gsocket.ops.lifecycle import InFlight, TrackedDispatcher, drain
 from gsocket.ops.listener import open_listener
+from gsocket.ops.logs import ConnectionSummary
 from gsocket.protocol.guards import ClientGuard
 from gsocket.protocol.http import LeanWebSocketHandler
 from gsocket.protocol.scaleout import make_client_manager, start_client_manager
@@ -84,6 +85,7 @@ class App:
         self.bridge = bridge
         self.in_flight = in_flight or InFlight()
         self.draining = False
+        self.summary = ConnectionSummary(metrics, config.log_summary_seconds)
         self._socketio_app = socketio.WSGIApp(server, socketio_path="socket.io")
         self._wsgi_server: WSGIServer | None = None
 
@@ -157,6 +159,7 @@ class App:
         if self.sessions.recovery is not None:
             self.sessions.recovery.start()
         self.bridge.start()
+        self.summary.start()
         where = self.config.uds or f"{self.config.host}:{self.config.port}"
         log.info("gsocket listening on %s for bench %s", where, self.config.bench_path)
 
@@ -184,6 +187,7 @@ class App:
         if self._wsgi_server is not None:
             self._wsgi_server.stop(timeout=0.5)
         self.web.close()
+        self.summary.stop()
 
     def _stop_accepting(self) -> None:
         if self._wsgi_server is not None:
