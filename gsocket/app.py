@@ -17,7 +17,6 @@ from typing import Any
 import gevent
 import redis
 import socketio
-from gevent.pywsgi import WSGIServer
 
 from gsocket.cluster.presence import Presence, name_sessions, node_name
 from gsocket.cluster.recovery import Recovery
@@ -45,6 +44,7 @@ from gsocket.ops.listener import open_listener
 from gsocket.ops.logs import ConnectionSummary
 from gsocket.protocol.guards import ClientGuard
 from gsocket.protocol.http import LeanWebSocketHandler
+from gsocket.protocol.internals.gevent_hooks import HookedWSGIServer
 from gsocket.protocol.scaleout import make_client_manager, start_client_manager
 from gsocket.protocol.server import Server
 from gsocket.protocol.stall import watch_event_loop
@@ -87,7 +87,7 @@ class App:
         self.draining = False
         self.summary = ConnectionSummary(metrics, config.log_summary_seconds)
         self._socketio_app = socketio.WSGIApp(server, socketio_path="socket.io")
-        self._wsgi_server: WSGIServer | None = None
+        self._wsgi_server: HookedWSGIServer | None = None
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """Return the HTTP status and body of ``GET /health``.
@@ -148,7 +148,7 @@ class App:
             listener = open_listener(self.config)
         listener.setblocking(False)
         watch_event_loop()
-        self._wsgi_server = WSGIServer(
+        self._wsgi_server = HookedWSGIServer(
             listener, self.wsgi, handler_class=LeanWebSocketHandler, log=None, error_log=log
         )
         self._wsgi_server.start()

@@ -98,6 +98,33 @@ def test_an_unmasked_frame_drops_the_connection(probed):
     server.wait_for_log(r"websocket from 127\.0\.0\.1 ended: reserved bits set or an unmasked")
 
 
+def test_parked_connections_leave_no_descriptor_open_when_they_end(probed):
+    """A parked connection keeps the socket gevent accepted (gevent's server is told not to
+    close it when the request ends): whichever side ends it, its descriptor is closed."""
+    server = probed()
+    warm = RawWebSocket(server.url, desk_headers()).open()  # the web client's connection
+    assert warm.connect(NS).startswith(f"40{NS},")
+    before = server.wait_quiet(1, reaped=False)
+    clients = [RawWebSocket(server.url, desk_headers()).open() for _ in range(20)]
+    for ws in clients:
+        assert ws.connect(NS).startswith(f"40{NS},")
+    assert server.wait_quiet(21, reaped=False)["fds"] >= before["fds"] + 20
+    for ws in clients[:10]:
+        ws.close()  # the client ends it
+    for ws in clients[10:]:
+        assert ws.ws is not None
+        ws.ws.sock.sendall(bytes((0x81, 2)) + b"3x")  # the server ends it: an unmasked frame
+        assert ws.recv_until(lambda f: f == "", timeout=3) == ""
+    after = server.wait_quiet(1, reaped=False)
+
+    def closed() -> bool:
+        nonlocal after
+        after = server.probe()
+        return after["fds"] <= before["fds"]
+
+    wait_until(closed, 10, lambda: f"descriptors before {before['fds']}, after {after['fds']}")
+
+
 def test_a_session_upgraded_from_polling_is_parked_too(probed, clients):
     """python-socketio's client starts on polling and upgrades: once on websocket its
     connection holds no greenlet either, and packets go both ways as before."""
