@@ -49,6 +49,7 @@ from gsocket.protocol.scaleout import make_client_manager, start_client_manager
 from gsocket.protocol.server import Server
 from gsocket.protocol.stall import watch_event_loop
 from gsocket.protocol.transport import Transport
+from gsocket.protocol.workers import workers
 
 log = logging.getLogger("gsocket.app")
 
@@ -149,7 +150,12 @@ class App:
         listener.setblocking(False)
         watch_event_loop()
         self._wsgi_server = HookedWSGIServer(
-            listener, self.wsgi, handler_class=LeanWebSocketHandler, log=None, error_log=log
+            listener,
+            self.wsgi,
+            handler_class=LeanWebSocketHandler,
+            spawn=workers.spawn,  # each request in a kept greenlet (gsocket.protocol.workers)
+            log=None,
+            error_log=log,
         )
         self._wsgi_server.start()
         if self.config.scale_out:
