@@ -111,7 +111,7 @@ class Parked:
         self.wire.raw = raw_socket(sock)
         self.wire.ws = self
         if self.buffer:
-            workers.spawn(self._read)
+            workers.start(self._read)
         else:
             self.watcher.start(self._readable)
 
@@ -119,7 +119,7 @@ class Parked:
         """The socket has data (run by the event loop): read it in a worker greenlet
         (:mod:`gsocket.protocol.workers`), which goes on to other jobs once it is read."""
         self.watcher.stop()
-        workers.spawn(self._read)
+        workers.start(self._read)
 
     def _read(self) -> None:
         sock = raw_socket(self.socket)

@@ -39,13 +39,10 @@ class Workers:
         self.idle: list[Waiter] = []
         self._hub: Any = None
 
-    def spawn(self, func: Callable[..., Any], *args: Any) -> None:
-        """Run ``func(*args)`` in an idle worker (at once, when called by the event loop) or
-        in a new one (scheduled, as ``gevent.spawn`` does).
-
-        Takes the arguments of ``gevent.spawn``, so that gevent's server can use it as its
-        ``spawn``.
-        """
+    def start(self, func: Callable[..., Any], *args: Any) -> None:
+        """Run ``func(*args)`` in an idle worker, at once when called by the event loop (a
+        watcher's callback: what it watched for is there now), or in a new worker (scheduled,
+        as ``gevent.spawn`` does)."""
         hub = self._hub
         if hub is None:
             hub = self._hub = get_hub()
@@ -53,6 +50,16 @@ class Workers:
             self.idle.pop().switch((func, args))
         else:
             gevent.spawn(self._work, func, args)
+
+    def spawn(self, func: Callable[..., Any], *args: Any) -> None:
+        """Run ``func(*args)`` in a worker when the event loop next runs its callbacks, as
+        ``gevent.spawn`` does (gevent's server uses it as its ``spawn``): an accepted
+        connection's request has usually arrived by then, where a worker started at once
+        would find nothing to read yet and wait for it."""
+        hub = self._hub
+        if hub is None:
+            hub = self._hub = get_hub()
+        hub.loop.run_callback(self.start, func, *args)
 
     def _work(self, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
         idle = self.idle
