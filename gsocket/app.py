@@ -17,7 +17,6 @@ from typing import Any
 import gevent
 import redis
 import socketio
-from gevent.pywsgi import WSGIServer
 
 from gsocket.cluster.presence import Presence, name_sessions, node_name
 from gsocket.cluster.recovery import Recovery
@@ -42,12 +41,15 @@ from gsocket.metrics import Metrics
 from gsocket.ops.arrival import DOCTOR_PATH, serve_arrival
 from gsocket.ops.lifecycle import InFlight, TrackedDispatcher, drain
 from gsocket.ops.listener import open_listener
+from gsocket.ops.logs import ConnectionSummary
 from gsocket.protocol.guards import ClientGuard
 from gsocket.protocol.http import LeanWebSocketHandler
+from gsocket.protocol.internals.gevent_hooks import HookedWSGIServer
 from gsocket.protocol.scaleout import make_client_manager, start_client_manager
 from gsocket.protocol.server import Server
 from gsocket.protocol.stall import watch_event_loop
 from gsocket.protocol.transport import Transport
+from gsocket.protocol.workers import workers
 
 log = logging.getLogger("gsocket.app")
 
@@ -84,8 +86,9 @@ class App:
         self.bridge = bridge
         self.in_flight = in_flight or InFlight()
         self.draining = False
+        self.summary = ConnectionSummary(metrics, config.log_summary_seconds)
         self._socketio_app = socketio.WSGIApp(server, socketio_path="socket.io")
-        self._wsgi_server: WSGIServer | None = None
+        self._wsgi_server: HookedWSGIServer | None = None
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """Return the HTTP status and body of ``GET /health``.
@@ -146,8 +149,13 @@ class App:
             listener = open_listener(self.config)
         listener.setblocking(False)
         watch_event_loop()
-        self._wsgi_server = WSGIServer(
-            listener, self.wsgi, handler_class=LeanWebSocketHandler, log=None, error_log=log
+        self._wsgi_server = HookedWSGIServer(
+            listener,
+            self.wsgi,
+            handler_class=LeanWebSocketHandler,
+            spawn=workers.spawn,  # each request in a kept greenlet (gsocket.protocol.workers)
+            log=None,
+            error_log=log,
         )
         self._wsgi_server.start()
         if self.config.scale_out:
@@ -157,6 +165,7 @@ class App:
         if self.sessions.recovery is not None:
             self.sessions.recovery.start()
         self.bridge.start()
+        self.summary.start()
         where = self.config.uds or f"{self.config.host}:{self.config.port}"
         log.info("gsocket listening on %s for bench %s", where, self.config.bench_path)
 
@@ -184,6 +193,7 @@ class App:
         if self._wsgi_server is not None:
             self._wsgi_server.stop(timeout=0.5)
         self.web.close()
+        self.summary.stop()
 
     def _stop_accepting(self) -> None:
         if self._wsgi_server is not None:

@@ -87,6 +87,9 @@ class Config:
     :param web_timeout: seconds for one call to the web process.
     :param log_level: logging level name.
     :param log_format: ``text``, or ``json`` for one JSON object per line (log shippers).
+    :param log_summary_seconds: seconds between two INFO lines counting the connects,
+        disconnects and refusals (``gsocket.log_summary_seconds``; each connect and
+        disconnect is a DEBUG line); 0 turns the line off.
     :param limits: per-client protective bounds.
     :param drain_timeout: seconds a stopping server grants to closing its clients and to the
         handlers still running; supervisord's ``stopwaitsecs`` must exceed it.
@@ -139,6 +142,7 @@ class Config:
     web_timeout: float = 5.0
     log_level: str = "INFO"
     log_format: str = "text"
+    log_summary_seconds: float = 60.0
     limits: Limits = field(default_factory=Limits)
     drain_timeout: float = 5.0
     reuse_port: bool = False
@@ -308,6 +312,7 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         webserver_port = int(conf.get("webserver_port") or 8000)
         web_timeout = float(ours.get("web_timeout", 5.0))
         drain_timeout = float(ours.get("drain_timeout", 5.0))
+        log_summary_seconds = float(ours.get("log_summary_seconds", 60.0))
         processes = int(env.get("GSOCKET_PROCESSES") or ours.get("processes", 1))
         presence_ttl = float(ours.get("presence_ttl", 15.0))
         recovery_seconds = float(ours.get("recovery_seconds", 0.0))
@@ -334,6 +339,8 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         raise ConfigError(f"gsocket.log_format must be one of {', '.join(LOG_FORMATS)}")
     if drain_timeout < 0:
         raise ConfigError("gsocket.drain_timeout must not be negative")
+    if not log_summary_seconds >= 0:
+        raise ConfigError("gsocket.log_summary_seconds must be 0 (off) or a number of seconds")
     if processes < 1:
         raise ConfigError("gsocket.processes must be 1 or more")
     if presence_ttl <= 0:
@@ -375,6 +382,7 @@ def load_config(bench_path: str | os.PathLike[str], env: Mapping[str, str] | Non
         web_timeout=web_timeout,
         log_level=str(env.get("GSOCKET_LOG_LEVEL") or ours.get("log_level", "INFO")).upper(),
         log_format=log_format,
+        log_summary_seconds=log_summary_seconds,
         limits=_limits(ours.get("limits")),
         drain_timeout=drain_timeout,
         reuse_port=_as_bool(ours.get("reuse_port", False)),

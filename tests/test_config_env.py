@@ -52,6 +52,7 @@ def test_gsocket_serves_with_environment_only_configuration(tmp_path, redis_serv
         "FRAPPE_SOCKETIO_PORT": str(port),
         "FRAPPE_SITE": SITE,
         "GSOCKET_LOG_FORMAT": "json",
+        "GSOCKET_LOG_LEVEL": "DEBUG",  # each connect is a DEBUG line
     }
     log = (tmp_path / "gsocket.log").open("wb")
     # No --bench, --port or --host: what frappe_docker's compose file would run.

@@ -13,6 +13,7 @@ import struct
 
 import websocket
 
+from gsocket.protocol.session import RANDOM_BATCH, SessionIds
 from tests.conftest import SITE
 from tests.support.bench import wait_until
 from tests.support.hardening.kit import EIO_PATH, RawPolling, desk_headers
@@ -105,3 +106,28 @@ def test_a_websocket_upgrading_a_polling_session_gets_its_answer_before_the_prob
     sock.sendall(websocket.ABNF.create_frame(f'42{NS},["ping"]', 1).format())
     wait_until(lambda: server.probe()["sockets"] == 1, 5, "the upgraded socket is gone")
     sock.close()
+
+
+def test_session_ids_are_python_engineios_and_no_two_processes_share_them():
+    """Ids come from random bytes drawn in batches (gsocket/protocol/session.py SessionIds):
+    python-engineio's shape (12 random bytes and a sequence number, URL-safe base64), no
+    repeat over several batches, and a forked child draws its own bytes."""
+    ids = SessionIds()
+    made = [ids() for _ in range(3 * RANDOM_BATCH // 12)]
+    assert len(set(made)) == len(made)
+    raw = [base64.urlsafe_b64decode(i) for i in made]
+    assert all(len(i) == 20 and len(r) == 15 for i, r in zip(made, raw, strict=True))
+    sequence = [int.from_bytes(r[12:], "big") for r in raw]
+    assert all((b - a) % 2**24 == 1 for a, b in zip(sequence, sequence[1:], strict=False))
+    assert len({r[:12] for r in raw}) == len(raw)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child only reports its id
+        os.write(write, ids().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    in_child = base64.urlsafe_b64decode(os.read(read, 64))
+    os.close(read)
+    in_parent = base64.urlsafe_b64decode(ids())
+    assert in_child[:12] != in_parent[:12]

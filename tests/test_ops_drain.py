@@ -38,7 +38,8 @@ def _connect_all(nc: NodeClient, url: str) -> None:
 def test_sigterm_closes_every_client_cleanly_and_they_reconnect_to_the_next_process(
     start_gsocket,
 ):
-    proc = start_gsocket(sites=(SITE,))
+    # DEBUG: each disconnect's line (with its reason) is counted below.
+    proc = start_gsocket(sites=(SITE,), conf={"gsocket": {"log_level": "DEBUG"}})
     with NodeClient() as nc:
         _connect_all(nc, f"{proc.url}/{SITE}")
         mark = nc.mark()

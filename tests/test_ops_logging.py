@@ -1,8 +1,9 @@
 """Log lines an operator can follow, and never a credential in them.
 
-One line per connect, refusal, disconnect and handler error, naming the site, the user and the
-sid; the level comes from ``gsocket.log_level`` (or ``--log-level``).  Cookies, API tokens and
-the socket secret must never reach the log, not even at DEBUG.
+One line per refusal and handler error, naming the site, the user and the sid; connects and
+disconnects one line each at DEBUG and counted in an INFO summary; the level comes from
+``gsocket.log_level`` (or ``--log-level``).  Cookies, API tokens and the socket secret must
+never reach the log, not even at DEBUG.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import requests
 import socketio
 
 from tests.conftest import SITE, SITE2, desk_headers
+from tests.support.bench import wait_until
 
 OPS_APPS = {"apps": ("frappe", "opsapp"), "copy_apps": ("opsapp",), "sites": (SITE,)}
 SECRET = "s3cr3t-socket-secret-value"
@@ -58,6 +60,38 @@ def test_one_line_per_connect_refusal_disconnect_and_handler_error(start_gsocket
 
     for secret in ("sid-admin", "sid-jane", "api-key", "api-secret", SECRET):
         assert secret not in log, f"{secret!r} leaked into the log"
+
+
+SUMMARY = re.compile(
+    r" INFO gsocket\.server\[\d+\]: connections: (\d+) open; in the last [\d.]+ s "
+    r"(\d+) connected, (\d+) disconnected, (\d+) refused"
+)
+
+
+def _summaries(log: str) -> list[tuple[int, int, int, int]]:
+    return [tuple(map(int, m.groups())) for m in SUMMARY.finditer(log)]
+
+
+def test_connects_are_summed_up_at_info_and_logged_one_by_one_at_debug_only(
+    start_gsocket, web, clients
+):
+    proc = start_gsocket(conf={"gsocket": {"log_summary_seconds": 0.3}})
+    admin = clients().connect(proc.url, f"/{SITE}", desk_headers(SITE, "sid-admin"))
+    clients(["websocket"]).connect(proc.url, f"/{SITE}", desk_headers(SITE, "sid-jane"))
+    _refused(clients, proc.url, desk_headers(SITE, "sid-jane", origin="http://evil.example"))
+    admin.disconnect()
+
+    def totals() -> tuple[int, int, int]:
+        lines = _summaries(proc.log())
+        return tuple(sum(line[i] for line in lines) for i in (1, 2, 3))  # type: ignore[return-value]
+
+    wait_until(lambda: totals() == (2, 1, 1), 10, proc.log)
+    lines = _summaries(proc.log())
+    assert lines[-1][0] == 1, lines  # jane's socket is still open
+    assert all(any(line[1:]) for line in lines), lines  # no line for an interval without news
+    log = proc.log()
+    assert "connect site=" not in log
+    assert len([line for line in log.splitlines() if "refused connection" in line]) == 1
 
 
 def test_log_level_is_configurable(start_gsocket, web, clients):
@@ -128,7 +162,7 @@ def test_python_engineio_records_are_printed_once(gsocket):
 
 
 def test_json_lines_format(start_gsocket, clients):
-    proc = start_gsocket(conf={"gsocket": {"log_format": "json"}})
+    proc = start_gsocket(conf={"gsocket": {"log_format": "json", "log_level": "DEBUG"}})
     clients().connect(proc.url, f"/{SITE}", desk_headers(SITE, "sid-admin"))
     _refused(clients, proc.url, desk_headers(SITE, "sid-jane", origin="http://evil.example"))
     requests.get(f"{proc.url}/socket.io/?EIO=4&transport=polling&sid=nope", timeout=5)

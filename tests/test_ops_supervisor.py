@@ -347,6 +347,6 @@ def test_warnings_go_to_the_error_log_and_the_rest_to_the_log(supervised_bench, 
         )
     errors, ordinary = bench / "logs" / "gsocket.error.log", bench / "logs" / "gsocket.log"
     wait_until(lambda: errors.exists() and "invalid_origin" in errors.read_text(), 10)
-    wait_until(lambda: "connect site=" in ordinary.read_text(), 10)
+    wait_until(lambda: " INFO gsocket.app[" in ordinary.read_text(), 10)  # "listening on"
     assert " INFO " not in errors.read_text()
     assert "refused connection" not in ordinary.read_text()

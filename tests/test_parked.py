@@ -8,6 +8,7 @@ import json
 
 import websocket
 
+from gsocket.protocol.workers import KEEP
 from tests.conftest import SITE
 from tests.support.bench import wait_until
 from tests.support.hardening.kit import RawWebSocket, desk_headers, event_frame
@@ -16,6 +17,13 @@ NS = f"/{SITE}"
 IDLE = 300
 BOUND_KB = 16
 """RSS per idle websocket allowed: 31 KB with a blocked greenlet each, about 7 without."""
+
+
+def _busy(probe: dict) -> int:
+    """Greenlets other than the idle workers (gsocket/protocol/workers.py), which wait for the
+    next request or read of any connection and are bounded by their ``KEEP``."""
+    assert probe["idle_workers"] <= KEEP, probe
+    return probe["greenlets"] - probe["idle_workers"]
 
 
 def _frame(opcode: int, data: str | bytes, fin: int = 1) -> websocket.ABNF:
@@ -39,7 +47,7 @@ def test_idle_websockets_hold_no_greenlet_and_little_memory(probed, redis_client
     def settled() -> bool:
         nonlocal after
         after = server.probe()
-        return after["greenlets"] - before["greenlets"] < IDLE / 20
+        return _busy(after) - _busy(before) < IDLE / 20
 
     wait_until(settled, 10, lambda: f"greenlets before {before}, after {after}")
     per_connection_kb = (after["rss"] - before["rss"]) / IDLE / 1024
@@ -98,6 +106,33 @@ def test_an_unmasked_frame_drops_the_connection(probed):
     server.wait_for_log(r"websocket from 127\.0\.0\.1 ended: reserved bits set or an unmasked")
 
 
+def test_parked_connections_leave_no_descriptor_open_when_they_end(probed):
+    """A parked connection keeps the socket gevent accepted (gevent's server is told not to
+    close it when the request ends): whichever side ends it, its descriptor is closed."""
+    server = probed()
+    warm = RawWebSocket(server.url, desk_headers()).open()  # the web client's connection
+    assert warm.connect(NS).startswith(f"40{NS},")
+    before = server.wait_quiet(1, reaped=False)
+    clients = [RawWebSocket(server.url, desk_headers()).open() for _ in range(20)]
+    for ws in clients:
+        assert ws.connect(NS).startswith(f"40{NS},")
+    assert server.wait_quiet(21, reaped=False)["fds"] >= before["fds"] + 20
+    for ws in clients[:10]:
+        ws.close()  # the client ends it
+    for ws in clients[10:]:
+        assert ws.ws is not None
+        ws.ws.sock.sendall(bytes((0x81, 2)) + b"3x")  # the server ends it: an unmasked frame
+        assert ws.recv_until(lambda f: f == "", timeout=3) == ""
+    after = server.wait_quiet(1, reaped=False)
+
+    def closed() -> bool:
+        nonlocal after
+        after = server.probe()
+        return after["fds"] <= before["fds"]
+
+    wait_until(closed, 10, lambda: f"descriptors before {before['fds']}, after {after['fds']}")
+
+
 def test_a_session_upgraded_from_polling_is_parked_too(probed, clients):
     """python-socketio's client starts on polling and upgrades: once on websocket its
     connection holds no greenlet either, and packets go both ways as before."""
@@ -116,7 +151,7 @@ def test_a_session_upgraded_from_polling_is_parked_too(probed, clients):
     def settled() -> bool:
         nonlocal after
         after = server.probe()
-        return after["eio_open"] == 6 and after["greenlets"] <= before["greenlets"] + 1
+        return after["eio_open"] == 6 and _busy(after) <= _busy(before) + 1
 
     wait_until(settled, 10, lambda: f"greenlets before {before}, after {after}")
     assert [c.call("echo", i) for i, c in enumerate(upgraded)] == list(range(5))

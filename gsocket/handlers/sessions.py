@@ -159,7 +159,7 @@ class Sessions:
             log.info("recovered session %s with %d missed events", sid, len(missed or ()))
         self.metrics.connects.inc(identity.site)
         self.metrics.sockets.inc(identity.site)
-        log.info("connect site=%s user=%s sid=%s peer=%s", identity.site, identity.user, sid, peer)
+        log.debug("connect site=%s user=%s sid=%s peer=%s", identity.site, identity.user, sid, peer)
         if self.dispatcher.registry.handlers_for("connect"):
             server.start_background_task(self.dispatcher.dispatch, socket, "connect", ())
 
@@ -181,7 +181,7 @@ class Sessions:
         if socket is None:
             return
         self.metrics.sockets.dec(socket.site)
-        log.info(
+        log.debug(
             "disconnect site=%s user=%s sid=%s reason=%s",
             socket.site,
             socket.user,

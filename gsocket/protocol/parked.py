@@ -1,5 +1,5 @@
 """Idle websockets without a greenlet: the connection is read when the kernel says it is
-readable, by a greenlet that lives only as long as there is something to read.
+readable, by a worker greenlet that holds it only as long as there is something to read.
 
 gevent serves each connection in the greenlet that accepted it, and python-engineio's
 websocket loop blocks that greenlet in a read for the life of the connection.  A blocked
@@ -15,7 +15,8 @@ greenlet ends, close an empty object), bytes the handler had already buffered ar
 gevent-websocket's object is marked closed (its handler would otherwise send a close frame
 as the request ends).  From then on :class:`Parked` reads: a libev watcher wakes it, a short
 greenlet reads every complete frame (RFC 6455: masked client frames, fragments, control
-frames), hands each message to the session exactly as the blocking loop did, and ends.
+frames), hands each message to the session exactly as the blocking loop did, and goes on
+to other jobs (:mod:`gsocket.protocol.workers`).
 Writing stays with the session's :class:`gsocket.protocol.writer.Wire`.
 
 Every use of another library's internals is in :mod:`gsocket.protocol.internals`
@@ -38,6 +39,7 @@ from engineio import packet as eio_packet
 from gsocket.protocol.codec import CLOSE_NORMAL_FRAME, PONG, frame
 from gsocket.protocol.guards import CLOSE_GRACE, frame_problem, oversized
 from gsocket.protocol.internals.gevent_hooks import detach_connection, raw_socket
+from gsocket.protocol.workers import workers
 
 log = logging.getLogger("gsocket.parked")
 
@@ -109,14 +111,15 @@ class Parked:
         self.wire.raw = raw_socket(sock)
         self.wire.ws = self
         if self.buffer:
-            gevent.spawn(self._read)
+            workers.start(self._read)
         else:
             self.watcher.start(self._readable)
 
     def _readable(self) -> None:
-        """The socket has data (run by the event loop): read it in a short greenlet."""
+        """The socket has data (run by the event loop): read it in a worker greenlet
+        (:mod:`gsocket.protocol.workers`), which goes on to other jobs once it is read."""
         self.watcher.stop()
-        gevent.spawn(self._read)
+        workers.start(self._read)
 
     def _read(self) -> None:
         sock = raw_socket(self.socket)

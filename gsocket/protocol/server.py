@@ -29,7 +29,7 @@ from gsocket.protocol.guards import ClientGuard
 from gsocket.protocol.http import accepted_post, request_refusal
 from gsocket.protocol.internals.socketio_hooks import HookedServer
 from gsocket.protocol.manager import Manager
-from gsocket.protocol.session import Timeline
+from gsocket.protocol.session import SessionIds, Timeline
 from gsocket.protocol.transport import Transport
 
 log = logging.getLogger("gsocket.server")
@@ -85,6 +85,7 @@ class Server(HookedServer):
             json=PacketJSON,
             **engineio_options,
         )
+        self.eio.generate_id = SessionIds()
         self._connecting: dict[tuple[str, str], Event] = {}
         self._unconnected: set[str] = set()
         self._connect_deadlines = Timeline(

@@ -12,8 +12,10 @@
   (``ws.handler.socket``), for timeouts and shutdowns;
 - :func:`detach_connection`: a websocket's connection taken from gevent's WSGI handler, so
   that its greenlet can end while the connection stays open (:mod:`gsocket.protocol.parked`):
-  the handler's ``socket``, ``rfile`` and ``close_connection``, ``socket.detach()``, and
-  gevent-websocket's ``closed``, ``handler``, ``stream``, ``raw_read`` and ``raw_write``;
+  the handler's ``socket``, ``rfile``, ``wsgi_input`` (whose ``_discard`` gevent calls after
+  the application) and ``close_connection``, the server's ``do_close``
+  (:class:`HookedWSGIServer`), and gevent-websocket's ``closed``, ``handler``, ``stream``,
+  ``raw_read`` and ``raw_write``;
 - :class:`HookedWSGIHandler`: gevent's request handler parses headers with its
   ``MessageClass`` (an ``email`` parser) and reads through an 8 KiB buffer made in its
   constructor (its ``rfile`` argument, marked deprecated): both are replaced through class
@@ -36,8 +38,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, ClassVar
 
-from gevent import socket as gsocket
 from gevent._tracer import GreenletTracer
+from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
 EMPTY_INPUT = io.BytesIO(b"")
@@ -78,29 +80,30 @@ def handler_socket(ws: Any) -> Any:
 def detach_connection(ws: Any, holder: Any) -> tuple[Any, bytes] | None:
     """Take the connection of gevent-websocket's ``ws`` from gevent's WSGI handler.
 
-    Returns a new gevent socket on the same file descriptor (the handler's own socket object
-    is detached, so that gevent's handler and server close an empty object when the request's
-    greenlet ends) and the bytes the handler had read ahead; ``None`` when the objects are
-    not as expected.  gevent-websocket's object is marked closed (its handler would send a
-    close frame as the request ends), its ``handler`` becomes ``holder`` (whose ``socket``
-    :func:`handler_socket` then finds), and its reading objects are let go.
+    Returns the connection's gevent socket, which gevent's handler and server then leave open
+    when the request's greenlet ends (the handler forgets it, :class:`HookedWSGIServer` does
+    not close it), and the bytes the handler had read ahead; ``None`` when the objects are not
+    as expected (another server class among them).  The handler's read file is closed (it
+    counted as a user of the socket, whose close would otherwise wait for it) and its request
+    body replaced by an empty one.  gevent-websocket's object is marked closed (its handler
+    would send a close frame as the request ends), its ``handler`` becomes ``holder`` (whose
+    ``socket`` :func:`handler_socket` then finds), and its reading objects are let go.
     """
     handler = getattr(ws, "handler", None)
-    old = getattr(handler, "socket", None)
+    sock = getattr(handler, "socket", None)
     rfile = getattr(handler, "rfile", None)
-    if old is None or rfile is None:
+    server = getattr(handler, "server", None)
+    if sock is None or rfile is None or not isinstance(server, HookedWSGIServer):
         return None
-    timeout = old.gettimeout()
-    old.settimeout(0.0)
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
     try:
         buffered = bytes(rfile.peek())
     finally:
-        old.settimeout(timeout)
-    if buffered:
-        rfile.read(len(buffered))
-    family, kind, proto = old.family, old.type, old.proto  # known: no syscalls to ask
-    sock = gsocket.socket(family, kind, proto, fileno=old.detach())
-    sock.settimeout(timeout)
+        sock.settimeout(timeout)
+    server.keep_open(sock)
+    rfile.close()
+    handler.wsgi_input = _NO_BODY
     ws.closed = True
     ws.handler = holder
     ws.stream = ws.raw_read = ws.raw_write = None
@@ -110,6 +113,41 @@ def detach_connection(ws: Any, holder: Any) -> tuple[Any, bytes] | None:
     handler.close_connection = True
     handler.socket = None
     return sock, buffered
+
+
+class HookedWSGIServer(WSGIServer):
+    """gevent's WSGI server, which closes each accepted socket when its handler returns
+    (``do_close``) unless :func:`detach_connection` took the connection for a parked websocket.
+
+    The parked connection keeps the socket object gevent made at accept: making a second one
+    on its descriptor (with two watchers, and its family and type looked up through enum
+    conversions) was 3 % of a connect's CPU.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._kept: set[Any] = set()
+
+    def keep_open(self, sock: Any) -> None:
+        """Leave ``sock`` open when its request's handler returns; its new owner closes it."""
+        self._kept.add(sock)
+
+    def do_close(self, sock: Any, *args: Any) -> None:
+        if sock in self._kept:
+            self._kept.discard(sock)
+            return
+        super().do_close(sock, *args)
+
+
+class _NoBody:
+    """The request body gevent's handler discards after the application, once the
+    connection is detached (its read file is closed by then)."""
+
+    def _discard(self) -> None:
+        """Nothing left to read."""
+
+
+_NO_BODY = _NoBody()
 
 
 def take_upgrade_answer(ws: Any) -> bytes:

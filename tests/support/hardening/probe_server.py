@@ -1,10 +1,12 @@
 """``gsocket serve`` with one extra route, ``GET /_probe``: the sizes of its internal tables.
 
 Leak checks need more than ``/metrics`` shows: Engine.IO sessions, Socket.IO sockets, site
-namespaces, rooms, the client guard's per-session tables, live greenlets and the resident
-memory.  This wrapper runs the real command line unchanged, only adding that route, so what is
-measured is what production runs.  Run it as ``python -m tests.support.hardening.probe_server serve
---bench PATH ...`` (the same arguments as ``gsocket``).
+namespaces, rooms, the client guard's per-session tables, live greenlets (and how many of
+them are idle workers, :mod:`gsocket.protocol.workers`), open file descriptors and the
+resident memory.  This wrapper runs the real command line unchanged, only
+adding that route, so what is measured is what production runs.  Run it as
+``python -m tests.support.hardening.probe_server serve --bench PATH ...`` (the same arguments
+as ``gsocket``).
 """
 
 from gevent import monkey
@@ -13,6 +15,7 @@ monkey.patch_all()
 
 import gc  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable, Iterable  # noqa: E402
 from typing import Any  # noqa: E402
@@ -21,6 +24,7 @@ import greenlet  # noqa: E402
 
 import gsocket.app as app_module  # noqa: E402
 from gsocket.cli import main  # noqa: E402
+from gsocket.protocol.workers import workers  # noqa: E402
 
 PROBE_PATH = "/_probe"
 
@@ -68,7 +72,9 @@ def probe(app: app_module.App) -> dict[str, Any]:
         **server.guard.state(),
         "dropped": {k[0]: v for k, v in app.metrics.clients_dropped.series().items()},
         "greenlets": sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet)),
+        "idle_workers": len(workers.idle),
         "rss": rss_bytes(),
+        "fds": len(os.listdir("/proc/self/fd")),
     }
 
 
