@@ -5,6 +5,7 @@
     PYSPY_NATIVE=1 python benchmarks/deskmix_profile.py --pyspy /tmp/dm   # with C frames
     python benchmarks/deskmix_profile.py --cprofile /tmp/dm     # cProfile of each mix phase
     python benchmarks/deskmix_profile.py --loop /tmp/dm         # the event loop's busy stretches
+    python benchmarks/deskmix_profile.py --strace /tmp/dm       # strace -c of each mix phase
     python benchmarks/deskmix_profile.py --compare /work/main   # that tree and this, interleaved
 
 Per round, a fresh gsocket under ``probe_server.py`` (from this tree, or from each tree of
@@ -142,6 +143,10 @@ class ProbedCase(bench.Case):
             os.kill(self.server_pid(), bench.signal.SIGUSR2)
         if self.opts.loop:
             os.kill(self.server_pid(), bench.signal.SIGUSR1)  # loop-1: everything before
+        if self.opts.strace:
+            out = f"{self.opts.strace}.{self.tag()}"
+            argv = ["strace", "-c", "-f", "-p", str(self.server_pid()), "-o", out]
+            return Child("strace", argv, log_path=Path(f"{out}.log"))
         if not self.opts.pyspy:
             return None
         argv = [
@@ -276,6 +281,13 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
             f"  fan-out at the fixed rate: us/delivery {cell(us, '.2f')}  p99 ms {cell(p99, '.2f')}"
         )
     mixes = [r["mix"] for r in rows if "mix" in r]
+    for k, m in enumerate(mixes, 1):
+        lat, rel = m["latency"], m.get("reconnect_latency") or {}
+        out.append(
+            f"  round {k}: mix cores {m['server_cores']:.3f}  p50 {lat.get('p50_ms')} ms"
+            f"  p99 {lat.get('p99_ms')} ms  p99.9 {lat.get('p999_ms')} ms"
+            f"  reconnects {m['reconnects']} (p99 {rel.get('p99_ms')} ms)"
+        )
     if mixes:
         out.append(
             f"  mix: offered-load cores {cell([m['server_cores'] for m in mixes], '.3f')}"
@@ -301,6 +313,7 @@ def main() -> int:
     p.add_argument("--compare", type=Path, help="another working tree, run interleaved first")
     p.add_argument("--pyspy", help="py-spy raw output prefix (one file per round and tree)")
     p.add_argument("--cprofile", help="cProfile pstats prefix (one file per round and tree)")
+    p.add_argument("--strace", help="strace -c output prefix (one file per round and tree)")
     p.add_argument("--loop", help="loop-probe output prefix (one JSON file per round and tree)")
     opts = p.parse_args()
     st = bench.Settings(sizes=[opts.n], servers=["gsocket"], quick=False, results_dir=Path("/tmp"))
