@@ -39,7 +39,7 @@ import run as bench  # noqa: E402
 from harness import processes  # noqa: E402
 from harness.mix import Mix  # noqa: E402
 
-from gsocket.demo.processes import Child  # noqa: E402
+from gsocket.demo.processes import Child, wait_until  # noqa: E402
 
 log = logging.getLogger("gsocket.bench.deskmix")
 
@@ -171,12 +171,12 @@ class ProbedCase(bench.Case):
         if self.opts.cprofile:
             os.kill(self.server_pid(), bench.signal.SIGUSR2)
             done = self.dump_dir / "cprofile-1.done"
-            processes.wait_until(done.exists, 60, what="the server's profile")
+            wait_until(done.exists, 60, "no profile from the server")
             shutil.copy(self.dump_dir / "cprofile-1.pstats", f"{self.opts.cprofile}.{self.tag()}")
         if self.opts.loop:
             os.kill(self.server_pid(), bench.signal.SIGUSR1)
             done = self.dump_dir / "loop-2.done"
-            processes.wait_until(done.exists, 60, what="the server's loop figures")
+            wait_until(done.exists, 60, "no loop figures from the server")
             shutil.copy(self.dump_dir / "loop-2.json", f"{self.opts.loop}.{self.tag()}")
 
     def tag(self) -> str:

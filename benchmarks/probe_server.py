@@ -123,6 +123,7 @@ class LoopProbe:
         self._polled_at = self._polled_cpu = 0.0
         self._run_at = time.perf_counter()
         self._run_cpu = time.thread_time()
+        self._running = "main"
         self.reset()
         self._check.start(self._polled)
         self._prepare.start(self._polling)
@@ -163,14 +164,15 @@ class LoopProbe:
     def _switched(self, event: str, args: Any) -> None:
         if event not in ("switch", "throw"):
             return
-        origin = args[0]
+        origin, target = args
         now = time.perf_counter()
         cpu = time.thread_time()
         wall, used = now - self._run_at, cpu - self._run_cpu
         self._run_at, self._run_cpu = now, cpu
+        # named when it starts to run: a finished greenlet has lost its function
+        name, self._running = self._running, _greenlet_name(target)
         if origin is self.hub:
             return  # the hub's runs include its poll: the stretches above measure it
-        name = _greenlet_name(origin)
         entry = self.runs.get(name)
         if entry is None:
             entry = self.runs[name] = [0, 0.0, 0.0, 0.0]
@@ -296,10 +298,32 @@ def _percentiles(values: list[int]) -> dict[str, float]:
 
 
 def _greenlet_name(g: Any) -> str:
-    """What a greenlet runs: its function's qualified name (a spawned greenlet's ``_run``)."""
+    """What a greenlet runs: its function's qualified name (a spawned greenlet's ``_run``),
+    and for a client event's or a socket's end the event's name (``Sessions._run_event``
+    and ``Dispatcher.dispatch`` are given it among their arguments), so that a page
+    reload's steps are told apart."""
     fn = getattr(g, "_run", None) or getattr(g, "run", None)
     fn = getattr(fn, "__func__", fn)
-    return getattr(fn, "__qualname__", None) or type(g).__name__
+    name = getattr(fn, "__qualname__", None) or type(g).__name__
+    for arg in getattr(g, "args", None) or ():
+        if isinstance(arg, str) and arg in EVENTS:
+            return f"{name}({arg})"
+    return name
+
+
+EVENTS = frozenset(
+    {
+        "connect",
+        "disconnect",
+        "doctype_subscribe",
+        "doc_subscribe",
+        "doc_open",
+        "doc_close",
+        "ping",
+        "task_subscribe",
+    }
+)
+"""Event names :func:`_greenlet_name` looks for among a greenlet's arguments."""
 
 
 def _watchers() -> int | None:
