@@ -250,6 +250,11 @@ def loop_summary(paths: list[str], count: int = 12) -> list[str]:
             f"{lag.get('p90')} p99 {lag.get('p99')} max {lag.get('max')}; read->sent us p50 "
             f"{batch.get('p50')} p99 {batch.get('p99')} max {batch.get('max')}"
         )
+    for g in got:
+        out.append(
+            "  cyclic collector by generation: "
+            + (", ".join(f"gen{k} {v}" for k, v in g.get("gc", {}).items()) or "none")
+        )
     out.append("  longest greenlet runs (wall ms / cpu ms, greenlet, where it switched away):")
     for w, c, name, where in sorted((r for g in got for r in g["long_runs"]), reverse=True)[:count]:
         out.append(f"    {w:6.2f}/{c:5.2f}  {name}  {where}")

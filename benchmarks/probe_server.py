@@ -128,6 +128,8 @@ class LoopProbe:
         self._check.start(self._polled)
         self._prepare.start(self._polling)
         greenlet.settrace(self._switched)
+        self._collecting = 0.0
+        gc.callbacks.append(self._collected)
 
     def reset(self) -> None:
         self.since = time.time()
@@ -137,6 +139,18 @@ class LoopProbe:
         self.longest: list[tuple[float, float, float]] = []
         self.runs: dict[str, list[float]] = {}
         self.long_runs: list[tuple[float, float, str, str]] = []
+        self.collections: dict[int, list[float]] = {}
+
+    def _collected(self, phase: str, info: dict[str, Any]) -> None:
+        """Time each run of the cyclic collector: it holds the loop like any long run."""
+        if phase == "start":
+            self._collecting = time.perf_counter()
+            return
+        took = time.perf_counter() - self._collecting
+        entry = self.collections.setdefault(info["generation"], [0, 0.0, 0.0])
+        entry[0] += 1
+        entry[1] += took
+        entry[2] = max(entry[2], took)
 
     def _polled(self) -> None:
         self._polled_at = time.perf_counter()
@@ -221,6 +235,10 @@ class LoopProbe:
             ],
         }
         facts["bridge"] = self.bridge.take()
+        facts["gc"] = {
+            str(gen): {"count": n, "total_ms": round(t * 1000, 3), "max_ms": round(m * 1000, 3)}
+            for gen, (n, t, m) in sorted(self.collections.items())
+        }
         self.reset()
         return facts
 
