@@ -238,13 +238,18 @@ class Bridge:
 
         The spacing is the time since the previous read's deliveries ended, gathering sleep
         included, per message: a gathering sleep saves wakeups only while more than one
-        message comes per :data:`GATHER`, and two reads in a row must say so.  Timing the
-        wait after the sleep instead (as before) made any stream above one event per
-        ``GATHER`` gather for good: at the desk mix's ~400 events/s (one every ~2.7 ms) a
-        read waited ~0.7 ms after its 2 ms sleep, so nearly every event paid a timer wakeup
-        and one that came during the sleep waited for its end.
+        message comes per :data:`GATHER`.  Timing the wait after the sleep instead (as
+        before) made any stream above one event per ``GATHER`` gather for good: at the desk
+        mix's ~400 events/s (one every ~2.7 ms) a read waited ~0.7 ms after its 2 ms sleep,
+        so nearly every event paid a timer wakeup and one that came during the sleep waited
+        for its end.  A lone message soon after a long spacing is no dense stream either:
+        the read before came late (the loop was busy with a page reload), so its deliveries
+        ended late; a dense stream coming back after a pause shows itself by several
+        messages in one read.
         """
-        return spacing < GATHER and before < GATHER and 0 < messages < GATHER_BELOW
+        if not 0 < messages < GATHER_BELOW or spacing >= GATHER:
+            return False
+        return before < GATHER or messages > 1
 
     def _listen(self) -> None:
         """Subscribe with :mod:`gsocket.protocol.resp` and deliver until the connection is lost.
