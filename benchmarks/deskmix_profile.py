@@ -4,6 +4,8 @@
     python benchmarks/deskmix_profile.py --pyspy /tmp/dm        # py-spy of each mix phase
     PYSPY_NATIVE=1 python benchmarks/deskmix_profile.py --pyspy /tmp/dm   # with C frames
     python benchmarks/deskmix_profile.py --cprofile /tmp/dm     # cProfile of each mix phase
+    python benchmarks/deskmix_profile.py --loop /tmp/dm         # the event loop's busy stretches
+    python benchmarks/deskmix_profile.py --strace /tmp/dm       # strace -c of each mix phase
     python benchmarks/deskmix_profile.py --compare /work/main   # that tree and this, interleaved
 
 Per round, a fresh gsocket under ``probe_server.py`` (from this tree, or from each tree of
@@ -19,6 +21,7 @@ the rounds of one invocation, with their spread.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import pstats
@@ -36,7 +39,7 @@ import run as bench  # noqa: E402
 from harness import processes  # noqa: E402
 from harness.mix import Mix  # noqa: E402
 
-from gsocket.demo.processes import Child  # noqa: E402
+from gsocket.demo.processes import Child, wait_until  # noqa: E402
 
 log = logging.getLogger("gsocket.bench.deskmix")
 
@@ -75,6 +78,7 @@ class ProbedCase(bench.Case):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.tree), env.get("PYTHONPATH")]))
         argv = [sys.executable, str(bench.BENCH_ROOT / "probe_server.py"), str(self.dump_dir)]
+        argv += ["--loop"] if self.opts.loop else []
         argv += ["--", "--bench", str(self.run.bench), "--port", str(port)]
         name = f"gsocket-{self.tree.name}-r{self.result['round']}"
         return processes.start(name, argv, self.run.log_dir, cwd=self.run.bench / "sites", env=env)
@@ -137,6 +141,12 @@ class ProbedCase(bench.Case):
         assert self.proc is not None
         if self.opts.cprofile:
             os.kill(self.server_pid(), bench.signal.SIGUSR2)
+        if self.opts.loop:
+            os.kill(self.server_pid(), bench.signal.SIGUSR1)  # loop-1: everything before
+        if self.opts.strace:
+            out = f"{self.opts.strace}.{self.tag()}"
+            argv = ["strace", "-c", "-f", "-p", str(self.server_pid()), "-o", out]
+            return Child("strace", argv, log_path=Path(f"{out}.log"))
         if not self.opts.pyspy:
             return None
         argv = [
@@ -161,8 +171,13 @@ class ProbedCase(bench.Case):
         if self.opts.cprofile:
             os.kill(self.server_pid(), bench.signal.SIGUSR2)
             done = self.dump_dir / "cprofile-1.done"
-            processes.wait_until(done.exists, 60, what="the server's profile")
+            wait_until(done.exists, 60, "no profile from the server")
             shutil.copy(self.dump_dir / "cprofile-1.pstats", f"{self.opts.cprofile}.{self.tag()}")
+        if self.opts.loop:
+            os.kill(self.server_pid(), bench.signal.SIGUSR1)
+            done = self.dump_dir / "loop-2.done"
+            wait_until(done.exists, 60, "no loop figures from the server")
+            shutil.copy(self.dump_dir / "loop-2.json", f"{self.opts.loop}.{self.tag()}")
 
     def tag(self) -> str:
         return f"{self.tree.name}.{self.result['round']}"
@@ -193,6 +208,59 @@ def folded_top(paths: list[str], count: int = 25) -> list[str]:
     return out
 
 
+def loop_summary(paths: list[str], count: int = 12) -> list[str]:
+    """The event loop's busy stretches and longest greenlet runs over the mix phases of
+    several rounds (``probe_server.py --loop``)."""
+    got = [json.loads(Path(p).read_text()) for p in paths]
+    seconds = sum(g["seconds"] for g in got)
+    stretches = sum(g["stretches"] for g in got)
+    busy = sum(g["busy_s"] for g in got)
+    busy_cpu = sum(g["busy_cpu_s"] for g in got)
+    buckets: dict[str, int] = {}
+    runs: dict[str, list[float]] = {}
+    for g in got:
+        for edge, n in g["stretch_ms_buckets"].items():
+            buckets[edge] = buckets.get(edge, 0) + n
+        for name, r in g["greenlet_runs"].items():
+            entry = runs.setdefault(name, [0, 0.0, 0.0, 0.0])
+            entry[0] += r["count"]
+            entry[1] += r["wall_ms"]
+            entry[2] += r["cpu_ms"]
+            entry[3] = max(entry[3], r["max_ms"])
+    per_s = 1 / max(seconds, 1e-9)
+    out = [
+        f"  {seconds:.1f} s, {stretches} stretches ({stretches * per_s:.0f}/s), "
+        f"busy {busy * per_s:.3f} of the time (on-CPU {busy_cpu * per_s:.3f})",
+        "  stretches by length (ms): " + "  ".join(f"{k} {v}" for k, v in buckets.items()),
+    ]
+    longest = sorted((s for g in got for s in g["longest_stretches_ms"]), reverse=True)[:count]
+    out.append(
+        "  longest stretches (wall ms / cpu ms): "
+        + ", ".join(f"{w:.2f}/{c:.2f}" for w, c, _ in longest)
+    )
+    out.append("  greenlet runs (count, wall ms, cpu ms, longest ms):")
+    for name, (n, w, c, m) in sorted(runs.items(), key=lambda kv: -kv[1][1])[:count]:
+        out.append(f"    {n:7d} {w:9.1f} {c:9.1f} {m:7.2f}  {name}")
+    for g in got:
+        b = g.get("bridge", {})
+        lag, batch = b.get("read_lag_us", {}), b.get("batch_us", {})
+        out.append(
+            f"  bridge: {b.get('batches', 0)} reads, gathered after {b.get('gathered', 0)} of "
+            f"{b.get('gather_decisions', 0)}; publish->read us p50 {lag.get('p50')} p90 "
+            f"{lag.get('p90')} p99 {lag.get('p99')} max {lag.get('max')}; read->sent us p50 "
+            f"{batch.get('p50')} p99 {batch.get('p99')} max {batch.get('max')}"
+        )
+    for g in got:
+        out.append(
+            "  cyclic collector by generation: "
+            + (", ".join(f"gen{k} {v}" for k, v in g.get("gc", {}).items()) or "none")
+        )
+    out.append("  longest greenlet runs (wall ms / cpu ms, greenlet, where it switched away):")
+    for w, c, name, where in sorted((r for g in got for r in g["long_runs"]), reverse=True)[:count]:
+        out.append(f"    {w:6.2f}/{c:5.2f}  {name}  {where}")
+    return out
+
+
 def summary(rows: list[dict[str, Any]]) -> list[str]:
     """Median (min-max) of each figure over the rounds of one tree."""
 
@@ -218,6 +286,13 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
             f"  fan-out at the fixed rate: us/delivery {cell(us, '.2f')}  p99 ms {cell(p99, '.2f')}"
         )
     mixes = [r["mix"] for r in rows if "mix" in r]
+    for k, m in enumerate(mixes, 1):
+        lat, rel = m["latency"], m.get("reconnect_latency") or {}
+        out.append(
+            f"  round {k}: mix cores {m['server_cores']:.3f}  p50 {lat.get('p50_ms')} ms"
+            f"  p99 {lat.get('p99_ms')} ms  p99.9 {lat.get('p999_ms')} ms"
+            f"  reconnects {m['reconnects']} (p99 {rel.get('p99_ms')} ms)"
+        )
     if mixes:
         out.append(
             f"  mix: offered-load cores {cell([m['server_cores'] for m in mixes], '.3f')}"
@@ -243,6 +318,8 @@ def main() -> int:
     p.add_argument("--compare", type=Path, help="another working tree, run interleaved first")
     p.add_argument("--pyspy", help="py-spy raw output prefix (one file per round and tree)")
     p.add_argument("--cprofile", help="cProfile pstats prefix (one file per round and tree)")
+    p.add_argument("--strace", help="strace -c output prefix (one file per round and tree)")
+    p.add_argument("--loop", help="loop-probe output prefix (one JSON file per round and tree)")
     opts = p.parse_args()
     st = bench.Settings(sizes=[opts.n], servers=["gsocket"], quick=False, results_dir=Path("/tmp"))
     st.mix = Mix.parse(opts.mix).text()
@@ -279,6 +356,13 @@ def main() -> int:
             if files:
                 print(f"py-spy of the mix phase, {tree}:")
                 print("\n".join(folded_top(files)))
+    if opts.loop:
+        for tree in trees:
+            files = [f"{opts.loop}.{tree.name}.{r}" for r in range(1, opts.rounds + 1)]
+            files = [f for f in files if Path(f).exists()]
+            if files:
+                print(f"event loop in the mix phase, {tree}:")
+                print("\n".join(loop_summary(files)))
     if opts.cprofile:
         for tree in trees:
             files = [f"{opts.cprofile}.{tree.name}.{r}" for r in range(1, opts.rounds + 1)]

@@ -5,6 +5,7 @@ that paid a ``recv`` returning EAGAIN after each lone event."""
 from __future__ import annotations
 
 import json
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -86,6 +87,49 @@ def test_a_killed_reader_leaves_no_watcher_behind(subscriber: resp.Subscriber, r
     assert first.dead
     redis_client.publish("reader", b"after")
     assert gevent.spawn(subscriber.read).get(timeout=10) == [b"after"]
+
+
+def test_events_are_read_before_client_sockets_readable_in_the_same_poll(
+    subscriber: resp.Subscriber, redis_client: Any
+):
+    """When one poll finds Redis and many client connections readable (a busy moment: page
+    reloads, web calls answered), the reader runs first, so the events are not queued
+    behind the clients' work of that loop turn."""
+    order: list[str] = []
+    loop = gevent.get_hub().loop
+    pairs = [socket.socketpair() for _ in range(20)]
+    watchers = []
+    for ours, _theirs in pairs:
+        watcher = loop.io(ours.fileno(), 1)
+        watcher.start(lambda w=watcher: (order.append("client"), w.stop()))
+        watchers.append(watcher)
+
+    def reader() -> None:
+        assert subscriber.read() == [b"event"]
+        order.append("redis")
+
+    greenlet = gevent.spawn(reader)
+    gevent.sleep(0.05)  # waiting on its watcher
+    try:
+        # Make every socket readable while the loop cannot poll (a plain blocking wait).
+        for _ours, theirs in pairs[:10]:
+            theirs.send(b"x")
+        redis_client.publish("reader", b"event")
+        for _ours, theirs in pairs[10:]:
+            theirs.send(b"x")
+        readable, _, _ = select.select([subscriber._raw], [], [], 10)
+        assert readable
+        greenlet.join(10)
+        deadline = time.monotonic() + 10
+        while len(order) < 21 and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+    finally:
+        for watcher in watchers:
+            watcher.stop()
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+    assert order[0] == "redis" and order.count("client") == 20
 
 
 def test_messages_sent_with_the_subscribe_answer_are_read_without_waiting():

@@ -148,7 +148,10 @@ class Subscriber:
             sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_KEEPALIVE, 1)
         self._sock = sock
         self._raw = raw_socket(sock)  # non-blocking: read only once the watcher said so
-        self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+        loop = gevent.get_hub().loop
+        # First of the sockets a poll finds readable: the events go out before the loop
+        # turns to client input (a page reload's frames, its web calls' answers).
+        self._watcher = loop.io(sock.fileno(), 1, priority=loop.MAXPRI)
         self._chunk = memoryview(bytearray(READ_SIZE))
         self._buf = bytearray()
         password = opts.get("password")
