@@ -180,6 +180,25 @@ class TestViewers:
         final = self.viewers(admin, 2)
         assert final == {"doctype": "ToDo", "docname": "TD-2", "users": ["Administrator"]}
 
+    def test_two_tabs_of_one_user_are_counted_by_socket_as_frappes_node_does(
+        self, gsocket, web, clients
+    ):
+        web.permissions.update(
+            {("Administrator", "ToDo", None), ("jane@example.com", "ToDo", None)}
+        )
+        tab_a = connect(clients, gsocket, "sid-admin")
+        tab_b = connect(clients, gsocket, "sid-admin")
+        jane = connect(clients, gsocket, "sid-jane")
+        tab_a.call("doc_open", "ToDo", "TD-1")  # one socket, its own user: nothing
+        tab_b.call("doc_open", "ToDo", "TD-1")  # two sockets: both are told, one user
+        alone = {"doctype": "ToDo", "docname": "TD-1", "users": ["Administrator"]}
+        assert self.viewers(tab_a) == self.viewers(tab_b) == alone
+        tab_b.call("doc_close", "ToDo", "TD-1")  # left: the other tab of the same user: nothing
+        jane.call("doc_open", "ToDo", "TD-1")
+        both = {**alone, "users": ["Administrator", "jane@example.com"]}
+        assert self.viewers(tab_a, 2) == both
+        assert [args[0] for args in tab_a.events("doc_viewers")] == [alone, both]
+
     def test_doc_open_needs_permission(self, gsocket, web, clients):
         web.permissions.add(("Administrator", "ToDo", None))
         admin = connect(clients, gsocket, "sid-admin")

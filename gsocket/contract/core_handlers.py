@@ -91,23 +91,21 @@ def distinct_users(sids: Iterable[str], user_of: Callable[[str], str | None]) ->
     return list(users)
 
 
-def viewers(socket: Socket, doctype: str, name: str) -> list[str]:
-    """Distinct users with the document's form open, in the order they opened it."""
-    return distinct_users(socket.participants(open_doc_room(doctype, name)), socket.user_of)
+def notify_viewers(socket: Socket, doctype: str, name: str) -> None:
+    """Tell the form's viewers who is viewing it: the distinct users of its sockets.
 
-
-def notify_viewers(socket: Socket, doctype: str, name: str, skip_if_alone: bool) -> None:
-    """Tell the form's viewers who is viewing it.
-
-    :param skip_if_alone: send nothing when the only viewer is this socket's own user.
+    Nothing is sent when the form's only socket is one of this socket's user (the opener
+    alone, or the other tab of the user who closed it), as Frappe's Node server decides it:
+    by sockets, so two tabs of one user opening a form are each told that user.
     """
-    users = viewers(socket, doctype, name)
-    if skip_if_alone and users == [socket.user]:
+    room = open_doc_room(doctype, name)
+    users = [user for user in map(socket.user_of, socket.participants(room)) if user is not None]
+    if users == [socket.user]:
         return
     socket.emit(
         "doc_viewers",
-        {"doctype": doctype, "docname": name, "users": users},
-        room=open_doc_room(doctype, name),
+        {"doctype": doctype, "docname": name, "users": list(dict.fromkeys(users))},
+        room=room,
     )
 
 
@@ -120,7 +118,7 @@ def doc_open(socket: Socket, doctype: str, name: str) -> None:
     open_docs = socket.get(OPEN_DOCS) or []
     if pair not in open_docs:
         socket.set(OPEN_DOCS, [*open_docs, pair])
-    notify_viewers(socket, doctype, name, skip_if_alone=True)
+    notify_viewers(socket, doctype, name)
 
 
 def doc_close(socket: Socket, doctype: str, name: str) -> None:
@@ -128,14 +126,14 @@ def doc_close(socket: Socket, doctype: str, name: str) -> None:
     socket.leave(open_doc_room(doctype, name))
     open_docs = socket.get(OPEN_DOCS) or []
     socket.set(OPEN_DOCS, [pair for pair in open_docs if pair != [doctype, name]])
-    notify_viewers(socket, doctype, name, skip_if_alone=False)
+    notify_viewers(socket, doctype, name)
 
 
 def close_open_docs(socket: Socket) -> None:
     """On disconnect: tell the viewers of every form this socket still had open."""
     for doctype, name in socket.get(OPEN_DOCS) or []:
         socket.leave(open_doc_room(doctype, name))
-        notify_viewers(socket, doctype, name, skip_if_alone=False)
+        notify_viewers(socket, doctype, name)
     socket.set(OPEN_DOCS, [])
 
 

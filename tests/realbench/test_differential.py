@@ -284,6 +284,39 @@ FAULTS = {
 }
 
 
+def test_viewers_are_counted_by_socket_as_node_counts_them(
+    sides: dict[str, Side], lane: Lane, conns: Callable[[], Conn]
+) -> None:
+    """Two tabs of one user on a form: Node tells both tabs that user when the second opens
+    it, and tells the tab left nothing when the other closes it (its only socket is of the
+    closing user); the distinct users decide neither."""
+    publisher = lane.publisher
+    todo = lane.bench.in_site(
+        SITE, 'print(frappe.get_doc({"doctype": "ToDo", "description": "tabs"}).insert().name)'
+    ).split()[-1]
+    tab_a = Pair(conns, sides, lane.desk)
+    tab_b = Pair(conns, sides, lane.desk)
+    admin = Pair(conns, sides, "Administrator")
+    tab_a.emit("doc_open", "ToDo", todo)
+    publisher.wait_in_room(SITE, f"open_doc:ToDo/{todo}", *tab_a.on.values())
+    tab_b.emit("doc_open", "ToDo", todo)
+    alone = {"doctype": "ToDo", "docname": todo, "users": [lane.desk]}
+    tab_a.wait("doc_viewers", lambda a: a == (alone,))
+    tab_b.wait("doc_viewers", lambda a: a == (alone,))
+    tab_b.emit("doc_close", "ToDo", todo)
+    tab_b.emit("ping")  # answered after the doc_close was handled, on both servers
+    tab_b.wait("pong", lambda a: True)
+    admin.emit("doc_open", "ToDo", todo)
+    both = {**alone, "users": [lane.desk, "Administrator"]}
+    tab_a.wait("doc_viewers", lambda a: a == (both,))
+    admin.wait("doc_viewers", lambda a: a == (both,))
+    tabs = (tab_a, tab_b, admin)
+    publisher.settle(SITE, *((pair.on[s], pair.user) for pair in tabs for s in SERVERS))
+    for pair in tabs:
+        assert pair.transcript("node") == pair.transcript("gsocket"), pair.user
+    assert tab_a.transcript("gsocket") == [("doc_viewers", (alone,)), ("doc_viewers", (both,))]
+
+
 def test_web_faults_end_in_node_decisions(sides: dict[str, Side], lane: Lane) -> None:
     """Each fault of the web process, in front of both servers at once: the same permission
     decision and the same connect decision (python-socketio clients)."""
