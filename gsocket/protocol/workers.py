@@ -11,11 +11,15 @@ A job handed over by the event loop (the accept of a connection, a parked socket
 readable: both are watcher callbacks) goes straight to an idle worker, which runs it until it
 waits; a job from any other greenlet, or when no worker is idle, gets a new worker.  A worker
 whose job ends waits for the next one unless :data:`KEEP` are waiting already; then it ends.
-An exception ends its worker as it ends a greenlet of gevent's own (printed by the hub).
+An exception ends its worker as it ends a greenlet of gevent's own (printed by the hub); one
+thrown into an idle worker (a kill) takes it out of the idle list first, so no job is handed
+to a worker that is gone.  Each job runs in a new, empty ``contextvars`` context, as in a new
+greenlet, so that nothing a job sets there is seen by the next job of the same worker.
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import Any
 
@@ -37,40 +41,40 @@ class Workers:
     def __init__(self, keep: int = KEEP) -> None:
         self.keep = keep
         self.idle: list[Waiter] = []
-        self._hub: Any = None
 
     def start(self, func: Callable[..., Any], *args: Any) -> None:
         """Run ``func(*args)`` in an idle worker, at once when called by the event loop (a
         watcher's callback: what it watched for is there now), or in a new worker (scheduled,
         as ``gevent.spawn`` does)."""
-        hub = self._hub
-        if hub is None:
-            hub = self._hub = get_hub()
-        if self.idle and getcurrent() is hub:
+        if self.idle and getcurrent() is get_hub():
             self.idle.pop().switch((func, args))
         else:
-            gevent.spawn(self._work, func, args)
+            # The job in a list the worker empties: a kept worker never ends, and gevent
+            # keeps a greenlet's spawn arguments until it ends.
+            gevent.spawn(self._work, [(func, args)])
 
     def spawn(self, func: Callable[..., Any], *args: Any) -> None:
         """Run ``func(*args)`` in a worker when the event loop next runs its callbacks, as
         ``gevent.spawn`` does (gevent's server uses it as its ``spawn``): an accepted
         connection's request has usually arrived by then, where a worker started at once
         would find nothing to read yet and wait for it."""
-        hub = self._hub
-        if hub is None:
-            hub = self._hub = get_hub()
-        hub.loop.run_callback(self.start, func, *args)
+        get_hub().loop.run_callback(self.start, func, *args)
 
-    def _work(self, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def _work(self, first: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
         idle = self.idle
+        func, args = first.pop()
         while True:
-            func(*args)
+            contextvars.Context().run(func, *args)
             func = args = None  # type: ignore[assignment]  # nothing of the job kept meanwhile
             if len(idle) >= self.keep:
                 return
             waiter = Waiter()
             idle.append(waiter)
-            func, args = waiter.get()
+            try:
+                func, args = waiter.get()
+            except BaseException:
+                idle.remove(waiter)  # killed while idle: no job may be handed to it
+                raise
 
 
 workers = Workers()
