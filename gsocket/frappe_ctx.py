@@ -44,7 +44,9 @@ from gsocket.contract.dbpool import DBPool
 from gsocket.errors import StartupError
 from gsocket.protocol.internals.frappe_conf_hooks import keep_site_config
 from gsocket.protocol.internals.frappe_db_hooks import (
+    COMMIT_CALLBACKS,
     DATABASE_NAMING,
+    ROLLBACK_CALLBACKS,
     commit_last,
     current_connection,
     lend_connections,
@@ -55,6 +57,7 @@ from gsocket.protocol.internals.frappe_db_hooks import (
 from gsocket.protocol.internals.gevent_hooks import lock_is_free
 from gsocket.protocol.internals.pymysql_hooks import (
     pool_supported,
+    result_unread,
     share_pymysql_default_tls_context,
 )
 
@@ -67,11 +70,6 @@ INSTALLED_APPS_TTL = 60.0
 
 #: Seconds a rollback after a failed handler may take before the connection is just closed.
 ROLLBACK_TIMEOUT = 5.0
-
-#: The callbacks a commit (and a rollback) runs: with none pending and no query sent, there
-#: is nothing to end, and the context ends without a connection.
-_COMMIT_CALLBACKS = ("before_commit", "after_commit")
-_ROLLBACK_CALLBACKS = ("before_rollback", "after_rollback")
 
 #: Attributes without which an importable ``frappe`` cannot be Frappe (or our test double).
 _REQUIRED_API = ("init", "connect", "set_user", "destroy", "local")
@@ -247,10 +245,16 @@ class _Lease:
             take_connection(self.db)
             self.pool.checkin(self.key, held, reusable, commit)
 
-    def holds_current(self) -> bool:
-        """Whether the connection Frappe holds now is one this context borrowed."""
-        current = current_connection(self.db)
-        return any(conn is current for conn in self.borrowed)
+    def can_commit_with_return(self, db: Any) -> bool:
+        """Whether the last ``COMMIT`` of ``db`` (``frappe.local.db`` after the handler) may go
+        with the return of its connection: ``db`` is the ``Database`` this lease lends to (a
+        handler's ``frappe.connect()`` makes another, whose transaction Frappe's ``commit()``
+        must end), the connection it holds is one this context borrowed, and no unbuffered
+        result of it is left unread (PyMySQL's ``commit()`` reads that first)."""
+        if db is not self.db:
+            return False
+        current = current_connection(db)
+        return any(conn is current for conn in self.borrowed) and not result_unread(current)
 
 
 class FrappeContext:
@@ -382,9 +386,9 @@ class FrappeContext:
             frappe.set_user(user)
             result = fn(*args)
             db = frappe.local.db
-            if lease is not None and lease.holds_current() and only_commit_left(db):
+            if lease is not None and lease.can_commit_with_return(db) and only_commit_left(db):
                 lease.end(True, commit=True)
-            elif not untouched(db, _COMMIT_CALLBACKS):
+            elif not untouched(db, COMMIT_CALLBACKS):
                 commit_last(db, read_only=bool(frappe.local.flags.read_only))
             reusable = True
             return result
@@ -422,7 +426,7 @@ class FrappeContext:
         ``destroy`` discards the transaction just as well.
         """
         db = getattr(frappe.local, "db", None)
-        if db is None or untouched(db, _ROLLBACK_CALLBACKS):
+        if db is None or untouched(db, ROLLBACK_CALLBACKS):
             return True
         limit = gevent.Timeout(self.rollback_timeout)
         limit.start()

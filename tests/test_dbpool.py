@@ -170,6 +170,34 @@ def test_a_commit_sent_with_the_reset_is_answered_first_and_its_failure_raised(
         other.close()
 
 
+def test_a_commit_that_cannot_be_sent_with_the_reset_raises(
+    mariadb: MariaDBServer, connect: Callable[[], pymysql.Connection]
+) -> None:
+    """A ``COMMIT`` never sent (the connection was lost and its error swallowed by the
+    handler, or an unbuffered result left unread) fails as one refused: the event must not
+    report success for a transaction that was never committed."""
+    pool = DBPool(4)
+    conn = pool.checkout(KEY, connect)
+    with conn.cursor() as cursor:
+        cursor.execute("INSERT INTO t VALUES ('never sent')")
+    conn._force_close()  # what PyMySQL does when a query finds the connection lost
+    with pytest.raises(ConnectionError):
+        pool.checkin(KEY, conn, commit=True)
+    unread = pool.checkout(KEY, connect)
+    cursor = unread.cursor(pymysql.cursors.SSCursor)
+    cursor.execute("SELECT SEQ FROM seq_1_to_1000")
+    with pytest.raises(RuntimeError, match="unbuffered"):
+        pool.checkin(KEY, unread, commit=True)
+    unread._result.unbuffered_active = False  # see the unbuffered test below
+    assert pool.idle(KEY) == 0 and pool.counts["reset_failed"] == 2
+    assert mariadb.wait_for_connections(0) == 0
+    other = connect()
+    try:
+        assert one(other, "SELECT COUNT(*) FROM t WHERE v = 'never sent'") == 0
+    finally:
+        other.close()
+
+
 @pytest.mark.parametrize(
     "unread",
     [

@@ -168,22 +168,24 @@ def reset(conn: Any, commit: bool = False, timeout: float = RESET_TIMEOUT) -> No
     connection answers the last command it was sent.  All in one write; with ``commit``, the
     borrower's ``COMMIT`` goes first in that write (one round trip instead of two).
 
-    :raises CommitFailed: the ``COMMIT`` was refused or not answered: its outcome is the
-        borrower's to report, and the connection is not to be kept.  No time limit applies
-        to it, as none applies to Frappe's own ``commit()``.
-    :raises TimeoutError: the reset took longer than ``timeout`` seconds.
+    :raises CommitFailed: the ``COMMIT`` could not be sent, was refused or was not answered:
+        its outcome is the borrower's to report, and the connection is not to be kept.  No
+        time limit applies to it, as none applies to Frappe's own ``commit()``.
+    :raises TimeoutError: the reset's answers took longer than ``timeout`` seconds.
     """
     statements = [_restore_statement(conn)]
     if conn.init_command is not None:
         statements.append(conn.init_command)
     nonce = random.getrandbits(62)
     statements.append(f"SELECT {nonce}")
-    write_reset(conn, statements, commit)
-    if commit:
-        try:
+    try:
+        write_reset(conn, statements, commit)
+        if commit:
             read_commit(conn)
-        except Exception as exc:
+    except Exception as exc:
+        if commit:  # not sent (a closed connection) is as failed as refused: the event says so
             raise CommitFailed(exc) from exc
+        raise
     limit = gevent.Timeout(timeout)
     limit.start()
     try:
@@ -392,7 +394,7 @@ class DBPool:
 
         Must be called by the greenlet that borrowed it, once for every connection
         :meth:`checkout` gave it, even one already closed.  A ``GreenletExit`` or other
-        ``BaseException`` arriving during the reset closes the connection and goes on.
+        ``BaseException`` arriving during the reset closes the connection and is raised on.
 
         With ``commit`` the borrower's transaction is committed first, in the same write as
         the reset when the connection is kept; a ``COMMIT`` that fails (or whose answer never

@@ -574,9 +574,10 @@ def endings(a: dict[str, Any]) -> dict[str, Any]:
     """How a context ends its transaction, by what the handler did: no query at all (no
     connection is borrowed), a commit callback without a query, writes through the ORM (which
     leaves ``after_commit`` callbacks) and through SQL (none; committed with the connection's
-    reset), a ``COMMIT`` the server refuses (with and without a pool), an
-    ``after_commit`` callback that writes after the last commit (never committed, in Frappe
-    too), with autocommit turned on by the handler, and a raise with a rollback callback."""
+    reset), writes before and after the handler's own ``frappe.connect()``, a ``COMMIT`` the
+    server refuses (with and without a pool), an ``after_commit`` callback that writes after
+    the last commit (never committed, in Frappe too), with autocommit turned on by the
+    handler, and a raise with a rollback callback."""
     import frappe
 
     from gsocket.contract.dbpool import DBPool
@@ -635,6 +636,21 @@ def endings(a: dict[str, Any]) -> dict[str, Any]:
         return "ok"
 
     step("sql_writes", sql_writes)
+
+    def reconnected() -> str:
+        # A handler that replaces frappe.local.db: what the first Database wrote is dropped
+        # with it (its connection goes back to the pool and is reset), what the new one
+        # wrote is committed by Frappe's commit() on the new one, as in Frappe.
+        for label in ("before-reconnect", "after-reconnect"):
+            if label == "after-reconnect":
+                frappe.connect(set_admin_as_user=False)
+            frappe.db.sql(
+                "INSERT INTO `tabToDo` (name, description) VALUES (%s, %s)",
+                (f"{label}-{token}", f"{label}-{token}"),
+            )
+        return "ok"
+
+    step("reconnected", reconnected)
 
     def late_write() -> None:
         todo("before-commit")

@@ -261,6 +261,8 @@ def test_each_way_a_context_ends_leaves_what_frappe_would(ctx_bench: RealBench) 
     # The ORM's writes leave after_commit callbacks (link counts, realtime): Frappe commits.
     assert r["writes"] == {"returned": "ok", "borrowed": 1, "frappe_commits": 1}
     assert r["sql_writes"] == {"returned": "ok", "borrowed": 1, "frappe_commits": 0}
+    # The handler's frappe.connect(): its new Database is committed by Frappe, not the lent one.
+    assert r["reconnected"] == {"returned": "ok", "borrowed": 1, "frappe_commits": 1}
     assert r["after_commit_writes"] == {"returned": None, "borrowed": 1, "frappe_commits": 1}
     assert r["autocommit_after_commit_writes"] == {
         "returned": None,
@@ -284,7 +286,12 @@ def test_each_way_a_context_ends_leaves_what_frappe_would(ctx_bench: RealBench) 
     assert r["ran"] == ["after_commit", "after_rollback"]
     # Committed: the handler's writes; never committed: what ran after the last COMMIT,
     # whether autocommit was off (as Frappe connects) or the handler had turned it on.
-    committed = [f"before-commit-{token}", f"sql-written-{token}", f"written-{token}"]
+    committed = [
+        f"after-reconnect-{token}",
+        f"before-commit-{token}",
+        f"sql-written-{token}",
+        f"written-{token}",
+    ]
     assert sorted(r["next_borrower"]["rows"]) == committed
     assert r["next_borrower"]["autocommit"] == 0
     # The refused COMMIT closed its connection: a second one was opened after it.

@@ -27,7 +27,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-_ALL_CALLBACKS = ("before_commit", "after_commit", "before_rollback", "after_rollback")
+COMMIT_CALLBACKS = ("before_commit", "after_commit")
+"""The ``CallbackManager`` attributes a commit runs."""
+ROLLBACK_CALLBACKS = ("before_rollback", "after_rollback")
+"""The ``CallbackManager`` attributes a rollback runs."""
 
 DATABASE_NAMING = ("socket", "host", "port", "user", "password", "cur_db_name")
 """The ``Database`` attributes that say which database (and as whom) it connects to."""
@@ -66,10 +69,15 @@ def untouched(db: Any, callbacks: tuple[str, ...]) -> bool:
     """
     if getattr(db, "_conn", None) is not None or getattr(db, "_disable_transaction_control", 0):
         return False
-    managers = [getattr(db, name, None) for name in callbacks]
-    if any(manager is None for manager in managers):
-        return False  # not the Database described above: let it end its own way
-    return not any(manager._functions for manager in managers)
+    managers = _managers(db, callbacks)
+    return managers is not None and not any(manager._functions for manager in managers)
+
+
+def _managers(db: Any, names: tuple[str, ...]) -> list[Any] | None:
+    """``db``'s ``CallbackManager`` objects of these names; None when one is missing (not the
+    ``Database`` described above: let it end its own way)."""
+    managers = [getattr(db, name, None) for name in names]
+    return None if any(manager is None for manager in managers) else managers
 
 
 def commit_last(db: Any, read_only: bool) -> None:
@@ -109,12 +117,16 @@ def only_commit_left(db: Any) -> bool:
     rollback callbacks (done here), send ``COMMIT``, and begin a transaction the connection's
     reset ends unused.  What ``sql("commit")`` does besides (the module docstring) is left
     out: a count of writes on a ``Database`` that is destroyed next, and a debug print of
-    the query.  False: nothing was done; end the transaction with :func:`commit_last`.
+    the query.  A ``COMMIT`` refused there raises PyMySQL's error itself, where Frappe's
+    ``sql()`` would have turned a deadlock, a time limit or read-only mode into its own
+    exception classes: the event fails either way (no handler can catch its own last commit),
+    only the error's name in the log differs.  False: nothing was done; end the transaction
+    with :func:`commit_last`.
     """
     if getattr(db, "_conn", None) is None or getattr(db, "_disable_transaction_control", 0):
         return False
-    managers = [getattr(db, name, None) for name in _ALL_CALLBACKS]
-    if any(manager is None for manager in managers):
+    managers = _managers(db, COMMIT_CALLBACKS + ROLLBACK_CALLBACKS)
+    if managers is None:
         return False
     before_commit, after_commit, before_rollback, after_rollback = managers
     if before_commit._functions or after_commit._functions:

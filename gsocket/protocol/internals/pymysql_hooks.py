@@ -23,6 +23,7 @@ COM_RESET_CONNECTION = 0x1F
 """The command PyMySQL does not name or offer as a method."""
 
 COM_QUERY = 0x03
+"""A text query: the ``COMMIT`` and the statements written with the reset."""
 
 
 def pool_supported() -> bool:
@@ -49,6 +50,13 @@ def connection_socket(conn: Any) -> Any:
     return conn._sock
 
 
+def result_unread(conn: Any) -> bool:
+    """Whether an unbuffered result of ``conn`` is still being read (``_result`` with
+    ``unbuffered_active``): PyMySQL's ``commit()`` reads its rest first, a command written
+    after it would be read as its rows."""
+    return conn._result is not None and conn._result.unbuffered_active
+
+
 def write_reset(conn: Any, statements: list[str], commit: bool = False) -> None:
     """Write ``COMMIT`` (with ``commit``), ``COM_RESET_CONNECTION`` and each of
     ``statements``, all in one write; the answers are read by :func:`read_commit` (first,
@@ -62,7 +70,7 @@ def write_reset(conn: Any, statements: list[str], commit: bool = False) -> None:
     """
     if conn._sock is None:
         raise ConnectionError("the connection is closed")
-    if conn._result is not None and conn._result.unbuffered_active:
+    if result_unread(conn):
         raise RuntimeError("an unbuffered result was left unread")
     packets = [bytes((COM_QUERY,)) + b"COMMIT"] if commit else []
     packets.append(bytes((COM_RESET_CONNECTION,)))
