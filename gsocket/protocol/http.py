@@ -72,7 +72,8 @@ class ScreenedWebSocketHandler(HookedWSGIHandler):
 
     gevent-websocket answers a bad handshake (unknown ``Sec-WebSocket-Version``, missing key)
     with a ``str`` body that gevent's WSGI server cannot write: the client gets no answer and
-    the log a traceback per request.  Use it as ``WSGIServer(handler_class=...)``.
+    the log a traceback per request.  Use it as ``HookedWSGIServer(handler_class=...)`` (a plain
+    ``WSGIServer`` serves it too, but without parking idle websockets).
     """
 
     def upgrade_websocket(self) -> Any:

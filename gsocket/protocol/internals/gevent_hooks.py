@@ -101,7 +101,6 @@ def detach_connection(ws: Any, holder: Any) -> tuple[Any, bytes] | None:
         buffered = bytes(rfile.peek())
     finally:
         sock.settimeout(timeout)
-    server.keep_open(sock)
     rfile.close()
     handler.wsgi_input = _NO_BODY
     ws.closed = True
@@ -112,6 +111,7 @@ def detach_connection(ws: Any, holder: Any) -> tuple[Any, bytes] | None:
         environ["wsgi.input"] = EMPTY_INPUT
     handler.close_connection = True
     handler.socket = None
+    server.keep_open(sock)  # last: nothing after it can fail and leave it kept by nobody
     return sock, buffered
 
 
