@@ -6,8 +6,10 @@ import json
 import uuid
 
 import pytest
+import requests
 
 from tests.conftest import SITE, desk_headers
+from tests.support.bench import wait_until
 
 
 def publish(redis_client, event, message, room, site=SITE):
@@ -18,6 +20,14 @@ def publish(redis_client, event, message, room, site=SITE):
 
 def connect(clients, gsocket, sid, transports=None):
     return clients(transports).connect(gsocket.url, f"/{SITE}", desk_headers(SITE, sid))
+
+
+def sockets_connected(gsocket) -> float:
+    """The server's count of this site's connected sockets, from ``/metrics``."""
+    for line in requests.get(f"{gsocket.url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("gsocket_sockets_connected{") and f'site="{SITE}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def received_after_publish(redis_client, client, room, marker_room="website"):
@@ -194,6 +204,27 @@ class TestViewers:
         alone = {"doctype": "ToDo", "docname": "TD-1", "users": ["Administrator"]}
         assert self.viewers(tab_a) == self.viewers(tab_b) == alone
         tab_b.call("doc_close", "ToDo", "TD-1")  # left: the other tab of the same user: nothing
+        jane.call("doc_open", "ToDo", "TD-1")
+        both = {**alone, "users": ["Administrator", "jane@example.com"]}
+        assert self.viewers(tab_a, 2) == both
+        assert [args[0] for args in tab_a.events("doc_viewers")] == [alone, both]
+
+    def test_the_tab_left_is_not_told_when_the_other_tab_of_its_user_disconnects(
+        self, gsocket, web, clients
+    ):
+        web.permissions.update(
+            {("Administrator", "ToDo", None), ("jane@example.com", "ToDo", None)}
+        )
+        tab_a = connect(clients, gsocket, "sid-admin")
+        tab_b = connect(clients, gsocket, "sid-admin")
+        jane = connect(clients, gsocket, "sid-jane")
+        tab_a.call("doc_open", "ToDo", "TD-1")
+        tab_b.call("doc_open", "ToDo", "TD-1")
+        alone = {"doctype": "ToDo", "docname": "TD-1", "users": ["Administrator"]}
+        assert self.viewers(tab_a) == alone
+        tab_b.disconnect()
+        # the server forgot it (its disconnect handler was started then, and sends nothing)
+        wait_until(lambda: sockets_connected(gsocket) == 2, 5, "the tab never disconnected")
         jane.call("doc_open", "ToDo", "TD-1")
         both = {**alone, "users": ["Administrator", "jane@example.com"]}
         assert self.viewers(tab_a, 2) == both
