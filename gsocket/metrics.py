@@ -159,6 +159,11 @@ class Metrics:
     def __init__(self) -> None:
         self.sockets = Gauge("gsocket_sockets_connected", "Sockets connected", ["site"])
         self.connects = Counter("gsocket_connects_total", "Accepted connections", ["site"])
+        self.disconnects = Counter(
+            "gsocket_disconnects_total",
+            "Sockets that disconnected, by reason (client disconnect, ping timeout, ...)",
+            ["reason"],
+        )
         self.refusals = Counter(
             "gsocket_connect_refusals_total", "Refused connections by reason", ["reason"]
         )

@@ -180,13 +180,11 @@ class Sessions:
         socket = self._sockets.pop(sid, None)
         if socket is None:
             return
+        reason = reason or closed_by_client
         self.metrics.sockets.dec(socket.site)
+        self.metrics.disconnects.inc(reason)
         log.debug(
-            "disconnect site=%s user=%s sid=%s reason=%s",
-            socket.site,
-            socket.user,
-            sid,
-            reason or closed_by_client,
+            "disconnect site=%s user=%s sid=%s reason=%s", socket.site, socket.user, sid, reason
         )
         self.server.start_background_task(self.dispatcher.dispatch, socket, "disconnect", ())
 

@@ -120,7 +120,8 @@ class ConnectionSummary:
     connect path pays nothing for it, and is left out for an interval in which nothing
     connected, disconnected or was refused::
 
-        connections: 4981 open; in the last 60 s 5000 connected, 19 disconnected, 3 refused
+        connections: 4981 open; in the last 60 s 5000 connected, 19 disconnected (12 ping
+        timeout, 7 transport close), 3 refused
 
     :param metrics: the server's metrics.
     :param interval: seconds between two lines; 0 turns the line off.
@@ -133,29 +134,38 @@ class ConnectionSummary:
         self._last = self._counts()
         self._since = time.monotonic()
 
-    def _counts(self) -> tuple[int, int, int]:
-        """Open sockets, connects and refusals so far."""
+    def _counts(self) -> tuple[int, int, dict[str, int], int]:
+        """Open sockets, connects, disconnects by reason and refusals so far."""
         m = self.metrics
         return (
             int(sum(m.sockets.series().values())),
             int(sum(m.connects.series().values())),
+            {values[0]: int(n) for values, n in m.disconnects.series().items()},
             int(sum(m.refusals.series().values())),
         )
 
     def line(self) -> str | None:
         """The line for the interval since the previous call, or ``None`` when nothing
         happened in it."""
-        was_open, connects_before, refusals_before = self._last
+        _, connects_before, reasons_before, refusals_before = self._last
         since, self._since = self._since, time.monotonic()
-        self._last = now = self._counts()
-        is_open, connects, refusals = now
+        self._last = is_open, connects, reasons, refusals = self._counts()
         connected, refused = connects - connects_before, refusals - refusals_before
-        disconnected = was_open + connected - is_open
+        why = {
+            reason: n - reasons_before.get(reason, 0)
+            for reason, n in sorted(reasons.items())
+            if n > reasons_before.get(reason, 0)
+        }
+        disconnected = sum(why.values())
         if not (connected or disconnected or refused):
             return None
+        if why:  # a wave of ping timeouts (a proxy's idle limit, a stalled loop) shows here
+            reasons_text = " (" + ", ".join(f"{n} {reason}" for reason, n in why.items()) + ")"
+        else:
+            reasons_text = ""
         return (
             f"connections: {is_open} open; in the last {round(self._since - since, 1):g} s "
-            f"{connected} connected, {disconnected} disconnected, {refused} refused"
+            f"{connected} connected, {disconnected} disconnected{reasons_text}, {refused} refused"
         )
 
     def start(self) -> None:
