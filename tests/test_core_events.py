@@ -190,28 +190,12 @@ class TestViewers:
         final = self.viewers(admin, 2)
         assert final == {"doctype": "ToDo", "docname": "TD-2", "users": ["Administrator"]}
 
-    def test_two_tabs_of_one_user_are_counted_by_socket_as_frappes_node_does(
-        self, gsocket, web, clients
-    ):
-        web.permissions.update(
-            {("Administrator", "ToDo", None), ("jane@example.com", "ToDo", None)}
-        )
-        tab_a = connect(clients, gsocket, "sid-admin")
-        tab_b = connect(clients, gsocket, "sid-admin")
-        jane = connect(clients, gsocket, "sid-jane")
-        tab_a.call("doc_open", "ToDo", "TD-1")  # one socket, its own user: nothing
-        tab_b.call("doc_open", "ToDo", "TD-1")  # two sockets: both are told, one user
-        alone = {"doctype": "ToDo", "docname": "TD-1", "users": ["Administrator"]}
-        assert self.viewers(tab_a) == self.viewers(tab_b) == alone
-        tab_b.call("doc_close", "ToDo", "TD-1")  # left: the other tab of the same user: nothing
-        jane.call("doc_open", "ToDo", "TD-1")
-        both = {**alone, "users": ["Administrator", "jane@example.com"]}
-        assert self.viewers(tab_a, 2) == both
-        assert [args[0] for args in tab_a.events("doc_viewers")] == [alone, both]
+    ALONE = {"doctype": "ToDo", "docname": "TD-1", "users": ["Administrator"]}
+    BOTH = {**ALONE, "users": ["Administrator", "jane@example.com"]}
 
-    def test_the_tab_left_is_not_told_when_the_other_tab_of_its_user_disconnects(
-        self, gsocket, web, clients
-    ):
+    def two_tabs_on_a_form(self, gsocket, web, clients):
+        """Two tabs of Administrator open TD-1 (one socket, its own user: nothing; two
+        sockets: both are told, one user); jane connected, not on the form."""
         web.permissions.update(
             {("Administrator", "ToDo", None), ("jane@example.com", "ToDo", None)}
         )
@@ -220,15 +204,30 @@ class TestViewers:
         jane = connect(clients, gsocket, "sid-jane")
         tab_a.call("doc_open", "ToDo", "TD-1")
         tab_b.call("doc_open", "ToDo", "TD-1")
-        alone = {"doctype": "ToDo", "docname": "TD-1", "users": ["Administrator"]}
-        assert self.viewers(tab_a) == alone
+        assert self.viewers(tab_a) == self.viewers(tab_b) == self.ALONE
+        return tab_a, tab_b, jane
+
+    def then_jane_opens_it(self, tab_a, jane):
+        """Jane opens the form: what the tab left was told since, in order."""
+        jane.call("doc_open", "ToDo", "TD-1")
+        assert self.viewers(tab_a, 2) == self.BOTH
+        return [args[0] for args in tab_a.events("doc_viewers")]
+
+    def test_two_tabs_of_one_user_are_counted_by_socket_as_frappes_node_does(
+        self, gsocket, web, clients
+    ):
+        tab_a, tab_b, jane = self.two_tabs_on_a_form(gsocket, web, clients)
+        tab_b.call("doc_close", "ToDo", "TD-1")  # left: the other tab of the same user: nothing
+        assert self.then_jane_opens_it(tab_a, jane) == [self.ALONE, self.BOTH]
+
+    def test_the_tab_left_is_not_told_when_the_other_tab_of_its_user_disconnects(
+        self, gsocket, web, clients
+    ):
+        tab_a, tab_b, jane = self.two_tabs_on_a_form(gsocket, web, clients)
         tab_b.disconnect()
         # the server forgot it (its disconnect handler was started then, and sends nothing)
         wait_until(lambda: sockets_connected(gsocket) == 2, 5, "the tab never disconnected")
-        jane.call("doc_open", "ToDo", "TD-1")
-        both = {**alone, "users": ["Administrator", "jane@example.com"]}
-        assert self.viewers(tab_a, 2) == both
-        assert [args[0] for args in tab_a.events("doc_viewers")] == [alone, both]
+        assert self.then_jane_opens_it(tab_a, jane) == [self.ALONE, self.BOTH]
 
     def test_doc_open_needs_permission(self, gsocket, web, clients):
         web.permissions.add(("Administrator", "ToDo", None))

@@ -645,9 +645,23 @@ def test_bridge_gathers_only_dense_reads_of_a_few_messages():
     assert not Bridge.gathers(0.0, 0.0, 0)  # a PING's answer, no message
 
 
-def test_bridge_reads_a_dense_stream_of_user_events_in_gathered_batches(redis_server):
-    """Per-user events published every 0.2 ms (5 000/s) reach the rooms exactly once, in order,
-    in far fewer reads than events: each read and its wakeup cost more than an event's work."""
+def bridge_through(
+    redis_url: str,
+    count: int,
+    spacing: float,
+    users: int,
+    deliver: Any,
+    gathers: Any = None,
+) -> list[tuple[str, str, object]]:
+    """Run a :class:`Bridge` on a stand-in server while another process publishes ``count``
+    events to ``users`` per-user rooms, ``spacing`` seconds apart on an absolute schedule (as
+    the benchmark's publisher: a publisher slowed by a busy machine catches up instead of
+    turning the stream sparse); return what reached the rooms.
+
+    :param deliver: replaces ``Bridge.deliver_batch``; called with the bridge's own one and
+        the payloads.
+    :param gathers: replaces ``Bridge.gathers`` when given.
+    """
     import subprocess
     import sys
     from types import SimpleNamespace
@@ -655,40 +669,33 @@ def test_bridge_reads_a_dense_stream_of_user_events_in_gathered_batches(redis_se
     from gsocket.contract.bridge import Bridge
     from gsocket.metrics import Metrics
 
-    count = 500
     emitted: list[tuple[str, str, object]] = []
-    batches: list[int] = []
     server = SimpleNamespace(
         manager=SimpleNamespace(
             deliver=lambda site, room, event, message: emitted.append((room, event, message)) or 1
         ),
         transport=SimpleNamespace(flush_in_steps=lambda: None),
     )
-    bridge = Bridge(server, redis_server.url, Metrics())  # type: ignore[arg-type]
-    deliver = bridge.deliver_batch
-
-    def counted(payloads: list[bytes]) -> None:
-        batches.append(len(payloads))
-        deliver(payloads)
-
-    bridge.deliver_batch = counted  # type: ignore[method-assign]
+    bridge = Bridge(server, redis_url, Metrics())  # type: ignore[arg-type]
+    own = bridge.deliver_batch
+    bridge.deliver_batch = lambda payloads: deliver(own, payloads)  # type: ignore[method-assign]
+    if gathers is not None:
+        bridge.gathers = gathers  # type: ignore[method-assign]
     bridge.start()
     try:
         deadline = time.monotonic() + 10
         while not bridge.subscribed and time.monotonic() < deadline:
             gevent.sleep(0.01)
-        # on an absolute schedule, as the benchmark's publisher: a publisher slowed down by
-        # a busy machine catches up instead of turning the stream sparse
         publisher = (
             "import json, sys, time, redis\n"
             "r = redis.Redis.from_url(sys.argv[1])\n"
             "t0 = time.monotonic()\n"
             f"for i in range({count}):\n"
             "    r.publish('events', json.dumps({'event': 'e', 'message': i,\n"
-            f"        'room': f'user:u{{i % 50}}@example.com', 'namespace': '{SITE}'}}))\n"
-            "    time.sleep(max(0.0, t0 + (i + 1) * 0.0002 - time.monotonic()))\n"
+            f"        'room': f'user:u{{i % {users}}}@example.com', 'namespace': '{SITE}'}}))\n"
+            f"    time.sleep(max(0.0, t0 + (i + 1) * {spacing} - time.monotonic()))\n"
         )
-        proc = subprocess.Popen([sys.executable, "-c", publisher, redis_server.url])
+        proc = subprocess.Popen([sys.executable, "-c", publisher, redis_url])
         deadline = time.monotonic() + 30
         while len(emitted) < count and time.monotonic() < deadline:
             gevent.sleep(0.01)
@@ -696,7 +703,21 @@ def test_bridge_reads_a_dense_stream_of_user_events_in_gathered_batches(redis_se
         gevent.sleep(0.05)  # nothing more may come
     finally:
         bridge.stop()
-    assert emitted == [(f"user:u{i % 50}@example.com", "e", i) for i in range(count)]
+    assert emitted == [(f"user:u{i % users}@example.com", "e", i) for i in range(count)]
+    return emitted
+
+
+def test_bridge_reads_a_dense_stream_of_user_events_in_gathered_batches(redis_server):
+    """Per-user events published every 0.2 ms (5 000/s) reach the rooms exactly once, in order,
+    in far fewer reads than events: each read and its wakeup cost more than an event's work."""
+    count = 500
+    batches: list[int] = []
+
+    def counted(deliver: Any, payloads: list[bytes]) -> None:
+        batches.append(len(payloads))
+        deliver(payloads)
+
+    bridge_through(redis_server.url, count, 0.0002, 50, counted)
     assert sum(batches) == count
     assert len(batches) <= count / 4, batches
 
@@ -706,28 +727,15 @@ def test_bridge_reads_a_sparse_stream_at_once_even_after_a_late_read(redis_serve
     and then (a page reload's work): a late read finds its event at once, which is no dense
     stream, so the bridge does not start sleeping GATHER between reads (a timer wakeup per
     event, and events held until the sleep ends)."""
-    import subprocess
-    import sys
-    from types import SimpleNamespace
-
     from gsocket.contract.bridge import Bridge
-    from gsocket.metrics import Metrics
 
-    count = 150
-    emitted: list[object] = []
     decisions: list[bool] = []
-    server = SimpleNamespace(
-        manager=SimpleNamespace(
-            deliver=lambda site, room, event, message: emitted.append(message) or 1
-        ),
-        transport=SimpleNamespace(flush_in_steps=lambda: None),
-    )
-    bridge = Bridge(server, redis_server.url, Metrics())  # type: ignore[arg-type]
-    deliver = bridge.deliver_batch
+    delivered = [0]
 
-    def busy_now_and_then(payloads: list[bytes]) -> None:
+    def busy_now_and_then(deliver: Any, payloads: list[bytes]) -> None:
         deliver(payloads)
-        if len(emitted) % 5 == 0:
+        delivered[0] += len(payloads)
+        if delivered[0] % 5 == 0:
             time.sleep(0.0025)  # holds the event loop: the next event arrives meanwhile
 
     def counted(spacing: float, before: float, messages: int) -> bool:
@@ -735,29 +743,6 @@ def test_bridge_reads_a_sparse_stream_at_once_even_after_a_late_read(redis_serve
         decisions.append(answer)
         return answer
 
-    bridge.deliver_batch = busy_now_and_then  # type: ignore[method-assign]
-    bridge.gathers = counted  # type: ignore[method-assign]
-    bridge.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not bridge.subscribed and time.monotonic() < deadline:
-            gevent.sleep(0.01)
-        publisher = (
-            "import json, sys, time, redis\n"
-            "r = redis.Redis.from_url(sys.argv[1])\n"
-            "t0 = time.monotonic()\n"
-            f"for i in range({count}):\n"
-            "    r.publish('events', json.dumps({'event': 'e', 'message': i,\n"
-            f"        'room': 'user:u@example.com', 'namespace': '{SITE}'}}))\n"
-            "    time.sleep(max(0.0, t0 + (i + 1) * 0.003 - time.monotonic()))\n"
-        )
-        proc = subprocess.Popen([sys.executable, "-c", publisher, redis_server.url])
-        deadline = time.monotonic() + 30
-        while len(emitted) < count and time.monotonic() < deadline:
-            gevent.sleep(0.01)
-        assert proc.wait(10) == 0
-    finally:
-        bridge.stop()
-    assert emitted == list(range(count))
+    bridge_through(redis_server.url, 150, 0.003, 1, busy_now_and_then, counted)
     # a scheduler hiccup of the publisher may give two short spacings in a row now and then
     assert sum(decisions) <= len(decisions) // 10, decisions

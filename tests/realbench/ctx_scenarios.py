@@ -628,11 +628,13 @@ def endings(a: dict[str, Any]) -> dict[str, Any]:
 
     step("writes", writes)
 
-    def sql_writes() -> str:
+    def sql_todo(name: str, description: str) -> None:
         frappe.db.sql(
-            "INSERT INTO `tabToDo` (name, description) VALUES (%s, %s)",
-            (f"sql-{token}", f"sql-written-{token}"),
+            "INSERT INTO `tabToDo` (name, description) VALUES (%s, %s)", (name, description)
         )
+
+    def sql_writes() -> str:
+        sql_todo(f"sql-{token}", f"sql-written-{token}")
         return "ok"
 
     step("sql_writes", sql_writes)
@@ -641,13 +643,9 @@ def endings(a: dict[str, Any]) -> dict[str, Any]:
         # A handler that replaces frappe.local.db: what the first Database wrote is dropped
         # with it (its connection goes back to the pool and is reset), what the new one
         # wrote is committed by Frappe's commit() on the new one, as in Frappe.
-        for label in ("before-reconnect", "after-reconnect"):
-            if label == "after-reconnect":
-                frappe.connect(set_admin_as_user=False)
-            frappe.db.sql(
-                "INSERT INTO `tabToDo` (name, description) VALUES (%s, %s)",
-                (f"{label}-{token}", f"{label}-{token}"),
-            )
+        sql_todo(f"before-reconnect-{token}", f"before-reconnect-{token}")
+        frappe.connect(set_admin_as_user=False)
+        sql_todo(f"after-reconnect-{token}", f"after-reconnect-{token}")
         return "ok"
 
     step("reconnected", reconnected)
@@ -676,10 +674,7 @@ def endings(a: dict[str, Any]) -> dict[str, Any]:
         # refuses, sent with the pool's reset or by Frappe's own commit().
         frappe.db.sql("commit")
         frappe.db.sql("XA START %s", (f"gsocket-{token}",))
-        frappe.db.sql(
-            "INSERT INTO `tabToDo` (name, description) VALUES (%s, %s)",
-            (f"xa-{token}-{frappe.generate_hash(length=6)}", f"in-xa-{token}"),
-        )
+        sql_todo(f"xa-{token}-{frappe.generate_hash(length=6)}", f"in-xa-{token}")
 
     step("commit_refused", refused_commit)
     step("commit_refused_without_pool", refused_commit, FrappeContext("."))
