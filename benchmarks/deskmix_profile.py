@@ -21,6 +21,7 @@ the rounds of one invocation, with their spread.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -349,27 +350,23 @@ def main() -> int:
     for tree in trees:
         print(f"{tree}:")
         print("\n".join(summary([r for r in rows[tree] if not r.get("error")])))
-    if opts.pyspy:
-        for tree in trees:
-            files = [f"{opts.pyspy}.{tree.name}.{r}" for r in range(1, opts.rounds + 1)]
+
+    def cprofile_top(files: list[str]) -> list[str]:
+        text = io.StringIO()
+        pstats.Stats(*files, stream=text).sort_stats("tottime").print_stats(30)
+        return text.getvalue().splitlines()
+
+    for prefix, what, report in (
+        (opts.pyspy, "py-spy", folded_top),
+        (opts.loop, "event loop", loop_summary),
+        (opts.cprofile, "cProfile", cprofile_top),
+    ):
+        for tree in trees if prefix else ():
+            files = [f"{prefix}.{tree.name}.{r}" for r in range(1, opts.rounds + 1)]
             files = [f for f in files if Path(f).exists()]
             if files:
-                print(f"py-spy of the mix phase, {tree}:")
-                print("\n".join(folded_top(files)))
-    if opts.loop:
-        for tree in trees:
-            files = [f"{opts.loop}.{tree.name}.{r}" for r in range(1, opts.rounds + 1)]
-            files = [f for f in files if Path(f).exists()]
-            if files:
-                print(f"event loop in the mix phase, {tree}:")
-                print("\n".join(loop_summary(files)))
-    if opts.cprofile:
-        for tree in trees:
-            files = [f"{opts.cprofile}.{tree.name}.{r}" for r in range(1, opts.rounds + 1)]
-            files = [f for f in files if Path(f).exists()]
-            if files:
-                print(f"cProfile of the mix phase, {tree}:")
-                pstats.Stats(*files).sort_stats("tottime").print_stats(30)
+                print(f"{what} of the mix phase, {tree}:")
+                print("\n".join(report(files)))
     shutil.rmtree(tmp, ignore_errors=True)
     return 1 if any(r.get("error") for rs in rows.values() for r in rs) else 0
 
