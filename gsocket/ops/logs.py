@@ -110,7 +110,7 @@ class ConnectionSummary:
     """One INFO line per interval about the connections, instead of one per connect.
 
     A reconnect storm after a restart connects every desk of the bench within seconds; a line
-    per connect and per disconnect (formatted, then written with a system call each) was 4-5 %
+    per connect and per disconnect (formatted, then written with a system call each) was 4-7 %
     of a connect's CPU, and thousands of identical lines say less to an operator than one
     count.  Frappe's Node server logs nothing per connect.  Each connect and disconnect is
     still logged, at DEBUG; refusals stay WARNING lines of their own
