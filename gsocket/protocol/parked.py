@@ -9,14 +9,14 @@ objects): most of the 31 KB an idle websocket cost (``benchmarks/memory_profile.
 parked), for a connection that sends a PONG every 25 s.
 
 Once a session is on websocket (:class:`gsocket.protocol.session.LeanSocket`), :func:`park`
-takes the connection out of gevent's WSGI handler: the file descriptor moves to a socket
-object of its own (the handler's is detached, so gevent's handler and server, when the
-greenlet ends, close an empty object), bytes the handler had already buffered are kept, and
-gevent-websocket's object is marked closed (its handler would otherwise send a close frame
-as the request ends).  From then on :class:`Parked` reads: a libev watcher wakes it, a short
-greenlet reads every complete frame (RFC 6455: masked client frames, fragments, control
-frames), hands each message to the session exactly as the blocking loop did, and goes on
-to other jobs (:mod:`gsocket.protocol.workers`).
+takes the connection out of gevent's WSGI handler: the socket gevent accepted is kept
+(gevent's handler forgets it and its server leaves it open when the request's greenlet ends),
+bytes the handler had already buffered are kept, and gevent-websocket's object is marked
+closed (its handler would otherwise send a close frame as the request ends).  From then on
+:class:`Parked` reads: a libev watcher wakes it, a worker greenlet reads every complete frame
+(RFC 6455: masked client frames, fragments, control frames), hands each message to the
+session exactly as the blocking loop did, and goes on to other jobs
+(:mod:`gsocket.protocol.workers`).
 Writing stays with the session's :class:`gsocket.protocol.writer.Wire`.
 
 Every use of another library's internals is in :mod:`gsocket.protocol.internals`
