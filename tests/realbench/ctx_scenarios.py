@@ -482,6 +482,7 @@ def module_map(a: dict[str, Any]) -> dict[str, Any]:
             "same_object": local.cache.get(key) is local.app_modules,
             "redis_url": frappe.conf.redis_cache,
             "key": key.decode(),
+            "print_sql": frappe.cache.get_value("flag_print_sql"),
         }
         # What a careless handler does to its map: none of it may reach the next event.
         local.app_modules["frappe"].append("left_by_handler")
@@ -489,7 +490,9 @@ def module_map(a: dict[str, Any]) -> dict[str, Any]:
         return found
 
     def reads() -> int:
-        return int(getattr(frappe.setup_module_map, "reads", -1))
+        """Redis reads of both kept keys (the flag's counter exists once a context ran)."""
+        flag = frappe.cache.__dict__.get("get_value") if frappe.cache else None
+        return int(getattr(frappe.setup_module_map, "reads", -1)) + int(getattr(flag, "reads", 0))
 
     def until(what: str, done: Any, timeout: float = 15.0) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
@@ -518,6 +521,11 @@ def module_map(a: dict[str, Any]) -> dict[str, Any]:
         seen["after_set"] = until("a changed value seen", lambda f, r: f["probe_app"] is not None)
         ctx.run(site, "Administrator", frappe.clear_cache)
         seen["after_clear_cache"] = until("clear_cache seen", lambda f, r: f["probe_app"] is None)
+        until("kept again", lambda f, r: r == 0)
+        ctx.run(site, "Administrator", frappe.print_sql, True)
+        seen["print_sql_on"] = until("print_sql(True) seen", lambda f, r: f["print_sql"] is True)
+        ctx.run(site, "Administrator", frappe.print_sql, False)
+        seen["print_sql_off"] = until("print_sql(False) seen", lambda f, r: f["print_sql"] is False)
 
         tracker = next(iter(frappe.setup_module_map.trackers.values()))
         until("kept again", lambda f, r: r == 0)
@@ -532,7 +540,8 @@ def module_map(a: dict[str, Any]) -> dict[str, Any]:
             "kept after reconnecting", lambda f, r: tracker.ready and r == 0
         )
     finally:
-        client.delete(key)
+        client.delete(key, key.replace("|app_modules", "|flag_print_sql"))
+    seen["flag_after_delete"] = until("the flag's delete seen", lambda f, r: f["print_sql"] is None)
     return seen
 
 
