@@ -202,21 +202,26 @@ class ModuleMapCache:
 
     def tracker(self) -> KeyTracker | None:
         """The tracker of the current site's keys on the server of ``frappe.cache``, started
-        on first use; None where the client is not a plain one (Sentinel, cluster)."""
-        import redis
-
+        on first use; None outside a site's context or where the client is not a plain one
+        (Sentinel, cluster)."""
         client = self.frappe.cache
-        site = (id(client), self.frappe.local.conf.db_name)
+        conf = getattr(self.frappe.local, "conf", None)
+        if client is None or conf is None:  # outside a site's context: Frappe's own way
+            return None
+        site = (id(client), conf.db_name)
         known = self._by_site.get(site)
         if known is not None and known[0] is client:
             return known[1]
+        import redis
+
         pool = getattr(client, "connection_pool", None)
         if type(pool) is not redis.ConnectionPool:
             return None
         if not isinstance(client.__dict__.get("get_value"), PrintSqlFlag):
             client.get_value = PrintSqlFlag(client.get_value, self)
         prefixes = tuple(_full_key(client, key) for key in KEYS)
-        where = (pool.connection_class, tuple(sorted(pool.connection_kwargs.items())), prefixes)
+        # The pool lives as long as its client (the tracker's connection factory holds it).
+        where = (id(pool), prefixes)
         tracker = self.trackers.get(where)
         if tracker is None:
             kwargs = {**pool.connection_kwargs, "socket_timeout": None}
