@@ -43,7 +43,7 @@ import gevent
 
 from gsocket.contract.dbpool import DBPool
 from gsocket.errors import StartupError
-from gsocket.protocol.internals.frappe_cache_hooks import keep_module_map
+from gsocket.protocol.internals.frappe_cache_hooks import ModuleMapCache, keep_module_map
 from gsocket.protocol.internals.frappe_conf_hooks import keep_site_config
 from gsocket.protocol.internals.frappe_db_hooks import (
     COMMIT_CALLBACKS,
@@ -288,11 +288,15 @@ class FrappeContext:
         self._apps_cache: dict[str, tuple[float, list[str]]] = {}
         self._apps_inflight: dict[str, _Lookup] = {}
         self.pool = pool
+        self._module_maps: ModuleMapCache | None = None
 
     def close(self) -> None:
-        """Close the pool's idle connections; those still in use close when their event ends."""
+        """Close the pool's idle connections (those still in use close when their event ends)
+        and the Redis connections that track the kept module maps."""
         if self.pool is not None:
             self.pool.close()
+        if self._module_maps is not None:
+            self._module_maps.close()
 
     def _load(self) -> ModuleType:
         """Import Frappe once; remember a failure so that each event costs no import attempt."""
@@ -322,7 +326,7 @@ class FrappeContext:
         self._frappe = module
         share_pymysql_default_tls_context()
         keep_site_config(module)
-        keep_module_map(module)
+        self._module_maps = keep_module_map(module)
         if self.pool is not None and not pool_supported():
             log.warning(
                 "this PyMySQL is not one gsocket's database pool was verified with; every "

@@ -72,6 +72,12 @@ _MISSING = object()
 VERIFIED_MAJORS = (15, 16)
 """Frappe major versions whose ``setup_module_map`` is the one described above."""
 
+VERIFIED_REDIS = ((4, 5), (5, 0))
+"""redis-py minor versions whose ``Connection.read_response`` returns pub/sub replies as they
+come (Frappe v15 pins 4.5.5, develop 5.0.8).  From 5.1 on (seen with 8.1.0) its parser hands
+``subscribe`` and ``message`` replies to a push handler and waits on, so the tracking
+connection would never see a change: with such a redis-py nothing is kept."""
+
 PING_SECONDS = 30.0
 """A tracking connection silent this long is pinged; without an answer in
 :data:`PONG_SECONDS` it is dropped (and nothing is kept until it is set up again)."""
@@ -270,6 +276,17 @@ class PrintSqlFlag:
         return value
 
 
+def redis_verified() -> bool:
+    """Whether the installed redis-py is one of :data:`VERIFIED_REDIS`."""
+    import redis
+
+    try:
+        version = tuple(int(part) for part in redis.__version__.split(".")[:2])
+    except (AttributeError, ValueError):
+        return False
+    return version in VERIFIED_REDIS
+
+
 def _full_key(client: Any, key: str) -> bytes:
     full = client.make_key(key)
     return full.encode() if isinstance(full, str) else full
@@ -277,7 +294,7 @@ def _full_key(client: Any, key: str) -> bytes:
 
 def keep_module_map(frappe: ModuleType) -> ModuleMapCache | None:
     """Put :class:`ModuleMapCache` in front of ``frappe.setup_module_map``; return it, or None
-    when this Frappe is not one it was verified with (then nothing changes)."""
+    when this Frappe or redis-py is not one it was verified with (then nothing changes)."""
     current = getattr(frappe, "setup_module_map", None)
     if isinstance(current, ModuleMapCache):
         return current
@@ -288,6 +305,9 @@ def keep_module_map(frappe: ModuleType) -> ModuleMapCache | None:
         major, params = 0, []
     if major not in VERIFIED_MAJORS or params != ["include_all_apps"]:
         log.info("Frappe %s: its module map is read from Redis on every context", major or "?")
+        return None
+    if not redis_verified():
+        log.info("this redis-py: the module map is read from Redis on every context")
         return None
     cache = ModuleMapCache(current, frappe)
     frappe.setup_module_map = cache
