@@ -73,9 +73,10 @@ def setup_module_map(include_all_apps: bool = True) -> None:
 def test_kept_values_go_when_redis_reports_their_key_changed_and_close_ends_tracking(
     redis_server: Any,
 ) -> None:
-    """With a redis-py the tracker was verified with (the lowest lane's 4.5.5 here; Frappe
-    v15's 4.5.5 and develop's 5.0.8 on the real benches) what is kept goes when Redis reports
-    a change; with another (the newest lane's) nothing is kept at all."""
+    """With a redis-py the tracker was verified with, what is kept goes when Redis reports a
+    change; with another, nothing is kept at all.  CI's lowest lane (redis-py 4.5.5) runs the
+    first, its newest lane (8.1.0) the second, and the real-bench lane the tracker through
+    Frappe with each version's own pin (4.5.5, 5.0.8: tests/realbench/test_frappe_ctx_real.py)."""
     frappe = SimpleNamespace(__version__="15.44.2", setup_module_map=setup_module_map)
     kept = frappe_cache_hooks.keep_module_map(frappe)  # type: ignore[arg-type]
     if not frappe_cache_hooks.redis_verified():
@@ -118,3 +119,105 @@ def test_only_a_verified_redis_py_gets_the_kept_module_map(
     kept = frappe_cache_hooks.keep_module_map(frappe)  # type: ignore[arg-type]
     assert (kept is not None) is wrapped
     assert (frappe.setup_module_map is setup_module_map) is not wrapped
+
+
+class FakeConnection:
+    """A redis-py connection whose Redis answers ``CLIENT TRACKING`` with ``refusal`` (an
+    error reply) or is unreachable (``unreachable``)."""
+
+    made = 0
+
+    def __init__(self, refusal: str | None = None, unreachable: bool = False) -> None:
+        FakeConnection.made += 1
+        self.refusal, self.unreachable, self.last = refusal, unreachable, ""
+
+    def connect(self) -> None:
+        if self.unreachable:
+            raise ConnectionError("Connection refused")
+
+    def send_command(self, *args: Any) -> None:
+        self.last = " ".join(map(str, args[:2]))
+
+    def read_response(self) -> Any:
+        import redis
+
+        if self.last == "CLIENT TRACKING" and self.refusal:
+            raise redis.exceptions.ResponseError(self.refusal)
+        return 7 if self.last == "CLIENT ID" else b"OK"
+
+    def disconnect(self) -> None:
+        pass
+
+
+def test_a_refused_tracking_is_logged_once_and_not_asked_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that refuses (before 6, CLIENT renamed, an ACL user without the channel) would
+    refuse every 5 s for good: one WARNING, and nothing kept from then on."""
+    import gevent
+
+    monkeypatch.setattr(frappe_cache_hooks, "RETRY_SECONDS", 0.001)
+    FakeConnection.made = 0
+    caplog.set_level("INFO", "gsocket.frappe_cache")
+    tracker = frappe_cache_hooks.KeyTracker(
+        lambda: FakeConnection(refusal="ERR unknown command 'CLIENT'"), (b"k",)
+    )
+    gevent.sleep(0.05)
+    assert tracker.closed and not tracker.ready and FakeConnection.made == 1
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "refused to track" in caplog.records[0].getMessage()
+
+
+def test_a_lost_tracking_connection_is_retried_and_logged_once_per_outage(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unreachable Redis is asked again every RETRY_SECONDS, with one line per outage."""
+    import gevent
+
+    monkeypatch.setattr(frappe_cache_hooks, "RETRY_SECONDS", 0.001)
+    FakeConnection.made = 0
+    caplog.set_level("INFO", "gsocket.frappe_cache")
+    tracker = frappe_cache_hooks.KeyTracker(lambda: FakeConnection(unreachable=True), (b"k",))
+    try:
+        for _ in range(400):  # up to ~2 s for five attempts 1 ms apart
+            if FakeConnection.made >= 5:
+                break
+            gevent.sleep(0.005)
+        assert FakeConnection.made >= 5 and not tracker.ready and not tracker.closed
+        assert [r.levelname for r in caplog.records] == ["INFO"]
+    finally:
+        tracker.close()
+
+
+def test_only_inits_own_call_gets_the_kept_map_and_nothing_after_close() -> None:
+    """Frappe's ``clear_global_cache`` deletes the key and calls ``setup_module_map`` again in
+    the same context: that call must rebuild the map as Frappe does, not get the kept one
+    back before Redis's report of the delete is read.  ``frappe.init`` sets ``module_app`` to
+    None right before its own call."""
+    calls: list[bool] = []
+
+    def original(include_all_apps: bool = True) -> None:
+        calls.append(include_all_apps)
+        frappe.local.module_app = {"rebuilt": "frappe"}
+
+    client = SimpleNamespace()
+    frappe = SimpleNamespace(
+        cache=client,
+        local=SimpleNamespace(conf=SimpleNamespace(db_name="db1"), cache={}, module_app=None),
+    )
+    cache = frappe_cache_hooks.ModuleMapCache(original, frappe)  # type: ignore[arg-type]
+    tracker = SimpleNamespace(
+        ready=True,
+        changes=0,
+        prefixes=(b"db1|app_modules", b"db1|flag_print_sql"),
+        kept={b"db1|app_modules": ({"frappe": ("core",)}, {"core": "frappe"})},
+    )
+    cache._by_site[(id(client), "db1")] = (client, tracker)  # the site's tracker, set up
+    cache()  # init's own call
+    assert calls == [] and frappe.local.module_app == {"core": "frappe"}
+    cache()  # a second call in the same context, after its own clear_cache
+    assert calls == [True] and frappe.local.module_app == {"rebuilt": "frappe"}
+    cache.close()
+    frappe.local.module_app = None
+    cache()  # a context after close: Frappe's own read
+    assert calls == [True, True]

@@ -324,7 +324,8 @@ class DBPool:
             # PyMySQL closed its socket on the way out (its connect() does on any exception).
             raise ConnectTimeout(
                 f"opening a database connection for site {site_of(key)} took over "
-                f"{self.connect_timeout:g} s: MariaDB did not complete its handshake"
+                f"{self.connect_timeout:g} s: MariaDB did not accept the connection and complete "
+                "its handshake in time"
             ) from None
         except BaseException:
             self._forget(key)

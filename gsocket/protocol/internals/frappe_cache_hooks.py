@@ -21,11 +21,16 @@ with ``frappe.cache.get_value`` on the first query of every context of a site wi
 is handed out by a wrapper of that one client's ``get_value``, for that key only.
 
 What a context gets is what Frappe would have read: a copy of the value as it was after the
-last change Redis reported.  The one difference is the delivery of that report: a context
-that starts in the few milliseconds between another process's change and the hub reading its
-message sees the value from just before it, as a web request that started those milliseconds
-earlier would.  A value read while a change was reported is never kept (the report count is
-compared before and after the read).
+last change Redis reported.  The difference is the delivery of that report: a context that
+starts between a change and the hub running the tracker's greenlet (milliseconds; longer
+while the loop is busy with a burst) sees the value from just before it, as a web request
+that started that much earlier would; a tracking connection that died without a word (a
+dropped NAT entry) is noticed by its ``PING`` within :data:`PING_SECONDS` +
+:data:`PONG_SECONDS`.  A value read while a change was reported is never kept (the report
+count is compared before and after the read).  Only ``frappe.init``'s own call gets the kept
+map; a context's later ``setup_module_map`` (after its own ``clear_cache``) is Frappe's.
+The kept ``print_sql`` flag has the same window after a context's own clear: it decides only
+whether Frappe prints the queries.
 
 Verified against Frappe v15.44.2 and develop (16.0.0-dev of October 2024), whose
 ``setup_module_map(include_all_apps=True)``:
@@ -52,13 +57,15 @@ outage: both are Frappe's own fall-backs, and the next change of the key drops t
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import gevent
+import redis
+
+from gsocket.protocol.internals.frappe_conf_hooks import verified_function
 
 log = logging.getLogger("gsocket.frappe_cache")
 
@@ -68,9 +75,6 @@ KEYS = (MODULE_MAP, PRINT_SQL)
 """The Redis keys (after Frappe's ``<db_name>|`` prefix) whose values are kept."""
 
 _MISSING = object()
-
-VERIFIED_MAJORS = (15, 16)
-"""Frappe major versions whose ``setup_module_map`` is the one described above."""
 
 VERIFIED_REDIS = ((4, 5), (5, 0))
 """redis-py minor versions whose ``Connection.read_response`` returns pub/sub replies as they
@@ -105,6 +109,8 @@ class KeyTracker:
         #: Values by full key, each as Frappe last read it after the last reported change.
         self.kept: dict[bytes, Any] = {}
         self.closed = False
+        #: Whether the last attempt failed (an outage is logged when it starts and ends).
+        self.failing = False
         self._greenlet = gevent.spawn(self._run)
 
     def changed(self, keys: Any = None) -> None:
@@ -123,17 +129,36 @@ class KeyTracker:
         self._greenlet.kill(block=False)
 
     def _run(self) -> None:
+        """Track until closed: set the connection up again :data:`RETRY_SECONDS` after a loss
+        (logged once per outage), but give up at once when Redis refuses a command (a Redis
+        before 6, ``CLIENT`` renamed away, an ACL user without the invalidation channel):
+        asking again would only log the same refusal every few seconds for good."""
         while not self.closed:
             conn = self.make_connection()
             try:
                 self._track(conn)
+            except redis.exceptions.ResponseError as exc:
+                log.warning(
+                    "Redis refused to track %r (%s): Frappe's module map and print_sql flag "
+                    "are read from Redis in every context of this site",
+                    self.prefixes,
+                    exc,
+                )
+                self.closed = True
             except Exception as exc:
-                log.info("Redis tracking of %r lost (%r); read per context", self.prefixes, exc)
+                if not self.failing:
+                    log.info(
+                        "Redis tracking of %r lost (%r): read per context until it is back",
+                        self.prefixes,
+                        exc,
+                    )
+                self.failing = True
             finally:
                 self.ready = False
                 self.changed()
                 conn.disconnect()
-            gevent.sleep(RETRY_SECONDS)
+            if not self.closed:
+                gevent.sleep(RETRY_SECONDS)
 
     def _track(self, conn: Any) -> None:
         conn.connect()
@@ -143,9 +168,12 @@ class KeyTracker:
         prefixes = [part for prefix in self.prefixes for part in ("PREFIX", prefix)]
         conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST", *prefixes)
         if conn.read_response() not in (b"OK", "OK"):
-            raise ConnectionError("CLIENT TRACKING was refused")
+            raise redis.exceptions.ResponseError("CLIENT TRACKING did not answer OK")
         conn.send_command("SUBSCRIBE", "__redis__:invalidate")
         conn.read_response()
+        if self.failing:
+            log.info("Redis tracking of %r is back", self.prefixes)
+            self.failing = False
         self.ready = True
         pinged = False
         while not self.closed:
@@ -180,9 +208,15 @@ class ModuleMapCache:
         self.trackers: dict[tuple[Any, ...], KeyTracker] = {}
         self._by_site: dict[tuple[int, Any], tuple[Any, KeyTracker]] = {}
         self.reads = 0
+        self.closed = False
 
     def __call__(self, include_all_apps: bool = True, *args: Any, **kw: Any) -> Any:
-        tracker = None if args or kw or not include_all_apps else self.tracker()
+        # Only ``frappe.init``'s own call, which comes right after it set ``module_app`` to
+        # None: a context that deleted the key (``clear_cache`` and then ``setup_module_map``,
+        # as Frappe's ``clear_global_cache`` does) must rebuild the map as Frappe would, not
+        # get the kept one back before Redis's report of its own delete is read.
+        fresh = getattr(self.frappe.local, "module_app", None) is None
+        tracker = None if args or kw or not include_all_apps or not fresh else self.tracker()
         if tracker is None or not tracker.ready:
             self.reads += 1
             return self.original(include_all_apps, *args, **kw)
@@ -212,14 +246,12 @@ class ModuleMapCache:
         (Sentinel, cluster)."""
         client = self.frappe.cache
         conf = getattr(self.frappe.local, "conf", None)
-        if client is None or conf is None:  # outside a site's context: Frappe's own way
+        if self.closed or client is None or conf is None:  # closed, or outside a site's context
             return None
         site = (id(client), conf.db_name)
         known = self._by_site.get(site)
         if known is not None and known[0] is client:
             return known[1]
-        import redis
-
         pool = getattr(client, "connection_pool", None)
         if type(pool) is not redis.ConnectionPool:
             return None
@@ -237,6 +269,8 @@ class ModuleMapCache:
         return tracker
 
     def close(self) -> None:
+        """Close every tracking connection; from now on every context reads as Frappe does."""
+        self.closed = True
         for tracker in self.trackers.values():
             tracker.close()
         self.trackers.clear()
@@ -278,8 +312,6 @@ class PrintSqlFlag:
 
 def redis_verified() -> bool:
     """Whether the installed redis-py is one of :data:`VERIFIED_REDIS`."""
-    import redis
-
     try:
         version = tuple(int(part) for part in redis.__version__.split(".")[:2])
     except (AttributeError, ValueError):
@@ -298,13 +330,9 @@ def keep_module_map(frappe: ModuleType) -> ModuleMapCache | None:
     current = getattr(frappe, "setup_module_map", None)
     if isinstance(current, ModuleMapCache):
         return current
-    try:
-        major = int(str(getattr(frappe, "__version__", "")).split(".")[0])
-        params = list(inspect.signature(current).parameters) if current else []
-    except (TypeError, ValueError):
-        major, params = 0, []
-    if major not in VERIFIED_MAJORS or params != ["include_all_apps"]:
-        log.info("Frappe %s: its module map is read from Redis on every context", major or "?")
+    current = verified_function(frappe, "setup_module_map", ["include_all_apps"])
+    if current is None:
+        log.info("this Frappe: its module map is read from Redis on every context")
         return None
     if not redis_verified():
         log.info("this redis-py: the module map is read from Redis on every context")

@@ -161,19 +161,30 @@ class SiteConfigCache:
         return _is_json_object(common) and _is_json_object(own)
 
 
+def verified_function(frappe: ModuleType, name: str, params: list[str]) -> Any:
+    """``frappe.<name>`` when this Frappe's major version is one of :data:`VERIFIED_MAJORS`
+    and the function's parameters start with ``params``, else None: the one gate of every
+    wrapper of a Frappe function here (a release that changes one is left alone)."""
+    current = getattr(frappe, name, None)
+    try:
+        major = int(str(getattr(frappe, "__version__", "")).split(".")[0])
+        names = list(inspect.signature(current).parameters) if current else []
+    except (TypeError, ValueError):
+        return None
+    if major not in VERIFIED_MAJORS or names[: len(params)] != params:
+        return None
+    return current
+
+
 def keep_site_config(frappe: ModuleType) -> SiteConfigCache | None:
     """Put :class:`SiteConfigCache` in front of ``frappe.get_site_config``; return it, or None
     when this Frappe is not one it was verified with (then nothing changes)."""
     current = getattr(frappe, "get_site_config", None)
     if isinstance(current, SiteConfigCache):
         return current
-    try:
-        major = int(str(getattr(frappe, "__version__", "")).split(".")[0])
-        params = list(inspect.signature(current).parameters) if current else []
-    except (TypeError, ValueError):
-        major, params = 0, []
-    if major not in VERIFIED_MAJORS or params[:2] != ["sites_path", "site_path"]:
-        log.info("Frappe %s: its site configuration is read on every context", major or "?")
+    current = verified_function(frappe, "get_site_config", ["sites_path", "site_path"])
+    if current is None:
+        log.info("this Frappe: its site configuration is read on every context")
         return None
     cache = SiteConfigCache(current, frappe.local, frappe._dict)
     frappe.get_site_config = cache
