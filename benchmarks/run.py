@@ -416,6 +416,7 @@ class Case:
         return {
             "wall": time.monotonic(),
             "server_cpu": self.proc.cpu(),
+            "server_system_cpu": self.proc.system_cpu(),
             "server_rss": self.proc.rss(),
             "loadgen_cpu": processes.cpu(self.lg.child.pid),
             "web_cpu": processes.cpu(self.web.pid),
@@ -435,6 +436,8 @@ class Case:
             "wall_s": d["wall"],
             "server_cpu_s": d["server_cpu"],
             "server_cores": d["server_cpu"] / wall,
+            "server_system_cpu_s": d["server_system_cpu"],
+            "server_system_cores": d["server_system_cpu"] / wall,
             "loadgen_cpu_s": d["loadgen_cpu"],
             "loadgen_cores": d["loadgen_cpu"] / wall,
             "web_cpu_s": d["web_cpu"],
@@ -699,8 +702,9 @@ class Case:
             "latency": res["latency"],
             # CPU while the load was offered: the publishing window, churn included
             "server_cores": offered["server_cores"],
+            "server_system_cores": offered["server_system_cores"],
             "server_us_per_delivery": 1e6 * use["server_cpu_s"] / max(1, res["received"]),
-            **{k: v for k, v in use.items() if k != "server_cores"},
+            **{k: v for k, v in use.items() if k not in ("server_cores", "server_system_cores")},
         }
         log.info(
             "  desk mix: %d events, %d/%d delivered, p99 %s ms, lost %d, dup %d, "
@@ -757,6 +761,9 @@ class Case:
             "latency": res["latency"],
             "auth_calls": _delta(web_before, web_after, AUTH_CALLS),
             "server_us_per_connect": 1e6 * use["server_cpu_s"] / max(1, res["connected"]),
+            "server_system_us_per_connect": (
+                1e6 * use["server_system_cpu_s"] / max(1, res["connected"])
+            ),
             "loadgen_cpu_self_s": res["cpu_s"],
             **use,
         }
@@ -863,6 +870,10 @@ class Case:
             "latency": res["latency"],
             "server_us_per_delivery": 1e6 * use["server_cpu_s"] / max(1, res["delivered"]),
             "server_us_per_event": 1e6 * use["server_cpu_s"] / max(1, pub.messages),
+            "server_system_us_per_delivery": (
+                1e6 * use["server_system_cpu_s"] / max(1, res["delivered"])
+            ),
+            "server_system_us_per_event": 1e6 * use["server_system_cpu_s"] / max(1, pub.messages),
             **use,
         }
         log.info(

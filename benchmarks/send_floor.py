@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,18 @@ def report(before: tuple[float, float, int, int], short: int) -> None:
     print(json.dumps({**out, "short": short}), flush=True)
 
 
+def paced(spec: dict, sleep: Callable[[float], object]) -> Iterator[int]:
+    """The event numbers of ``spec["events"]`` at ``spec["rate"]`` per second, each given at
+    its time on an absolute schedule (a late event does not delay the next), waiting with
+    SLEEP: ``time.sleep`` in a plain sender, ``gevent.sleep`` in the writer's loop."""
+    t0 = time.monotonic()
+    for e in range(spec["events"]):
+        wait = t0 + e / spec["rate"] - time.monotonic()
+        if wait > 0:
+            sleep(wait)
+        yield e
+
+
 def python_sender(spec: dict) -> None:
     """The ``py`` sender: a plain loop of non-blocking ``sock.send``s (``py-write``:
     ``os.write`` on the descriptors)."""
@@ -168,11 +181,7 @@ def python_sender(spec: dict) -> None:
     frame = b"x" * spec["size"]
     short = 0
     before = usage()
-    t0 = time.monotonic()
-    for e in range(spec["events"]):
-        wait = t0 + e / spec["rate"] - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
+    for _ in paced(spec, time.sleep):
         for send in calls:
             try:
                 if send(frame) != len(frame):
@@ -208,11 +217,7 @@ def wire_sender(spec: dict) -> None:
     def run() -> None:
         members = room.values()
         before = usage()
-        t0 = time.monotonic()
-        for e in range(spec["events"]):
-            wait = t0 + e / spec["rate"] - time.monotonic()
-            if wait > 0:
-                gevent.sleep(wait)
+        for _ in paced(spec, gevent.sleep):
             writer.broadcast(members, frame)
             writer.flush_in_steps()
         pending = sum(1 for w in writer.wires.values() if not w.settled())

@@ -16,7 +16,8 @@ handler that sent no query and left no commit callback ends without a connection
 last ``COMMIT`` is not followed by Frappe's ``START TRANSACTION`` (see ``commit_last``), and
 with a pool and no commit callback pending it goes in the same write as the connection's reset
 (``only_commit_left``); the site config is parsed again only when its files change
-(frappe_conf_hooks.py).
+(frappe_conf_hooks.py), and the module map read from Redis again only when Redis reports its
+key changed (frappe_cache_hooks.py).
 
 With a :class:`gsocket.contract.dbpool.DBPool` the event's database connection is borrowed from the
 site's pool instead of opened, and given back (reset) instead of closed (:class:`_Lease`;
@@ -42,6 +43,7 @@ import gevent
 
 from gsocket.contract.dbpool import DBPool
 from gsocket.errors import StartupError
+from gsocket.protocol.internals.frappe_cache_hooks import ModuleMapCache, keep_module_map
 from gsocket.protocol.internals.frappe_conf_hooks import keep_site_config
 from gsocket.protocol.internals.frappe_db_hooks import (
     COMMIT_CALLBACKS,
@@ -286,11 +288,15 @@ class FrappeContext:
         self._apps_cache: dict[str, tuple[float, list[str]]] = {}
         self._apps_inflight: dict[str, _Lookup] = {}
         self.pool = pool
+        self._module_maps: ModuleMapCache | None = None
 
     def close(self) -> None:
-        """Close the pool's idle connections; those still in use close when their event ends."""
+        """Close the pool's idle connections (those still in use close when their event ends)
+        and the Redis connections that track the kept module maps."""
         if self.pool is not None:
             self.pool.close()
+        if self._module_maps is not None:
+            self._module_maps.close()
 
     def _load(self) -> ModuleType:
         """Import Frappe once; remember a failure so that each event costs no import attempt."""
@@ -320,6 +326,7 @@ class FrappeContext:
         self._frappe = module
         share_pymysql_default_tls_context()
         keep_site_config(module)
+        self._module_maps = keep_module_map(module)
         if self.pool is not None and not pool_supported():
             log.warning(
                 "this PyMySQL is not one gsocket's database pool was verified with; every "

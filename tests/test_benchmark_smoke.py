@@ -48,6 +48,12 @@ def check_case(case: dict) -> None:
         assert phase["misrouted"] == 0, key
     assert case["fanout_fixed"]["expected"] == case["fanout_fixed"]["events"] * 200
     assert case["user_fixed"]["expected"] == case["user_fixed"]["events"]
+    # the kernel's part of each CPU figure is read apart, and is a part of it
+    for key, unit in (("fanout_fixed", "delivery"), ("user_fixed", "event")):
+        phase = case[key]
+        assert 0 <= phase[f"server_system_us_per_{unit}"] <= phase[f"server_us_per_{unit}"]
+    connect = case["connect"]
+    assert 0 <= connect["server_system_us_per_connect"] <= connect["server_us_per_connect"]
     assert case["held"] == {"connected_at_end": 200, "disconnects": {}}
     assert case["memory"]["rss_connected"] > 0
     check_mix(case["mix"])
@@ -90,6 +96,7 @@ def check_mix(mix: dict) -> None:
     assert mix["lost"] == mix["duplicates"] == mix["misrouted"] == 0
     assert mix["reconnects"] > 0 and mix["reconnect_failed"] == 0
     assert mix["churned_clients"] == mix["reconnects"]
+    assert 0 <= mix["server_system_cores"] <= mix["server_cores"]
     # five viewers per document: doc_open tells the others who is viewing
     assert mix["doc_viewers"] > 0
 
@@ -165,7 +172,11 @@ def _case(server: str, us_per_event: float, lost: int = 0) -> dict:
         "n": 1000,
         "connect": {"failed": 0, "server_us_per_connect": 500.0},
         "held": {"connected_at_end": 1000, "disconnects": {}},
-        "user_fixed": {**clean, "server_us_per_event": us_per_event},
+        "user_fixed": {
+            **clean,
+            "server_us_per_event": us_per_event,
+            "server_system_us_per_event": us_per_event / 2,
+        },
         "mix": {**clean, "reconnect_failed": 0, "server_cores": 0.2},
     }
 
@@ -190,6 +201,9 @@ def test_goals_are_judged_on_medians_against_the_faster_node() -> None:
         22.0,
     )
     assert per_user["ratio"] == pytest.approx(22 / 45) and per_user["ok"] is True
+    # the kernel's share alone, over the same Node median: what no implementation goes below
+    assert per_user["kernel_ratio"] == pytest.approx(11 / 45)
+    assert goals["cpu_per_fanout_delivery"]["kernel_ratio"] is None
     assert goals["mix_cpu"]["ratio"] == pytest.approx(1.0) and goals["mix_cpu"]["ok"] is False
     assert goals["clean"]["ok"] is False
     md = report.markdown(
@@ -220,7 +234,9 @@ def test_goals_are_judged_on_medians_against_the_faster_node() -> None:
     )
     # the scenario tables give the median and the spread of the rounds
     assert "| node-develop | 1 000 | 3/3 | — | — | 45.0 (40.0–200.0) |" in md
-    assert "| 1 000 | CPU per event to a per-user room | node-develop | 45.0 | 22.0 | 0.49 |" in md
+    row = "| 1 000 | CPU per event to a per-user room | node-develop | 45.0 | 22.0 | 0.49 |"
+    assert row + " <= 0.5x | yes | 0.24 |" in md
+    assert "| gsocket | 1 000 | 3/3 | — | — | 11.0 (10.0–45.0) | — |" in md
 
 
 def _cluster_case(server: str, round_: int, **figures: float) -> dict:

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.socket
 import pymysql
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pymysql.constants import COMMAND
 
-from gsocket.contract.dbpool import DBPool, PoolExhausted
+from gsocket.contract.dbpool import ConnectTimeout, DBPool, PoolExhausted
 from gsocket.metrics import Metrics
 from gsocket.protocol.internals.pymysql_hooks import pool_supported
 from tests.support.bench import wait_until
@@ -415,6 +416,47 @@ def test_a_failed_connect_or_a_killed_waiter_leaves_no_slot_taken(
     assert pool.idle(KEY) == 1 and pool.in_use() == 0  # kept: nobody waits any more
     assert pool.checkout(KEY, connect) is held
     pool.checkin(KEY, held)
+    pool.close()
+
+
+def test_a_server_that_accepts_and_never_answers_fails_only_that_event_within_the_bound(
+    mariadb: MariaDBServer, connect: Callable[[], pymysql.Connection], monkeypatch: Any
+) -> None:
+    """PyMySQL bounds only the TCP connect; its handshake read has no time limit.  A listener
+    that accepts and says nothing must fail the event that opens a connection to it, with an
+    error saying so, within the pool's ``connect_timeout``, close the socket, free the slot,
+    and leave other events running meanwhile."""
+    # gsocket runs monkey-patched; here only PyMySQL's sockets are made gevent's.
+    monkeypatch.setattr(pymysql.connections, "socket", gevent.socket)
+    listener = gevent.socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[Any] = []
+    acceptor = gevent.spawn(lambda: accepted.append(listener.accept()[0]))
+    port = listener.getsockname()[1]
+    silent_key = ("silent.test", "db")
+    pool = DBPool(4, connect_timeout=0.5)
+
+    def silent() -> pymysql.Connection:
+        return pymysql.connect(host="127.0.0.1", port=port, user="u", connect_timeout=10)
+
+    other_done: list[int] = []
+    other = gevent.spawn(lambda: other_done.append(conn_id(pool.checkout(KEY, connect))))
+    began = time.monotonic()
+    with pytest.raises(ConnectTimeout, match=r"silent\.test took over 0\.5 s.*handshake"):
+        # Without the bound the checkout would hang: the outer limit makes that a failure.
+        gevent.with_timeout(5, pool.checkout, silent_key, silent)
+    took = time.monotonic() - began
+    assert 0.5 <= took < 2.0
+    other.join(5)
+    assert other_done, "another event did not run while one waited for a handshake"
+    assert pool.in_use(silent_key) == 0 and pool.idle(silent_key) == 0
+    acceptor.join(1)
+    assert len(accepted) == 1
+    accepted[0].settimeout(2)
+    assert accepted[0].recv(1) == b""  # gsocket's end was closed
+    accepted[0].close()
+    listener.close()
     pool.close()
 
 

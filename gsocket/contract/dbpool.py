@@ -81,6 +81,12 @@ log = logging.getLogger("gsocket.dbpool")
 #: Seconds the reset of a returned connection may take before it is closed instead.
 RESET_TIMEOUT = 5.0
 
+#: Seconds opening a connection may take in all (TCP connect, MariaDB's handshake, login, the
+#: first ``SET``\ s): PyMySQL's own ``connect_timeout`` default, which Frappe leaves as it is.
+#: PyMySQL bounds only the TCP connect with it; a server that accepts and then never sends
+#: its handshake would hold the event until the dispatcher's time limit.
+CONNECT_TIMEOUT = 10.0
+
 #: Seconds an event waits for a connection at ``max_connections`` before it fails.
 WAIT_SECONDS = 10.0
 
@@ -105,6 +111,10 @@ _COUNT_HELP = {
 
 class PoolExhausted(RuntimeError):
     """Every connection the pool may open is lent, and none came back in time."""
+
+
+class ConnectTimeout(TimeoutError):
+    """Opening a database connection took longer than the pool's ``connect_timeout``."""
 
 
 def site_of(key: Hashable) -> str:
@@ -216,6 +226,8 @@ class DBPool:
     :param reset_timeout: seconds a return's reset may take before the connection is closed.
     :param max_connections: connections open at once (lent and idle, every key); 0: no cap.
     :param wait_seconds: how long an event waits at the cap before :class:`PoolExhausted`.
+    :param connect_timeout: seconds opening a connection may take before the event fails
+        with :class:`ConnectTimeout` (the half-open socket is closed).
     """
 
     def __init__(
@@ -225,12 +237,14 @@ class DBPool:
         reset_timeout: float = RESET_TIMEOUT,
         max_connections: int = 0,
         wait_seconds: float = WAIT_SECONDS,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         self.size = size
         self.idle_seconds = idle_seconds
         self.reset_timeout = reset_timeout
         self.max_connections = max_connections
         self.wait_seconds = wait_seconds
+        self.connect_timeout = connect_timeout
         self._idle: dict[Hashable, list[tuple[float, Any]]] = {}
         self._open: dict[Hashable, int] = {}
         self._total_open = 0
@@ -299,11 +313,25 @@ class DBPool:
         if not reserved:
             self._open[key] = self._open.get(key, 0) + 1
             self._total_open += 1
+        limit = gevent.Timeout(self.connect_timeout)
+        limit.start()
         try:
             conn = connect()
+        except gevent.Timeout as exc:
+            self._forget(key)
+            if exc is not limit:
+                raise
+            # PyMySQL closed its socket on the way out (its connect() does on any exception).
+            raise ConnectTimeout(
+                f"opening a database connection for site {site_of(key)} took over "
+                f"{self.connect_timeout:g} s: MariaDB did not accept the connection and complete "
+                "its handshake in time"
+            ) from None
         except BaseException:
             self._forget(key)
             raise
+        finally:
+            limit.close()
         self._count(key, "opened")
         return conn
 

@@ -134,11 +134,11 @@ class ConnectionSummary:
         self._last = self._counts()
         self._since = time.monotonic()
 
-    def _counts(self) -> tuple[int, int, dict[str, int], int]:
-        """Open sockets, connects, disconnects by reason and refusals so far."""
+    def _counts(self) -> tuple[int, dict[str, int], int]:
+        """Connects, disconnects by reason and refusals so far: the counters an interval's
+        line gives the differences of."""
         m = self.metrics
         return (
-            int(sum(m.sockets.series().values())),
             int(sum(m.connects.series().values())),
             {values[0]: int(n) for values, n in m.disconnects.series().items()},
             int(sum(m.refusals.series().values())),
@@ -147,9 +147,9 @@ class ConnectionSummary:
     def line(self) -> str | None:
         """The line for the interval since the previous call, or ``None`` when nothing
         happened in it."""
-        _, connects_before, reasons_before, refusals_before = self._last
+        connects_before, reasons_before, refusals_before = self._last
         since, self._since = self._since, time.monotonic()
-        self._last = is_open, connects, reasons, refusals = self._counts()
+        self._last = connects, reasons, refusals = self._counts()
         connected, refused = connects - connects_before, refusals - refusals_before
         why = {
             reason: n - reasons_before.get(reason, 0)
@@ -163,6 +163,7 @@ class ConnectionSummary:
             reasons_text = " (" + ", ".join(f"{n} {reason}" for reason, n in why.items()) + ")"
         else:
             reasons_text = ""
+        is_open = int(sum(self.metrics.sockets.series().values()))
         return (
             f"connections: {is_open} open; in the last {round(self._since - since, 1):g} s "
             f"{connected} connected, {disconnected} disconnected{reasons_text}, {refused} refused"

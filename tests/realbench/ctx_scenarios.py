@@ -456,6 +456,95 @@ def pooled(a: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def module_map(a: dict[str, Any]) -> dict[str, Any]:
+    """What a context's module map holds while the site's ``app_modules`` key in Redis is
+    changed by another client, deleted by ``frappe.clear_cache()``, and while the connection
+    that tracks it is killed (gsocket keeps the map while Redis reports no change)."""
+    import pickle
+    import time
+
+    import frappe
+    import redis
+
+    from gsocket.frappe_ctx import FrappeContext
+
+    site = a["site"]
+    ctx = FrappeContext(".")
+    seen: dict[str, Any] = {}
+
+    def probe() -> dict[str, Any]:
+        local = frappe.local
+        key = frappe.cache.make_key("app_modules")
+        found = {
+            "apps": sorted(local.app_modules),
+            "frappe_last": local.app_modules["frappe"][-1],
+            "probe_app": local.module_app.get("gsocket_probe_module"),
+            "same_object": local.cache.get(key) is local.app_modules,
+            "redis_url": frappe.conf.redis_cache,
+            "key": key.decode(),
+            "print_sql": frappe.cache.get_value("flag_print_sql"),
+        }
+        # What a careless handler does to its map: none of it may reach the next event.
+        local.app_modules["frappe"].append("left_by_handler")
+        local.module_app["left_by_handler"] = "frappe"
+        return found
+
+    def reads() -> int:
+        """Redis reads of both kept keys (the flag's counter exists once a context ran)."""
+        flag = frappe.cache.__dict__.get("get_value") if frappe.cache else None
+        return int(getattr(frappe.setup_module_map, "reads", -1)) + int(getattr(flag, "reads", 0))
+
+    def until(what: str, done: Any, timeout: float = 15.0) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            before = reads()
+            found.append(ctx.run(site, "Guest", probe))
+            if done(found[-1], reads() - before):
+                return found
+            time.sleep(0.02)
+        raise AssertionError(f"{what}: not within {timeout} s; last {found[-1:]}")
+
+    first = ctx.run(site, "Guest", probe)
+    seen["first"] = first
+    seen["until_kept"] = until("kept", lambda f, r: r == 0)
+    before = reads()
+    seen["kept"] = [ctx.run(site, "Guest", probe) for _ in range(3)]
+    seen["reads_while_kept"] = reads() - before
+
+    client = redis.Redis.from_url(first["redis_url"])
+    key = first["key"]
+    original = pickle.loads(client.get(key))
+    changed = {**original, "gsocket_probe": ["gsocket_probe_module"]}
+    try:
+        client.set(key, pickle.dumps(changed))
+        seen["after_set"] = until("a changed value seen", lambda f, r: f["probe_app"] is not None)
+        ctx.run(site, "Administrator", frappe.clear_cache)
+        seen["after_clear_cache"] = until("clear_cache seen", lambda f, r: f["probe_app"] is None)
+        until("kept again", lambda f, r: r == 0)
+        ctx.run(site, "Administrator", frappe.print_sql, True)
+        seen["print_sql_on"] = until("print_sql(True) seen", lambda f, r: f["print_sql"] is True)
+        ctx.run(site, "Administrator", frappe.print_sql, False)
+        seen["print_sql_off"] = until("print_sql(False) seen", lambda f, r: f["print_sql"] is False)
+
+        tracker = next(iter(frappe.setup_module_map.trackers.values()))
+        until("kept again", lambda f, r: r == 0)
+        client.execute_command("CLIENT", "KILL", "ID", tracker.client_id)
+        deadline = time.monotonic() + 10
+        while tracker.ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen["ready_after_kill"] = tracker.ready
+        client.set(key, pickle.dumps(changed))
+        seen["while_untracked"] = ctx.run(site, "Guest", probe)
+        seen["after_reconnect"] = until(
+            "kept after reconnecting", lambda f, r: tracker.ready and r == 0
+        )
+    finally:
+        client.delete(key, key.replace("|app_modules", "|flag_print_sql"))
+    seen["flag_after_delete"] = until("the flag's delete seen", lambda f, r: f["print_sql"] is None)
+    return seen
+
+
 def dead(a: dict[str, Any]) -> dict[str, Any]:
     """A pooled connection that MariaDB killed while it was idle is not lent again."""
     import frappe
@@ -702,6 +791,7 @@ SCENARIOS = {
     "pooled": pooled,
     "dead": dead,
     "config_edits": config_edits,
+    "module_map": module_map,
     "endings": endings,
 }
 

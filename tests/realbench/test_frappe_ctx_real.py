@@ -246,6 +246,37 @@ def test_a_site_config_edited_while_running_is_seen_by_the_next_context(
         assert found["left"] is None and found["nested"] == {"list": ["file"]}
 
 
+def test_the_module_map_and_print_sql_flag_are_kept_until_redis_reports_a_change(
+    ctx_bench: RealBench,
+) -> None:
+    """gsocket keeps each site's ``app_modules`` and ``flag_print_sql`` while Redis reports no
+    change of their keys; a value another client writes, ``frappe.clear_cache()``,
+    ``frappe.print_sql()``, a delete and a lost tracking connection each make the next
+    contexts see Frappe's value, and nothing a handler changes in its map reaches another
+    event."""
+    r = scenario(ctx_bench, "module_map", {"site": SITE})
+    clean = r["first"]
+    assert "frappe" in clean["apps"] and clean["probe_app"] is None
+    assert clean["print_sql"] is None  # the bench never set it
+    for found in [*r["until_kept"], *r["kept"]]:
+        assert found == clean  # no "left_by_handler" from an earlier context
+    assert r["reads_while_kept"] == 0  # kept: Redis was not asked
+    assert r["after_set"][-1]["apps"] == sorted([*clean["apps"], "gsocket_probe"])
+    assert r["after_set"][-1]["probe_app"] == "gsocket_probe"
+    assert r["after_clear_cache"][-1] == clean
+    assert r["print_sql_on"][-1] == {**clean, "print_sql": True}
+    assert r["print_sql_off"][-1] == {**clean, "print_sql": False}
+    assert r["flag_after_delete"][-1] == clean
+    assert r["ready_after_kill"] is False
+    assert r["while_untracked"]["probe_app"] == "gsocket_probe"
+    # Kept again after reconnecting: the value written while untracked, not the older one.
+    assert r["after_reconnect"][-1]["probe_app"] == "gsocket_probe"
+    for found in [*r["after_set"], *r["after_clear_cache"], *r["after_reconnect"]]:
+        # Frappe's set_user empties frappe.local.cache: a handler finds it there in no case.
+        assert found["same_object"] is clean["same_object"] is False
+        assert found["frappe_last"] == clean["frappe_last"]
+
+
 def test_each_way_a_context_ends_leaves_what_frappe_would(ctx_bench: RealBench) -> None:
     """No query and no callback: no connection at all.  Otherwise Frappe's commit or
     rollback runs with its callbacks; the START TRANSACTION after the last COMMIT is left
