@@ -11,6 +11,12 @@ Per round: a fresh gsocket (under ``probe_server.py``) with N idle clients (each
 server's CPU (utime+stime from /proc) over the phase divided by the events is the figure;
 every event must arrive exactly once and in order per client.  The machine is shared: compare
 figures of one invocation (``--compare`` runs two working trees' gsocket interleaved).
+
+``--steady 30`` waits that long after the clients connected before measuring, then measures
+``--idle`` seconds without events first: each client is PINGed ``ping_interval`` (25 s) after
+it connected, so a phase that starts sooner sees no pings at all, while run.py's per-user
+phase (well after its connect storm) pays 10 000 clients' PING/PONG cycles, 400 a second,
+on top of its events.
 """
 
 from __future__ import annotations
@@ -56,6 +62,12 @@ def one_round(args: argparse.Namespace, round_: int) -> dict[str, float]:
             wait_until(
                 lambda: stand.counts()["received"] >= n, 60, "warm-up events missing after 60 s"
             )
+            idle_cores = None
+            if args.steady:
+                time.sleep(args.steady)
+                cpu0, t0 = processes.cpu(stand.server.pid), time.monotonic()
+                time.sleep(args.idle)
+                idle_cores = (processes.cpu(stand.server.pid) - cpu0) / (time.monotonic() - t0)
             spy = None
             if args.pyspy:
                 spy = Child(
@@ -110,6 +122,7 @@ def one_round(args: argparse.Namespace, round_: int) -> dict[str, float]:
                 "duplicates": counts["duplicates"],
                 "out_of_order": counts["out_of_order"],
                 "machine_busy": busy,
+                "idle_cores": idle_cores,
             }
         finally:
             stand.close()
@@ -122,6 +135,13 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--flat-events", type=int, default=50_000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--steady",
+        type=float,
+        default=0.0,
+        help="seconds to wait after connecting, so that every client is in its ping cycle",
+    )
+    p.add_argument("--idle", type=float, default=5.0, help="idle seconds measured (--steady)")
     p.add_argument("--pyspy", help="py-spy raw output prefix, one per round (PYSPY_NATIVE=1: C)")
     p.add_argument("--cprofile", help="cProfile pstats prefix (one file per round)")
     args = p.parse_args()
@@ -135,6 +155,7 @@ def main() -> int:
             f"{r['system_us']:.1f})  {r['events']} events in {r['seconds']:.1f} s, "
             f"received {r['received']}, dup {r['duplicates']}, out of order {r['out_of_order']}, "
             f"machine {100 * r['machine_busy']:.0f} % busy"
+            + (f", idle before {r['idle_cores']:.4f} cores" if r["idle_cores"] is not None else "")
         )
     print(f"median {statistics.median(us):.1f} us/event (min {min(us):.1f}, max {max(us):.1f})")
     if args.cprofile:

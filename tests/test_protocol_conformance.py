@@ -342,6 +342,36 @@ def test_a_client_that_answers_its_pings_stays(
     assert pings >= 5  # a PING every 0.2 s, each answered before the 0.3 s deadline
 
 
+def wakeups(pid: int) -> int:
+    """Times the server's main thread went to sleep and was woken (its voluntary context
+    switches: each wait of the event loop that did wait)."""
+    status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_idle_sessions_do_not_wake_the_server_once_each_per_ping_timeout(
+    start_gsocket: Callable[..., GsocketProcess],
+) -> None:
+    """python-engineio's service task visits one session per ``ping_timeout / sessions``
+    seconds, a timer wakeup each (500 a second at 10 000 clients); gsocket's sweep looks at
+    them a slice at a time: here 120 sessions and a 1 s ping timeout are one wakeup a second
+    where the service task made 120.  No PING falls in the window (25 s interval)."""
+    server = start_gsocket(engine(ping_interval=25, ping_timeout=1.0))
+    sockets = [open_websocket(server.url) for _ in range(120)]
+    try:
+        assert server.proc is not None
+        pid = server.proc.pid
+        before, started = wakeups(pid), time.monotonic()
+        window = 3.0
+        wait_until(lambda: time.monotonic() - started >= window, window + 5, "the window")
+        woken = wakeups(pid) - before
+        assert woken < 40, woken  # python-engineio's task: 242 here
+        assert all(ws.connected for ws in sockets)
+    finally:
+        for ws in sockets:
+            ws.close()
+
+
 # ---- Socket.IO's connect timeout ------------------------------------------------------------
 
 CONNECT_TIMEOUT = 1.0

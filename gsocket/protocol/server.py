@@ -83,6 +83,8 @@ class Server(HookedServer):
             logger=False,
             engineio_logger=False,
             json=PacketJSON,
+            # the transport's Sweep does its service task's work (session.Sweep)
+            monitor_clients=False,
             **engineio_options,
         )
         self.eio.generate_id = SessionIds()

@@ -18,13 +18,13 @@ from engineio import packet as eio_packet
 from gsocket.protocol.codec import packet_frame
 from gsocket.protocol.internals.engineio_hooks import adopt, replace_queue, websocket_of
 from gsocket.protocol.internals.gevent_hooks import take_upgrade_answer
-from gsocket.protocol.session import LeanSocket, Pinger, exact_ping_interval
+from gsocket.protocol.session import LeanSocket, Pinger, Sweep, exact_ping_interval
 from gsocket.protocol.writer import DONE, Wire, Writer
 
 
 class Transport(Writer):
     """The server's websocket writer (:class:`~gsocket.protocol.writer.Writer`), its
-    sessions' class and the server's pinger.
+    sessions' class, the server's pinger and its sweep of the sessions.
 
     :param eio: the python-engineio server.
     :param limit: frames pending for one client before it is put out (``limits.send_queue``).
@@ -35,6 +35,7 @@ class Transport(Writer):
     def __init__(self, eio: Any, limit: int, kick: Callable[[str, str], None]) -> None:
         super().__init__(eio, limit, kick)
         self.pinger = Pinger(eio.ping_interval, eio.ping_timeout)
+        self.sweep = Sweep(eio)
         self.socket_class = type("LeanSocket", (LeanSocket,), {"transport": self})
 
     def adopt(self, session: Any) -> None:
@@ -42,6 +43,7 @@ class Transport(Writer):
         and give its handshake the ping interval in milliseconds."""
         adopt(session, self.socket_class)
         exact_ping_interval(self.eio, session)
+        self.sweep.start()
 
     def attach(self, session: Any, ws: Any) -> Wire:
         """Switch an upgraded session to a wire; packets queued before go first, in order.
@@ -76,5 +78,6 @@ class Transport(Writer):
         return wire
 
     def stop(self) -> None:
-        """Stop the pinger (server shutdown)."""
+        """Stop the pinger and the sweep (server shutdown)."""
         self.pinger.stop()
+        self.sweep.stop()
