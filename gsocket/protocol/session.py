@@ -218,14 +218,17 @@ class Sweep:
     def __init__(self, eio: Any) -> None:
         self.eio = eio
         self._greenlet: gevent.Greenlet | None = None
+        self._stopped = False
 
     def start(self) -> None:
-        """Start sweeping (at the first session, as python-engineio starts its task)."""
-        if self._greenlet is None:
+        """Start sweeping (at the first session, as python-engineio starts its task); not
+        again once stopped (a session adopted during the shutdown)."""
+        if self._greenlet is None and not self._stopped:
             self._greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:
         """Stop sweeping (server shutdown)."""
+        self._stopped = True
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
             self._greenlet = None
