@@ -59,15 +59,22 @@ def _environment_reader() -> Callable[[], tuple[Any, ...]]:
     context for nine names.  CPython's ``os.environ`` keeps its encoded values in the dict
     ``_data``, which every change through ``os.environ`` (the only changes Frappe's own
     ``os.environ.get`` sees) updates; reading that dict with the encoded names gives the same
-    answer for a tenth of the cost.  Where ``os.environ`` is not built that way, the public
-    way is used.
+    answer for a tenth of the cost.  The dict is looked up at each call (code that puts
+    another mapping in ``os.environ`` changes what Frappe reads); where ``os.environ`` is not
+    built that way, the public way is used.
     """
-    data = getattr(os.environ, "_data", None)
     encode = getattr(os.environ, "encodekey", None)
-    if not isinstance(data, dict) or encode is None:
+    if encode is None:
         return lambda: tuple(map(os.environ.get, ENVIRONMENT))
     keys = tuple(encode(name) for name in ENVIRONMENT)
-    return lambda: tuple(map(data.get, keys))
+
+    def read() -> tuple[Any, ...]:
+        data = getattr(os.environ, "_data", None)
+        if isinstance(data, dict):
+            return tuple(map(data.get, keys))
+        return tuple(map(os.environ.get, ENVIRONMENT))
+
+    return read
 
 
 VERIFIED_MAJORS = (15, 16)
