@@ -376,6 +376,11 @@ class Run:
         self._stop_children()
 
 
+TICKED = ("server_cpu", "server_system_cpu", "loadgen_cpu", "web_cpu", "redis_cpu")
+"""Snapshot figures read from /proc in clock ticks: a difference of two is whole ticks (so
+the kernel's part of a phase's CPU is never above the whole of it by a rounding)."""
+
+
 class Case:
     """One server at one size: a fresh server and load generator, every scenario."""
 
@@ -413,10 +418,11 @@ class Case:
         assert self.proc is not None and self.lg is not None
         busy, _ = processes.machine_cpu()
         own = resource.getrusage(resource.RUSAGE_SELF)
+        server_user, server_system = self.proc.cpu_times()
         return {
             "wall": time.monotonic(),
-            "server_cpu": self.proc.cpu(),
-            "server_system_cpu": self.proc.system_cpu(),
+            "server_cpu": server_user + server_system,
+            "server_system_cpu": server_system,
             "server_rss": self.proc.rss(),
             "loadgen_cpu": processes.cpu(self.lg.child.pid),
             "web_cpu": processes.cpu(self.web.pid),
@@ -429,6 +435,8 @@ class Case:
     def usage(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
         """CPU of each party between two snapshots, and the machine's load from others."""
         d = {k: after[k] - before[k] for k in before}
+        for k in TICKED:  # whole clock ticks, without the float noise of the subtraction
+            d[k] = processes.whole_ticks(d[k])
         wall = max(d["wall"], 1e-9)
         ours = d["server_cpu"] + d["loadgen_cpu"] + d["web_cpu"] + d["redis_cpu"]
         ours += d["harness_cpu"]

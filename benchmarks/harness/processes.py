@@ -93,6 +93,12 @@ def cpu_times(pids: Sequence[int]) -> tuple[float, float]:
     return user / CLK_TCK, system / CLK_TCK
 
 
+def whole_ticks(seconds: float) -> float:
+    """``seconds`` of CPU read from /proc, rounded to whole clock ticks (what /proc counts in):
+    a difference of two readings made in floats is off by a rounding otherwise."""
+    return round(seconds * CLK_TCK) / CLK_TCK
+
+
 def cpu_seconds(pids: Sequence[int]) -> float:
     """utime+stime of the given processes, in seconds (exited ones count as 0)."""
     return sum(cpu_times(pids))
@@ -129,11 +135,6 @@ def cpu(pid: int) -> float:
     return cpu_seconds(process_tree(pid))
 
 
-def system_cpu(pid: int) -> float:
-    """Kernel CPU seconds (stime) of PID's process tree."""
-    return cpu_times(process_tree(pid))[1]
-
-
 def rss(pid: int) -> int:
     """Resident set of PID's process tree."""
     return rss_bytes(process_tree(pid))
@@ -149,11 +150,10 @@ class Group:
     def alive(self) -> bool:
         return all(c.alive() for c in self.children)
 
-    def cpu(self) -> float:
-        return sum(cpu(c.pid) for c in self.children)
-
-    def system_cpu(self) -> float:
-        return sum(system_cpu(c.pid) for c in self.children)
+    def cpu_times(self) -> tuple[float, float]:
+        """(utime, stime) of every child's process tree, summed: one read of each."""
+        times = [cpu_times(process_tree(c.pid)) for c in self.children]
+        return sum(t[0] for t in times), sum(t[1] for t in times)
 
     def rss(self) -> int:
         return sum(rss(c.pid) for c in self.children)
